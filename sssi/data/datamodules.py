@@ -1,0 +1,357 @@
+"""LightningDataModules: unlabelled pretext images and labelled segmentation patches.
+
+Both modules read a dataset through a :mod:`layout <sssi.data.layouts>` (Potsdam,
+Vaihingen, a folder of crops), validate every file at set-up, compute per-band
+normalisation statistics from the data unless the config gives them, and serve
+windows of the tiles. Their ``state_dict`` holds the statistics and band names, so a
+checkpoint knows how its inputs were normalised (prediction needs that).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from rasterio.windows import Window
+from torch.utils.data import DataLoader
+
+from sssi.data.datasets import (
+    GridWindowDataset,
+    RandomWindowDataset,
+    Region,
+    TileReader,
+    grid_regions,
+    normalizer,
+)
+from sssi.data.layouts import Layout, Tile, build_layout
+from sssi.data.palettes import IGNORE_INDEX, unpack_rgb
+from sssi.data.raster import describe, read_window
+from sssi.data.splits import select_label_regions, write_split
+from sssi.data.stats import band_stats
+from sssi.data.transforms import train_transform
+from sssi.errors import ConfigError
+from sssi.utils.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+class TileDataModule(L.LightningDataModule):
+    """What both tasks share: layout, validation, statistics, loaders.
+
+    Args mirror ``conf/data/*.yaml``; the important ones:
+        dataset, root, modality, ndsm: which data (``data.root`` is the folder holding
+            ``2_Ortho_RGB/`` etc. for Potsdam).
+        in_channels, num_classes: expected band and class counts; checked against the
+            layout so that a model config and a data config can't silently disagree.
+        crop_size, scale: training window size and zoom range.
+        samples_per_epoch: random windows per epoch (default: cover the area once).
+        mean, std: per-band statistics in raw units; computed from the training tiles
+            when omitted.
+        synthetic: parameters of the embedded synthetic dataset, generated into
+            ``root`` on first use when set.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "potsdam",
+        root: str = "data/potsdam",
+        modality: str = "RGB",
+        ndsm: bool = False,
+        in_channels: int | None = None,
+        num_classes: int | None = None,
+        layout_options: dict | None = None,
+        crop_size: int = 256,
+        scale: Sequence[float] | None = None,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 2,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        samples_per_epoch: int | None = None,
+        augment: dict | None = None,
+        train_split: str | Sequence[str] = "train",
+        val_split: str | Sequence[str] | None = "test",
+        test_split: str | Sequence[str] | None = "test",
+        val_window: int | None = None,
+        val_max_windows: int | None = 64,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        validate_files: bool = True,
+        output_dir: str | None = None,
+        synthetic: dict | None = None,
+        # Segmentation-only keys; accepted by every module so that one data config
+        # serves both tasks (ignored where meaningless).
+        label_fraction: float = 1.0,
+        region_size: int = 600,
+        split_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.dataset = dataset
+        self.root = Path(root).expanduser()
+        self.modality = modality
+        self.ndsm = ndsm
+        self.in_channels = in_channels
+        self.expected_classes = num_classes
+        self.layout_options = dict(layout_options or {})
+        self.crop_size = int(crop_size)
+        self.scale = tuple(scale) if scale else None
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or batch_size)
+        self.num_workers = int(num_workers)
+        self.pin_memory = bool(pin_memory)
+        self.persistent_workers = bool(persistent_workers)
+        self.samples_per_epoch = samples_per_epoch
+        self.augment = dict(augment or {})
+        self.train_split = _as_split(train_split)
+        self.val_split = _as_split(val_split)
+        self.test_split = _as_split(test_split)
+        self.val_window = int(val_window or crop_size)
+        self.val_max_windows = val_max_windows
+        self.mean = list(mean) if mean is not None else None
+        self.std = list(std) if std is not None else None
+        self.validate_files = validate_files
+        self.output_dir = Path(output_dir) if output_dir else None
+        self.synthetic = dict(synthetic) if synthetic else None
+        self.label_fraction = float(label_fraction)
+        self.region_size = int(region_size)
+        self.split_seed = int(split_seed)
+        self._layout: Layout | None = None
+        self.train_set: torch.utils.data.Dataset | None = None
+        self.val_set: torch.utils.data.Dataset | None = None
+        self.test_set: torch.utils.data.Dataset | None = None
+
+    # ---------------------------------------------------------------------------- layout
+    @property
+    def layout(self) -> Layout:
+        if self._layout is None:
+            layout = build_layout(self.dataset, self.root, modality=self.modality,
+                                  ndsm=self.ndsm, **self.layout_options)
+            if self.in_channels is not None and int(self.in_channels) != layout.num_bands:
+                raise ConfigError(
+                    f"data.in_channels={self.in_channels} but {self.dataset} with "
+                    f"modality={self.modality} ndsm={self.ndsm} gives {layout.num_bands} bands "
+                    f"({','.join(layout.band_names)})")
+            if self.expected_classes is not None and \
+                    int(self.expected_classes) != layout.palette.num_classes:
+                raise ConfigError(
+                    f"data.num_classes={self.expected_classes} but the {layout.palette.name} "
+                    f"palette of {self.dataset} has {layout.palette.num_classes} classes")
+            self._layout = layout
+        return self._layout
+
+    @property
+    def num_classes(self) -> int:
+        return self.layout.palette.num_classes
+
+    @property
+    def band_names(self) -> tuple[str, ...]:
+        return self.layout.band_names
+
+    def prepare_data(self) -> None:
+        """Generate the embedded synthetic dataset on first use (rank 0 only)."""
+        if self.synthetic is None:
+            return
+        if self.root.is_dir() and any(self.root.iterdir()) and \
+                not (self.root / "SYNTHETIC.json").is_file():
+            log.info("%s exists and is not synthetic data; using it as is", self.root)
+            return
+        from sssi.data.synthetic import ensure_synthetic
+
+        ensure_synthetic(self.root, **self.synthetic)
+
+    def _tiles(self, split, labels: bool) -> tuple[list[Tile], list[tuple[int, int]]]:
+        tiles = self.layout.tiles(split, labels=labels)
+        if self.validate_files:
+            sizes = self.layout.validate(tiles)
+            return tiles, [sizes[t.id] for t in tiles]
+        return tiles, [(i.height, i.width) for i in (describe(t.image_path) for t in tiles)]
+
+    def _ensure_stats(self, tiles: Sequence[Tile]) -> None:
+        n = self.layout.num_bands
+        if self.mean is None or self.std is None:
+            self.mean, self.std = band_stats(tiles)
+            log.info("band statistics from %d tiles: mean=%s std=%s", len(tiles),
+                     [round(m, 2) for m in self.mean], [round(s, 2) for s in self.std])
+        if len(self.mean) != n or len(self.std) != n:
+            raise ConfigError(f"data.mean/data.std have {len(self.mean)}/{len(self.std)} values; "
+                              f"the data has {n} bands ({','.join(self.layout.band_names)})")
+        self._write("norm_stats.json", json.dumps(
+            {"bands": list(self.layout.band_names), "mean": self.mean, "std": self.std},
+            indent=1))
+
+    @rank_zero_only
+    def _write(self, name: str, text: str) -> None:
+        if self.output_dir is not None:
+            atomic_write_text(self.output_dir / name, text)
+
+    def normalize(self):
+        assert self.mean is not None and self.std is not None
+        return normalizer(self.mean, self.std)
+
+    def _epoch_length(self, regions: Sequence[Region]) -> int:
+        if self.samples_per_epoch:
+            return int(self.samples_per_epoch)
+        area = sum(r.height * r.width for r in regions)
+        return max(self.batch_size, round(area / self.crop_size**2))
+
+    def _eval_regions(self, sizes, max_windows: int | None) -> list[Region]:
+        regions = grid_regions(sizes, self.val_window, self.val_window)
+        if max_windows and len(regions) > max_windows:
+            step = len(regions) / max_windows  # evenly spread, deterministic
+            regions = [regions[int(i * step)] for i in range(max_windows)]
+        return regions
+
+    # ----------------------------------------------------------------------- state dict
+    def state_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean, "std": self.std, "band_names": list(self.band_names),
+                "dataset": self.dataset, "num_classes": self.num_classes}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.mean = state_dict.get("mean", self.mean)
+        self.std = state_dict.get("std", self.std)
+
+    # ----------------------------------------------------------------------- loaders
+    def _loader(self, dataset, shuffle: bool, batch_size: int, drop_last: bool) -> DataLoader:
+        workers = self.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.persistent_workers and workers > 0,
+            drop_last=drop_last,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_set is not None, "call setup('fit') first"
+        drop = len(self.train_set) >= self.batch_size
+        return self._loader(self.train_set, False, self.batch_size, drop)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_set is None:
+            return []
+        return self._loader(self.val_set, False, self.eval_batch_size, False)
+
+    def test_dataloader(self) -> DataLoader | list:
+        if self.test_set is None:
+            return []
+        return self._loader(self.test_set, False, self.eval_batch_size, False)
+
+    def _train_transform(self):
+        return train_transform(**self.augment)
+
+
+class PretextDataModule(TileDataModule):
+    """Unlabelled images for the inpainting game: every image tile of ``train_split``.
+
+    Labels are never read, so tiles without labels (extra imagery) are welcome.
+    Validation windows (images only) come from ``val_split`` to monitor restoration.
+    """
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and self.train_set is None:
+            tiles, sizes = self._tiles(self.train_split, labels=False)
+            self._ensure_stats(tiles)
+            regions = [Region(i, 0, 0, h, w) for i, (h, w) in enumerate(sizes)]
+            reader = TileReader(tiles, self.layout.palette)
+            self.train_set = RandomWindowDataset(
+                reader, regions, self.crop_size, self._epoch_length(regions), self.normalize(),
+                with_labels=False, transform=self._train_transform(), scale=self.scale)
+            log.info("pretext: %d tiles, %d windows of %d px per epoch", len(tiles),
+                     len(self.train_set), self.crop_size)
+            if self.val_split is not None:
+                vtiles, vsizes = self._tiles(self.val_split, labels=False)
+                self.val_set = GridWindowDataset(
+                    TileReader(vtiles, self.layout.palette),
+                    self._eval_regions(vsizes, self.val_max_windows), self.normalize(),
+                    with_labels=False, out_size=self.val_window)
+
+
+class SegmentationDataModule(TileDataModule):
+    """Labelled patches: a seeded ``label_fraction`` of the training regions.
+
+    Training windows are drawn inside the selected ``region_size`` crops; validation
+    uses a grid over ``val_split`` (full labels), testing a grid over ``test_split``
+    with the evaluation labels (eroded ``noBoundary`` where the dataset has them).
+    Off-palette label pixels become the ignore index and are counted in
+    ``label_audit.json``.
+    """
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and self.train_set is None:
+            tiles, sizes = self._tiles(self.train_split, labels=True)
+            self._ensure_stats(tiles)
+            regions, total = select_label_regions(sizes, self.region_size, self.label_fraction,
+                                                  self.split_seed)
+            if self.output_dir is not None and rank_zero_only.rank == 0:
+                write_split(self.output_dir / "label_split.json", regions, tiles,
+                            fraction=self.label_fraction, seed=self.split_seed,
+                            region_size=self.region_size, total=total)
+            reader = TileReader(tiles, self.layout.palette)
+            self._audit(reader, regions)
+            self.train_set = RandomWindowDataset(
+                reader, regions, self.crop_size, self._epoch_length(regions), self.normalize(),
+                with_labels=True, transform=self._train_transform(), scale=self.scale)
+            log.info("segmentation: %d of %d labelled %d px regions (fraction %.3g) from %d "
+                     "tiles, %d windows per epoch", len(regions), total, self.region_size,
+                     self.label_fraction, len(tiles), len(self.train_set))
+            if self.val_split is not None:
+                vtiles, vsizes = self._tiles(self.val_split, labels=True)
+                self.val_set = GridWindowDataset(
+                    TileReader(vtiles, self.layout.palette),
+                    self._eval_regions(vsizes, self.val_max_windows), self._val_normalize(vtiles),
+                    with_labels=True, out_size=self.val_window)
+        if stage in (None, "test") and self.test_set is None and self.test_split is not None:
+            ttiles, tsizes = self._tiles(self.test_split, labels=True)
+            self.test_set = GridWindowDataset(
+                TileReader(ttiles, self.layout.palette, use_eval_labels=True),
+                self._eval_regions(tsizes, None), self._val_normalize(ttiles),
+                with_labels=True, out_size=self.val_window)
+
+    def _val_normalize(self, tiles: Sequence[Tile]):
+        if self.mean is None or self.std is None:  # testing without fitting: use train stats
+            self._ensure_stats(self.layout.tiles(self.train_split))
+        return self.normalize()
+
+    def _audit(self, reader: TileReader, regions: Sequence[Region]) -> None:
+        """Count ignore and off-palette pixels of the labels a run will train on."""
+        per_tile: dict[str, dict[str, int]] = {}
+        for r in regions:
+            tile = reader.tiles[r.tile]
+            raw_path = tile.label
+            assert raw_path is not None
+            raw = read_window(raw_path, Window(r.col, r.row, r.width, r.height), None,
+                              reader._handles)
+            result = self.layout.palette.decode(raw[:3] if raw.shape[0] == 4 else raw)
+            entry = per_tile.setdefault(tile.id, {"file": str(raw_path), "pixels": 0,
+                                                  "ignored": 0, "off_palette": 0, "values": []})
+            entry["pixels"] += r.height * r.width
+            entry["ignored"] += result.n_ignored
+            entry["off_palette"] += result.n_off_palette
+            for v in result.off_palette_values:
+                shown = list(unpack_rgb(v)) if raw.shape[0] >= 3 else v
+                if shown not in entry["values"] and len(entry["values"]) < 8:
+                    entry["values"].append(shown)
+        off = sum(e["off_palette"] for e in per_tile.values())
+        px = sum(e["pixels"] for e in per_tile.values())
+        for e in per_tile.values():
+            if e["off_palette"]:
+                log.warning("%s: %d off-palette label pixels (%.4f %%), e.g. %s; "
+                            "mapped to ignore index %d", e["file"],
+                            e["off_palette"], 100 * e["off_palette"] / e["pixels"],
+                            e["values"][:3], IGNORE_INDEX)
+        self.label_audit = {"pixels": px, "off_palette": off, "tiles": per_tile}
+        self._write("label_audit.json", json.dumps(self.label_audit, indent=1))
+
+
+def _as_split(split):
+    if split is None or isinstance(split, str):
+        return split
+    return [str(s) for s in split]

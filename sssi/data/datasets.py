@@ -1,0 +1,238 @@
+"""Patch datasets over large tiles: random windows for training, a grid for evaluation.
+
+A sample is a dict: ``image`` (float32 C x H x W, normalised), ``label`` (int64 H x W,
+255 = ignore; only when the dataset has labels), ``tile`` (tile id) and ``window``
+(int64 ``[row_off, col_off, height, width]`` in tile pixels). Only the window is read
+from disk, so a 6000x6000 tile never sits in memory whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from rasterio.windows import Window
+from torch.utils.data import Dataset
+
+from sssi.data.layouts import Tile
+from sssi.data.palettes import Palette
+from sssi.data.raster import HandleCache, read_window
+from sssi.errors import DataError
+
+log = logging.getLogger(__name__)
+
+Transform = Callable[..., dict]
+
+
+@dataclass(frozen=True)
+class Region:
+    """A rectangle of one tile that samples are drawn from (a whole tile or a crop)."""
+
+    tile: int  # index into the dataset's tile list
+    row: int
+    col: int
+    height: int
+    width: int
+
+    def as_dict(self, tiles: Sequence[Tile]) -> dict:
+        return {"tile": tiles[self.tile].id, "row": self.row, "col": self.col,
+                "height": self.height, "width": self.width}
+
+
+def grid_offsets(length: int, window: int, stride: int) -> list[int]:
+    """Window start offsets covering ``[0, length)``; the last window is snapped to the end.
+
+    Tiles smaller than the window yield one offset (0); the reader pads that window.
+    """
+    if length <= window:
+        return [0]
+    offsets = list(range(0, length - window + 1, stride))
+    if offsets[-1] != length - window:
+        offsets.append(length - window)
+    return offsets
+
+
+def grid_regions(sizes: Sequence[tuple[int, int]], window: int, stride: int) -> list[Region]:
+    """Every window of a regular grid over each tile (row-major, tile by tile)."""
+    regions = []
+    for t, (h, w) in enumerate(sizes):
+        for r in grid_offsets(h, window, stride):
+            for c in grid_offsets(w, window, stride):
+                regions.append(Region(t, r, c, min(window, h), min(window, w)))
+    return regions
+
+
+def normalizer(mean: Sequence[float], std: Sequence[float]) -> Callable[[np.ndarray], np.ndarray]:
+    """(H, W, C) raw -> (C, H, W) float32 standardised per band."""
+    m = np.asarray(mean, dtype=np.float32)
+    s = np.asarray(std, dtype=np.float32)
+    if np.any(s <= 0):
+        raise DataError(f"normalisation std must be positive, got {list(std)}")
+
+    def apply(image: np.ndarray) -> np.ndarray:
+        return ((image.astype(np.float32) - m) / s).transpose(2, 0, 1)
+
+    return apply
+
+
+class TileReader:
+    """Reads stacked image bands and decoded labels of windows of a list of tiles.
+
+    Holds one handle cache per process; picklable for DataLoader workers (handles are
+    opened lazily in each worker).
+    """
+
+    def __init__(self, tiles: Sequence[Tile], palette: Palette, use_eval_labels: bool = False
+                 ) -> None:
+        self.tiles = list(tiles)
+        self.palette = palette
+        self.use_eval_labels = use_eval_labels
+        self._handles = HandleCache()
+        self.off_palette = 0  # pixels seen in this process that matched no class
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_handles"] = HandleCache()
+        return state
+
+    def image(self, t: int, window: Window) -> np.ndarray:
+        """(H, W, C) raw image bands of tile ``t`` (dtype of the files, uint8 for ISPRS)."""
+        parts = [read_window(s.path, window, s.bands, self._handles)
+                 for s in self.tiles[t].sources]
+        if len(parts) == 1:
+            return parts[0].transpose(1, 2, 0)
+        dtype = np.result_type(*parts)
+        return np.concatenate([p.astype(dtype, copy=False) for p in parts]).transpose(1, 2, 0)
+
+    def label(self, t: int, window: Window) -> np.ndarray:
+        """(H, W) uint8 class indices, ignore index where the palette has no class."""
+        tile = self.tiles[t]
+        path = tile.eval_label if self.use_eval_labels else tile.label
+        if path is None:
+            raise DataError(f"tile {tile.id}: no label file")
+        raw = read_window(path, window, None, self._handles)
+        if raw.shape[0] == 4:  # colour labels saved with an alpha band
+            raw = raw[:3]
+        decoded = self.palette.decode(raw)
+        if decoded.n_off_palette:
+            self.off_palette += decoded.n_off_palette
+        return decoded.index
+
+    def close(self) -> None:
+        self._handles.close()
+
+
+class _WindowDataset(Dataset):
+    """Shared sample assembly: read, augment (albumentations), normalise, tensorise."""
+
+    def __init__(self, reader: TileReader, with_labels: bool,
+                 normalize: Callable[[np.ndarray], np.ndarray],
+                 transform: Transform | None = None) -> None:
+        self.reader = reader
+        self.with_labels = with_labels
+        self.normalize = normalize
+        self.transform = transform
+
+    def _sample(self, t: int, window: Window, out_size: int | None = None) -> dict:
+        image = self.reader.image(t, window)
+        label = self.reader.label(t, window) if self.with_labels else None
+        h, w = image.shape[:2]
+        if out_size is not None and (h, w) != (out_size, out_size):
+            image, label = _resize(image, label, out_size)
+        if self.transform is not None:
+            out = self.transform(image=image, mask=label) if label is not None else \
+                self.transform(image=image)
+            image, label = out["image"], out.get("mask", label)
+        sample = {
+            "image": torch.from_numpy(np.ascontiguousarray(self.normalize(image))),
+            "tile": self.reader.tiles[t].id,
+            "window": torch.tensor([int(window.row_off), int(window.col_off), h, w]),
+        }
+        if label is not None:
+            sample["label"] = torch.from_numpy(np.ascontiguousarray(label)).long()
+        return sample
+
+
+class RandomWindowDataset(_WindowDataset):
+    """Random square windows drawn from ``regions`` (area-weighted), ``length`` per epoch.
+
+    ``scale`` = (lo, hi) draws a zoom factor s per sample: a window of ``crop / s``
+    pixels is read and resized to ``crop`` (s > 1 zooms in). Each worker draws from its
+    own generator seeded by torch, so runs are reproducible under
+    ``lightning.seed_everything(workers=True)``.
+    """
+
+    def __init__(self, reader: TileReader, regions: Sequence[Region], crop_size: int,
+                 length: int, normalize: Callable[[np.ndarray], np.ndarray],
+                 with_labels: bool = False, transform: Transform | None = None,
+                 scale: tuple[float, float] | None = None) -> None:
+        super().__init__(reader, with_labels, normalize, transform)
+        if not regions:
+            raise DataError("no regions to sample training windows from")
+        self.regions = list(regions)
+        self.crop_size = int(crop_size)
+        self.length = int(length)
+        self.scale = tuple(scale) if scale else None
+        areas = np.array([r.height * r.width for r in self.regions], dtype=np.float64)
+        self.weights = areas / areas.sum()
+        self._rng: np.random.Generator | None = None
+        self._rng_seed: int | None = None
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _generator(self) -> np.random.Generator:
+        seed = torch.initial_seed()  # differs per worker and per epoch's loader
+        if self._rng is None or seed != self._rng_seed:
+            self._rng = np.random.default_rng(seed % 2**63)
+            self._rng_seed = seed
+        return self._rng
+
+    def __getitem__(self, index: int) -> dict:
+        rng = self._generator()
+        region = self.regions[rng.choice(len(self.regions), p=self.weights)]
+        size = self.crop_size
+        if self.scale is not None:
+            s = math.exp(rng.uniform(math.log(self.scale[0]), math.log(self.scale[1])))
+            size = max(8, round(self.crop_size / s))
+        h = min(size, region.height)
+        w = min(size, region.width)
+        row = region.row + int(rng.integers(0, region.height - h + 1))
+        col = region.col + int(rng.integers(0, region.width - w + 1))
+        return self._sample(region.tile, Window(col, row, w, h), out_size=self.crop_size)
+
+
+class GridWindowDataset(_WindowDataset):
+    """Fixed windows (e.g. a grid from :func:`grid_regions`), in order, no randomness."""
+
+    def __init__(self, reader: TileReader, regions: Sequence[Region],
+                 normalize: Callable[[np.ndarray], np.ndarray], with_labels: bool = True,
+                 transform: Transform | None = None, out_size: int | None = None) -> None:
+        super().__init__(reader, with_labels, normalize, transform)
+        self.regions = list(regions)
+        self.out_size = out_size
+
+    def __len__(self) -> int:
+        return len(self.regions)
+
+    def __getitem__(self, index: int) -> dict:
+        r = self.regions[index]
+        return self._sample(r.tile, Window(r.col, r.row, r.width, r.height), self.out_size)
+
+
+def _resize(image: np.ndarray, label: np.ndarray | None, size: int
+            ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Resize to ``size`` x ``size``: area/linear for images, nearest for labels."""
+    import cv2
+
+    interp = cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_LINEAR
+    out = cv2.resize(image, (size, size), interpolation=interp)
+    if out.ndim == 2:
+        out = out[:, :, None]
+    if label is not None:
+        label = cv2.resize(label, (size, size), interpolation=cv2.INTER_NEAREST)
+    return out, label

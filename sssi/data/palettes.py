@@ -1,0 +1,162 @@
+"""Label schemes: how the values stored in a label raster map to class indices.
+
+Two kinds of label files exist in remote sensing. ISPRS ships colour-coded RGB
+rasters (one colour per class); LoveDA, OpenEarthMap and most converted datasets ship
+single-band rasters of integer codes. :class:`Palette` covers both: every class has a
+colour (used to encode and draw maps) and optionally a raw code (used to decode
+single-band labels).
+
+Pixels that match no class are never guessed into one. Colours listed in
+``ignore_colors`` (e.g. the black eroded boundary of the ISPRS ``noBoundary`` labels)
+are expected and map to the ignore index; anything else is *off-palette*: it maps to
+the ignore index too, and is counted so that readers can report it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+IGNORE_INDEX = 255
+
+
+@dataclass(frozen=True)
+class DecodeResult:
+    """A decoded label window and the pixels that matched no class."""
+
+    index: np.ndarray  # (H, W) uint8 class indices, IGNORE_INDEX where unknown
+    n_ignored: int  # expected ignore pixels (e.g. eroded boundary)
+    n_off_palette: int  # unexpected values, mapped to IGNORE_INDEX
+    off_palette_values: tuple[int, ...] = ()  # up to a few distinct packed values seen
+
+
+def _pack_rgb(rgb: np.ndarray) -> np.ndarray:
+    """(3, H, W) or (H, W, 3) uint8 -> (H, W) int32 code r<<16 | g<<8 | b."""
+    if rgb.shape[0] == 3:
+        r, g, b = rgb[0], rgb[1], rgb[2]
+    else:
+        r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    return (r.astype(np.int32) << 16) | (g.astype(np.int32) << 8) | b.astype(np.int32)
+
+
+def unpack_rgb(code: int) -> tuple[int, int, int]:
+    """Inverse of the packed colour code, for messages."""
+    return (code >> 16) & 255, (code >> 8) & 255, code & 255
+
+
+@dataclass(frozen=True)
+class Palette:
+    """Class names, display colours and (optionally) raw codes of a label scheme."""
+
+    name: str
+    classes: tuple[str, ...]
+    colors: tuple[tuple[int, int, int], ...]
+    codes: tuple[int, ...] | None = None  # raw single-band values, one per class
+    ignore_colors: tuple[tuple[int, int, int], ...] = ()
+    ignore_codes: tuple[int, ...] = ()
+    ignore_index: int = IGNORE_INDEX
+
+    def __post_init__(self) -> None:
+        if len(self.classes) != len(self.colors):
+            raise ValueError(f"palette {self.name}: {len(self.classes)} classes, "
+                             f"{len(self.colors)} colours")
+        if self.codes is not None and len(self.codes) != len(self.classes):
+            raise ValueError(f"palette {self.name}: codes must match classes")
+        if len(self.classes) >= self.ignore_index:
+            raise ValueError(f"palette {self.name}: too many classes for ignore index")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def color_array(self) -> np.ndarray:
+        """(num_classes, 3) uint8 colours, indexed by class."""
+        return np.asarray(self.colors, dtype=np.uint8)
+
+    # -- decoding -----------------------------------------------------------------------
+    def decode(self, label: np.ndarray) -> DecodeResult:
+        """Map a label window to class indices.
+
+        ``label`` is either colour-coded, shape (3, H, W) as rasterio reads it or
+        (H, W, 3), or single-band integer codes, shape (H, W) or (1, H, W).
+        """
+        if label.ndim == 3 and (label.shape[0] == 3 or label.shape[-1] == 3):
+            packed = _pack_rgb(label)
+            keys = np.array([_code_of(c) for c in self.colors], dtype=np.int32)
+            ignore = np.array([_code_of(c) for c in self.ignore_colors], dtype=np.int32)
+        else:
+            if label.ndim == 3:
+                if label.shape[0] != 1:
+                    raise ValueError(f"label must have 1 or 3 bands, got shape {label.shape}")
+                label = label[0]
+            if self.codes is None:
+                raise ValueError(f"palette {self.name} decodes colour labels (3 bands); "
+                                 f"got a single-band label")
+            packed = label.astype(np.int32)
+            keys = np.asarray(self.codes, dtype=np.int32)
+            ignore = np.asarray(self.ignore_codes, dtype=np.int32)
+        return _lookup(packed, keys, ignore, self.ignore_index)
+
+    # -- encoding -----------------------------------------------------------------------
+    def colorize(self, index: np.ndarray) -> np.ndarray:
+        """(H, W) class indices -> (H, W, 3) uint8 colours; ignore pixels are black."""
+        table = np.zeros((256, 3), dtype=np.uint8)
+        table[: self.num_classes] = self.color_array()
+        return table[index.astype(np.uint8)]
+
+
+def _code_of(color: tuple[int, int, int]) -> int:
+    r, g, b = color
+    return (int(r) << 16) | (int(g) << 8) | int(b)
+
+
+def _lookup(packed: np.ndarray, keys: np.ndarray, ignore: np.ndarray,
+            ignore_index: int) -> DecodeResult:
+    order = np.argsort(keys)
+    sorted_keys = keys[order]
+    pos = np.searchsorted(sorted_keys, packed).clip(0, len(keys) - 1)
+    hit = sorted_keys[pos] == packed
+    index = np.where(hit, order[pos], ignore_index).astype(np.uint8)
+    miss = ~hit
+    n_miss = int(miss.sum())
+    if n_miss == 0:
+        return DecodeResult(index, 0, 0)
+    expected = np.isin(packed, ignore) & miss if ignore.size else np.zeros_like(miss)
+    n_ignored = int(expected.sum())
+    n_off = n_miss - n_ignored
+    values: tuple[int, ...] = ()
+    if n_off:
+        values = tuple(int(v) for v in np.unique(packed[miss & ~expected])[:8])
+    return DecodeResult(index, n_ignored, n_off, values)
+
+
+#: ISPRS 2D semantic labelling (Potsdam and Vaihingen). Black marks the eroded class
+#: boundaries of the ``noBoundary`` labels and is ignored.
+ISPRS = Palette(
+    name="isprs",
+    classes=("impervious_surfaces", "building", "low_vegetation", "tree", "car", "clutter"),
+    colors=((255, 255, 255), (0, 0, 255), (0, 255, 255), (0, 255, 0), (255, 255, 0),
+            (255, 0, 0)),
+    ignore_colors=((0, 0, 0),),
+)
+
+#: LoveDA: single-band codes 1..7; 0 is no-data.
+LOVEDA = Palette(
+    name="loveda",
+    classes=("background", "building", "road", "water", "barren", "forest", "agriculture"),
+    colors=((255, 255, 255), (255, 0, 0), (255, 255, 0), (0, 0, 255), (159, 129, 183),
+            (0, 255, 0), (255, 195, 128)),
+    codes=(1, 2, 3, 4, 5, 6, 7),
+    ignore_codes=(0,),
+)
+
+PALETTES: dict[str, Palette] = {p.name: p for p in (ISPRS, LOVEDA)}
+
+
+def get_palette(name: str) -> Palette:
+    """Look a palette up by name, with an error that lists the known ones."""
+    try:
+        return PALETTES[name]
+    except KeyError:
+        raise KeyError(f"unknown palette {name!r}; known: {sorted(PALETTES)}") from None

@@ -1,0 +1,151 @@
+"""Reading GeoTIFF windows through rasterio, with errors that name the file.
+
+Aerial tiles are large (ISPRS Potsdam: 6000x6000 px), so nothing here reads a whole
+tile per sample: datasets ask for windows, and each worker process keeps its own
+open handles (GDAL handles must not cross a ``fork``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.errors import RasterioError
+from rasterio.windows import Window
+
+from sssi.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """What a reader needs to know about a raster without reading its pixels."""
+
+    path: Path
+    width: int
+    height: int
+    count: int
+    dtype: str
+
+
+def describe(path: str | Path) -> RasterInfo:
+    """Open ``path`` and return its size and band count, or raise a clear :class:`DataError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        with rasterio.open(path) as ds:
+            return RasterInfo(path, ds.width, ds.height, ds.count, ds.dtypes[0])
+    except RasterioError as exc:
+        raise DataError(f"{path}: not a readable raster ({_first_line(exc)})") from exc
+
+
+def check_readable(path: str | Path) -> RasterInfo:
+    """Like :func:`describe`, and also read the last row of blocks.
+
+    A truncated GeoTIFF usually opens fine (its header is intact) and fails only when
+    the missing tail is read; reading the bottom-right corner catches that at setup
+    instead of hours into training.
+    """
+    info = describe(path)
+    h = min(info.height, 16)
+    w = min(info.width, 16)
+    corner = Window(info.width - w, info.height - h, w, h)
+    read_window(path, corner)
+    return info
+
+
+def read_window(path: str | Path, window: Window, bands: Sequence[int] | None = None,
+                handles: dict | None = None) -> np.ndarray:
+    """Read ``window`` of ``bands`` (1-based; all when None) as a (C, h, w) array.
+
+    ``handles`` is an optional per-process cache of open datasets, keyed by path.
+    """
+    path = Path(path)
+    try:
+        ds = _open(path, handles)
+        return ds.read(indexes=list(bands) if bands is not None else None, window=window)
+    except RasterioError as exc:
+        if handles is not None:
+            _drop(path, handles)
+        raise DataError(
+            f"{path}: failed to read window (col {window.col_off}, row {window.row_off}, "
+            f"{window.width}x{window.height}): {_first_line(exc)}; the file may be truncated "
+            "or corrupt"
+        ) from exc
+
+
+def read_decimated(path: str | Path, max_side: int = 512) -> np.ndarray:
+    """Read a whole raster downsampled so its longest side is at most ``max_side``.
+
+    GDAL uses overviews when present and otherwise nearest-neighbour decimation, so
+    this is cheap even for 6000x6000 tiles: used for normalisation statistics.
+    """
+    path = Path(path)
+    try:
+        with rasterio.open(path) as ds:
+            scale = max(ds.width, ds.height) / max_side
+            if scale <= 1:
+                return ds.read()
+            shape = (ds.count, max(1, round(ds.height / scale)), max(1, round(ds.width / scale)))
+            return ds.read(out_shape=shape)
+    except RasterioError as exc:
+        raise DataError(f"{path}: failed to read ({_first_line(exc)})") from exc
+
+
+class HandleCache(dict):
+    """Open rasterio datasets of one process; rebuilt automatically after ``fork``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pid = os.getpid()
+
+    def close(self) -> None:
+        for ds in self.values():
+            ds.close()
+        self.clear()
+
+
+def _open(path: Path, handles: dict | None):
+    if handles is None:
+        return _OneShot(path)
+    if isinstance(handles, HandleCache) and handles.pid != os.getpid():
+        handles.clear()  # inherited from the parent process: never reuse across fork
+        handles.pid = os.getpid()
+    ds = handles.get(path)
+    if ds is None:
+        if not path.is_file():
+            raise DataError(f"{path}: file not found")
+        ds = rasterio.open(path)
+        handles[path] = ds
+    return ds
+
+
+def _drop(path: Path, handles: dict) -> None:
+    ds = handles.pop(path, None)
+    if ds is not None:
+        ds.close()
+
+
+class _OneShot:
+    """Open, read once, close: for callers without a handle cache."""
+
+    def __init__(self, path: Path) -> None:
+        if not path.is_file():
+            raise DataError(f"{path}: file not found")
+        self.path = path
+
+    def read(self, **kwargs) -> np.ndarray:
+        with rasterio.open(self.path) as ds:
+            return ds.read(**kwargs)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

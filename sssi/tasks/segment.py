@@ -1,0 +1,125 @@
+"""Semantic segmentation as a LightningModule: encoder from the registry, a head, losses
+and ISPRS metrics.
+
+Configs (backbone, loss, optimizer, scheduler) arrive as plain mappings and are
+instantiated here, so a checkpoint's hyperparameters fully describe the model and
+``SegmentTask.load_from_checkpoint(path)`` rebuilds it without Hydra's composition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassF1Score,
+    MulticlassJaccardIndex,
+)
+
+from sssi.data.palettes import IGNORE_INDEX
+from sssi.models.heads import FCNFusionHead, Segmenter
+
+
+def _plain(cfg: Mapping | DictConfig | None) -> dict | None:
+    if cfg is None:
+        return None
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    return dict(cfg)
+
+
+class SegmentTask(L.LightningModule):
+    """Fine-tune (or train from scratch) a segmenter on labelled windows.
+
+    Logs ``train/loss`` (and each loss term), ``val/mIoU``, ``val/mF1``, ``val/OA``
+    and per-class IoU; the same under ``test/`` for the test split.
+    """
+
+    def __init__(self, backbone: Mapping, loss: Mapping, num_classes: int,
+                 optimizer: Mapping, scheduler: Mapping | None = None,
+                 head_channels: int = 128, freeze_encoder: bool = False,
+                 class_names: list[str] | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters({
+            "backbone": _plain(backbone), "loss": _plain(loss), "num_classes": num_classes,
+            "optimizer": _plain(optimizer), "scheduler": _plain(scheduler),
+            "head_channels": head_channels, "freeze_encoder": freeze_encoder,
+            "class_names": class_names,
+        })
+        encoder = instantiate(self.hparams.backbone)
+        head = FCNFusionHead(encoder.out_channels, encoder.reductions, num_classes,
+                             channels=head_channels)
+        self.model = Segmenter(encoder, head)
+        if freeze_encoder:
+            self.model.encoder.requires_grad_(False)
+        self.criterion = instantiate(self.hparams.loss)
+        self.class_names = class_names or [f"class_{i}" for i in range(num_classes)]
+        kw: dict[str, Any] = {"num_classes": num_classes, "ignore_index": IGNORE_INDEX}
+        self.val_metrics = self._metrics(kw, "val/")
+        self.test_metrics = self._metrics(kw, "test/")
+
+    @staticmethod
+    def _metrics(kw: dict, prefix: str) -> MetricCollection:
+        return MetricCollection({
+            "IoU": MulticlassJaccardIndex(average="none", **kw),
+            "F1": MulticlassF1Score(average="none", **kw),
+            "OA": MulticlassAccuracy(average="micro", **kw),
+        }, prefix=prefix)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.model(images)
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        logits = self(batch["image"])
+        loss, parts = self.criterion(logits, batch["label"])
+        bs = batch["image"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        for name, value in parts.items():
+            self.log(f"train/{name}", value, batch_size=bs)
+        return loss
+
+    def _eval_step(self, batch: dict, metrics: MetricCollection, prefix: str) -> None:
+        logits = self(batch["image"])
+        loss, _ = self.criterion(logits, batch["label"])
+        self.log(f"{prefix}/loss", loss, batch_size=batch["image"].shape[0], sync_dist=True)
+        metrics.update(logits.argmax(1), batch["label"])
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metrics, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metrics, "test")
+
+    def _log_metrics(self, metrics: MetricCollection, prefix: str) -> None:
+        values = metrics.compute()
+        iou = values[f"{prefix}/IoU"]
+        f1 = values[f"{prefix}/F1"]
+        out = {f"{prefix}/mIoU": iou.mean(), f"{prefix}/mF1": f1.mean(),
+               f"{prefix}/OA": values[f"{prefix}/OA"]}
+        for name, i, f in zip(self.class_names, iou, f1, strict=True):
+            out[f"{prefix}/IoU_{name}"] = i
+            out[f"{prefix}/F1_{name}"] = f
+        self.log_dict(out, prog_bar=False)
+        self.log(f"{prefix}/mIoU", out[f"{prefix}/mIoU"], prog_bar=True)
+        metrics.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics(self.val_metrics, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics(self.test_metrics, "test")
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = instantiate(self.hparams.optimizer)(params=params)
+        if not self.hparams.scheduler:
+            return optimizer
+        scheduler = instantiate(self.hparams.scheduler)(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler,
+                                                         "interval": "epoch"}}

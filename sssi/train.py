@@ -1,0 +1,118 @@
+"""Training entry point: ``python -m sssi.train [+experiment=NAME] [key=value ...]``.
+
+Composes ``conf/train.yaml``, builds the datamodule, the task, the loggers, callbacks
+and the Trainer from their ``_target_`` configs, fits, then tests. Errors caused by
+input a user can fix (a missing tile, a corrupt GeoTIFF, a bad value) end the run
+with one line naming the file or key and exit status 1.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.errors import InstantiationException
+from omegaconf import DictConfig, OmegaConf
+
+import sssi.config  # noqa: F401  (registers the ${sssi.*} resolvers)
+from sssi.errors import SssiError
+from sssi.utils.io import atomic_write_text
+
+log = logging.getLogger("sssi.train")
+
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def instantiate_group(cfg: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a group like ``callbacks`` or ``logger`` (a dict of
+    ``_target_`` configs); empty or null entries are skipped."""
+    if not cfg:
+        return []
+    return [hydra.utils.instantiate(c) for c in cfg.values() if c and "_target_" in c]
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Fit and/or test as ``cfg`` says; return the final metrics."""
+    L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+
+    datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
+    task_kwargs = {}
+    if hasattr(datamodule, "layout"):
+        task_kwargs["class_names"] = list(datamodule.layout.palette.classes)
+    task: L.LightningModule = hydra.utils.instantiate(cfg.task, **task_kwargs)
+    trainer: L.Trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")),
+        logger=instantiate_group(cfg.get("logger")) or False)
+    for lg in trainer.loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    metrics: dict[str, float] = {}
+    if cfg.get("train", True):
+        trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        metrics.update(_floats(trainer.callback_metrics))
+    if cfg.get("test", False):
+        ckpt = _best_checkpoint(trainer) if cfg.get("train", True) else cfg.get("ckpt_path")
+        results = trainer.test(task, datamodule=datamodule, ckpt_path=ckpt)
+        for r in results:
+            metrics.update(_floats(r))
+    if trainer.is_global_zero:
+        atomic_write_text(output_dir / "metrics.json", json.dumps(metrics, indent=1,
+                                                                    sort_keys=True))
+        log.info("run folder: %s", output_dir)
+    return metrics
+
+
+def _best_checkpoint(trainer: L.Trainer) -> str | None:
+    cb = trainer.checkpoint_callback
+    if cb is None:
+        return None
+    best = getattr(cb, "best_model_path", "")
+    if best:
+        return best
+    last = getattr(cb, "last_model_path", "")
+    return last or None
+
+
+def _floats(metrics: dict) -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        try:
+            out[k] = float(v)
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+def _user_error(exc: BaseException) -> SssiError | None:
+    """The :class:`SssiError` behind ``exc``, also when Hydra wrapped it."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, SssiError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        metrics = run(cfg)
+    except (SssiError, InstantiationException) as exc:
+        err = _user_error(exc)
+        if err is None:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+    # value for Hydra sweepers that optimise an objective
+    return metrics.get("test/mIoU", metrics.get("val/mIoU"))
+
+
+if __name__ == "__main__":
+    main()
