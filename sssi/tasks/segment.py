@@ -50,7 +50,7 @@ class SegmentTask(L.LightningModule):
             "backbone": _plain(backbone), "loss": _plain(loss), "num_classes": num_classes,
             "optimizer": _plain(optimizer), "scheduler": _plain(scheduler),
             "head_channels": head_channels, "freeze_encoder": freeze_encoder,
-            "class_names": class_names,
+            "class_names": [str(c) for c in class_names] if class_names else None,
         })
         encoder = instantiate(self.hparams.backbone)
         head = FCNFusionHead(encoder.out_channels, encoder.reductions, num_classes,
@@ -59,7 +59,7 @@ class SegmentTask(L.LightningModule):
         if freeze_encoder:
             self.model.encoder.requires_grad_(False)
         self.criterion = instantiate(self.hparams.loss)
-        self.class_names = class_names or [f"class_{i}" for i in range(num_classes)]
+        self.class_names = self.hparams.class_names or [f"class_{i}" for i in range(num_classes)]
         kw: dict[str, Any] = {"num_classes": num_classes, "ignore_index": IGNORE_INDEX}
         self.val_metrics = self._metrics(kw, "val/")
         self.test_metrics = self._metrics(kw, "test/")
@@ -105,8 +105,9 @@ class SegmentTask(L.LightningModule):
         for name, i, f in zip(self.class_names, iou, f1, strict=True):
             out[f"{prefix}/IoU_{name}"] = i
             out[f"{prefix}/F1_{name}"] = f
-        self.log_dict(out, prog_bar=False)
-        self.log(f"{prefix}/mIoU", out[f"{prefix}/mIoU"], prog_bar=True)
+        miou = out.pop(f"{prefix}/mIoU")
+        self.log(f"{prefix}/mIoU", miou, prog_bar=True)
+        self.log_dict(out)
         metrics.reset()
 
     def on_validation_epoch_end(self) -> None:

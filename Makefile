@@ -1,0 +1,48 @@
+# sssi — common tasks. Every target works on a fresh machine: it creates (or reuses)
+# the virtual environment .venv and installs into it.
+#
+# TORCH_SPEC picks the torch build installed before the package. The default is the
+# CPU build; on a GPU machine use e.g.  make install TORCH_SPEC="torch==2.13.0"
+# with the index of your CUDA version (see README).
+
+PYTHON      ?= python3
+VENV        ?= .venv
+TORCH_SPEC  ?= torch==2.13.0
+PY          := $(VENV)/bin/python
+PIP         := $(PY) -m pip
+STAMP       := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install demo test lint format bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) install --quiet "$(TORCH_SPEC)"
+	$(PIP) install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## the main job on the embedded synthetic data (generated on first use)
+demo: $(STAMP)
+	$(PY) -m sssi.train
+
+## the test suite
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check sssi tests experiments
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format sssi tests experiments
+
+## data-pipeline benchmark (patches/s vs raw window reads)
+bench: $(STAMP)
+	$(PY) experiments/benchmarks/data_pipeline.py
+
+clean:
+	rm -rf outputs multirun .pytest_cache .ruff_cache

@@ -1,0 +1,34 @@
+"""Shared fixtures: small synthetic datasets in the real ISPRS layout, real samples."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    """A 4-tile, 256 px synthetic Potsdam (3 train tiles, 1 test tile). Read-only."""
+    from sssi.data.synthetic import generate
+
+    return generate(tmp_path_factory.mktemp("synth") / "potsdam", tiles=4, size=256, seed=0)
+
+
+@pytest.fixture
+def potsdam_copy(synthetic_root, tmp_path) -> Path:
+    """A private copy of the synthetic dataset that a test may damage."""
+    dst = tmp_path / "potsdam"
+    shutil.copytree(synthetic_root, dst)
+    return dst
+
+
+def real_sample(*parts: str) -> Path:
+    """Path of a file of the shared real samples; skips the test where they are absent."""
+    path = REAL.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real sample data not present: {path}")
+    return path

@@ -1,0 +1,360 @@
+"""The data layer against files in the real ISPRS layout and the real sample imagery."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.windows import Window
+
+from sssi.data import ISPRS, PretextDataModule, SegmentationDataModule, build_layout
+from sssi.data.datasets import (
+    GridWindowDataset,
+    RandomWindowDataset,
+    Region,
+    TileReader,
+    grid_offsets,
+    grid_regions,
+    normalizer,
+)
+from sssi.data.palettes import IGNORE_INDEX, LOVEDA
+from sssi.data.splits import select_label_regions
+from sssi.data.stats import band_stats
+from sssi.errors import ConfigError, DataError
+from tests.conftest import real_sample
+
+# ------------------------------------------------------------------------------ palettes
+
+
+def test_palette_decodes_colours_boundary_and_off_palette():
+    label = np.zeros((3, 2, 4), dtype=np.uint8)
+    for i, colour in enumerate(ISPRS.colors[:4]):
+        label[:, 0, i] = colour
+    label[:, 1, 0] = (0, 0, 0)  # eroded boundary: expected, ignored
+    label[:, 1, 1] = (254, 255, 255)  # off-palette
+    label[:, 1, 2] = ISPRS.colors[5]
+    label[:, 1, 3] = (0, 128, 255)  # off-palette
+    out = ISPRS.decode(label)
+    assert out.index.tolist() == [[0, 1, 2, 3], [IGNORE_INDEX, IGNORE_INDEX, 5, IGNORE_INDEX]]
+    assert out.n_ignored == 1
+    assert out.n_off_palette == 2
+    assert len(out.off_palette_values) == 2
+    # channels-last input decodes the same
+    assert np.array_equal(ISPRS.decode(label.transpose(1, 2, 0)).index, out.index)
+
+
+def test_palette_colorize_round_trip():
+    index = np.array([[0, 1, 2], [3, 4, 5]], dtype=np.uint8)
+    assert np.array_equal(ISPRS.decode(ISPRS.colorize(index)).index, index)
+
+
+def test_real_potsdam_colour_label_matches_index_label():
+    """The real colour-coded noBoundary crop decodes to the official index conversion."""
+    with rasterio.open(real_sample("potsdam", "label_rgb", "2_10_0_0_512_512.png")) as ds:
+        rgb = ds.read()
+    with rasterio.open(real_sample("potsdam", "ann_dir", "2_10_0_0_512_512.png")) as ds:
+        ann = ds.read(1)
+    out = ISPRS.decode(rgb)
+    expected = np.where(ann == 0, IGNORE_INDEX, ann.astype(np.int32) - 1)
+    assert np.array_equal(out.index, expected)
+    assert out.n_off_palette == 0
+    assert out.n_ignored == int((ann == 0).sum()) > 0
+
+
+def test_real_loveda_codes_decode_with_a_second_scheme():
+    with rasterio.open(real_sample("loveda", "ann_dir", "1.png")) as ds:
+        codes = ds.read(1)
+    out = LOVEDA.decode(codes)
+    valid = codes > 0
+    assert np.array_equal(out.index[valid], codes[valid] - 1)
+    assert np.all(out.index[~valid] == IGNORE_INDEX)
+    assert out.n_off_palette == 0
+    with pytest.raises(ValueError, match="colour labels"):
+        ISPRS.decode(codes)
+
+
+def test_folder_layout_reads_real_potsdam_crop():
+    root = real_sample("potsdam")
+    layout = build_layout("folder", root, labels="label_rgb")
+    tiles = layout.tiles("all", labels=True)
+    assert [t.id for t in tiles] == ["2_10_0_0_512_512"]
+    sizes = layout.validate(tiles)
+    assert sizes["2_10_0_0_512_512"] == (512, 512)
+    mean, std = band_stats(tiles)
+    reader = TileReader(tiles, layout.palette)
+    ds = GridWindowDataset(reader, grid_regions([sizes[tiles[0].id]], 256, 256),
+                           normalizer(mean, std))
+    assert len(ds) == 4
+    sample = ds[3]
+    assert sample["image"].shape == (3, 256, 256) and sample["image"].dtype == torch.float32
+    assert sample["label"].shape == (256, 256) and sample["label"].dtype == torch.int64
+    assert sample["window"].tolist() == [256, 256, 256, 256]
+    assert set(sample["label"].unique().tolist()) <= {0, 1, 2, 3, 4, 5, IGNORE_INDEX}
+
+
+# ------------------------------------------------------------------------------ layouts
+
+
+def test_potsdam_layout_split_and_labels(synthetic_root):
+    layout = build_layout("potsdam", synthetic_root)
+    train = layout.tiles("train", labels=True)
+    test = layout.tiles("test", labels=True)
+    assert [t.id for t in train] == ["2_10", "2_11", "2_12"]
+    assert [t.id for t in test] == ["2_13"]
+    t = test[0]
+    assert t.label.name == "top_potsdam_2_13_label.tif"
+    assert t.eval_label.name == "top_potsdam_2_13_label_noBoundary.tif"
+    assert layout.tiles(["2_11"])[0].id == "2_11"
+    with pytest.raises(DataError, match="9_9"):
+        layout.tiles(["9_9"])
+
+
+def test_rgbir_with_ndsm_stacks_five_bands_in_order(synthetic_root):
+    layout = build_layout("potsdam", synthetic_root, modality="RGBIR", ndsm=True)
+    assert layout.band_names == ("R", "G", "B", "IR", "nDSM")
+    tile = layout.tiles(["2_10"])[0]
+    reader = TileReader([tile], layout.palette)
+    window = Window(10, 20, 64, 32)
+    image = reader.image(0, window)
+    assert image.shape == (32, 64, 5)
+    with rasterio.open(tile.sources[0].path) as ds:
+        assert np.array_equal(image[..., :4].transpose(2, 0, 1), ds.read(window=window))
+    with rasterio.open(tile.sources[1].path) as ds:
+        assert tile.sources[1].path.name == "dsm_potsdam_02_10_normalized_lastools.tif"
+        assert np.array_equal(image[..., 4], ds.read(1, window=window))
+
+
+def test_irrg_modality_reads_the_irrg_product(synthetic_root):
+    layout = build_layout("potsdam", synthetic_root, modality="irrg")
+    tile = layout.tiles(["2_10"])[0]
+    assert tile.image_path.parent.name == "3_Ortho_IRRG"
+    assert layout.band_names == ("IR", "R", "G")
+
+
+def test_eval_labels_are_the_eroded_ones(synthetic_root):
+    layout = build_layout("potsdam", synthetic_root)
+    tiles = layout.tiles("test", labels=True)
+    window = Window(0, 0, 256, 256)
+    full = TileReader(tiles, ISPRS).label(0, window)
+    eroded = TileReader(tiles, ISPRS, use_eval_labels=True).label(0, window)
+    assert not np.any(full == IGNORE_INDEX)
+    boundary = eroded == IGNORE_INDEX
+    assert 0 < boundary.mean() < 0.5
+    assert np.array_equal(full[~boundary], eroded[~boundary])
+
+
+def test_vaihingen_layout(synthetic_root, tmp_path):
+    root = tmp_path / "vaihingen"
+    for sub in ("top", "gts_for_participants", "gts_eroded", "dsm"):
+        (root / sub).mkdir(parents=True)
+    src = build_layout("potsdam", synthetic_root, modality="IRRG", ndsm=True).tiles("all")
+    for area, tile in zip((1, 2), src, strict=False):
+        name = f"top_mosaic_09cm_area{area}.tif"
+        shutil.copy(tile.sources[0].path, root / "top" / name)
+        shutil.copy(tile.label, root / "gts_for_participants" / name)
+        shutil.copy(tile.eval_label, root / "gts_eroded" / name.replace(".tif", "_noBoundary.tif"))
+        shutil.copy(tile.sources[1].path, root / "dsm" / f"dsm_09cm_matching_area{area}.tif")
+    layout = build_layout("vaihingen", root, ndsm=True)
+    assert [t.id for t in layout.tiles("train", labels=True)] == ["1"]
+    (test_tile,) = layout.tiles("test", labels=True)
+    assert test_tile.id == "2" and test_tile.eval_label.name.endswith("_noBoundary.tif")
+    assert layout.num_bands == 4
+    layout.validate(layout.tiles("all"))
+
+
+# ------------------------------------------------------------------------ bad input
+
+
+def test_missing_root_and_folder_name_the_path(tmp_path):
+    with pytest.raises(DataError, match=str(tmp_path / "nowhere")):
+        build_layout("potsdam", tmp_path / "nowhere").tiles()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="2_Ortho_RGB"):
+        build_layout("potsdam", tmp_path / "empty").tiles()
+
+
+def test_truncated_geotiff_is_reported_with_its_name(potsdam_copy):
+    path = potsdam_copy / "2_Ortho_RGB" / "top_potsdam_2_11_RGB.tif"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    layout = build_layout("potsdam", potsdam_copy)
+    with pytest.raises(DataError, match="top_potsdam_2_11_RGB.tif") as err:
+        layout.validate(layout.tiles("train"))
+    assert "truncated or corrupt" in str(err.value) or "not a readable raster" in str(err.value)
+
+
+def test_corrupt_file_is_reported_with_its_name(potsdam_copy):
+    path = potsdam_copy / "5_Labels_all" / "top_potsdam_2_10_label.tif"
+    path.write_bytes(b"this is not a tiff" * 100)
+    layout = build_layout("potsdam", potsdam_copy)
+    with pytest.raises(DataError, match="top_potsdam_2_10_label.tif"):
+        layout.validate(layout.tiles("train", labels=True))
+
+
+def _rewrite(path, array):
+    with rasterio.open(path) as ds:
+        profile = ds.profile
+    profile.update(count=array.shape[0], height=array.shape[1], width=array.shape[2])
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(array)
+
+
+def test_wrong_band_count_names_file_and_expectation(potsdam_copy):
+    path = potsdam_copy / "4_Ortho_RGBIR" / "top_potsdam_2_10_RGBIR.tif"
+    _rewrite(path, np.zeros((3, 256, 256), np.uint8))
+    layout = build_layout("potsdam", potsdam_copy, modality="RGBIR")
+    with pytest.raises(DataError, match=r"top_potsdam_2_10_RGBIR.tif: has 3 bands, expected"):
+        layout.validate(layout.tiles("train"))
+
+
+def test_image_label_size_mismatch(potsdam_copy):
+    path = potsdam_copy / "5_Labels_all" / "top_potsdam_2_12_label.tif"
+    _rewrite(path, np.full((3, 200, 256), 255, np.uint8))
+    layout = build_layout("potsdam", potsdam_copy)
+    with pytest.raises(DataError, match=r"top_potsdam_2_12_label.tif: size 256x200 differs"):
+        layout.validate(layout.tiles("train", labels=True))
+
+
+def test_missing_label_and_missing_ndsm(potsdam_copy):
+    (potsdam_copy / "5_Labels_all" / "top_potsdam_2_11_label.tif").unlink()
+    layout = build_layout("potsdam", potsdam_copy)
+    layout.tiles("train")  # images alone are fine (pretext data)
+    with pytest.raises(DataError, match=r"no label file for tiles \['2_11'\]"):
+        layout.tiles("train", labels=True)
+    (potsdam_copy / "1_DSM_normalisation" / "dsm_potsdam_02_12_normalized_lastools.tif").unlink()
+    with pytest.raises(DataError, match="dsm_potsdam_02_12_normalized_lastools"):
+        build_layout("potsdam", potsdam_copy, ndsm=True).tiles()
+
+
+def test_bad_modality_and_band_count_config(synthetic_root):
+    with pytest.raises(ConfigError, match="data.modality"):
+        build_layout("potsdam", synthetic_root, modality="RGBN")
+    with pytest.raises(ConfigError, match="data.dataset"):
+        build_layout("potsdamm", synthetic_root)
+    dm = SegmentationDataModule(root=str(synthetic_root), modality="RGBIR", in_channels=3)
+    with pytest.raises(ConfigError, match=r"data.in_channels=3 .* 4 bands"):
+        dm.setup("fit")
+
+
+# --------------------------------------------------------------------- windows, splits
+
+
+def test_grid_offsets_cover_and_snap():
+    assert grid_offsets(1000, 256, 256) == [0, 256, 512, 744]
+    assert grid_offsets(200, 256, 256) == [0]
+    regions = grid_regions([(600, 1000), (256, 256)], 256, 128)
+    covered = np.zeros((600, 1000), bool)
+    for r in regions:
+        if r.tile == 0:
+            covered[r.row:r.row + r.height, r.col:r.col + r.width] = True
+    assert covered.all()
+    assert sum(r.tile == 1 for r in regions) == 1
+
+
+def test_label_fractions_are_reproducible_nested_and_sized():
+    sizes = [(6000, 6000)] * 24
+    full, total = select_label_regions(sizes, 600, 1.0, seed=0)
+    assert total == len(full) == 2400
+    picks = {f: select_label_regions(sizes, 600, f, seed=0)[0] for f in (0.01, 0.05, 0.1, 0.25)}
+    assert [len(picks[f]) for f in (0.01, 0.05, 0.1, 0.25)] == [24, 120, 240, 600]
+    assert set(picks[0.01]) < set(picks[0.05]) < set(picks[0.1]) < set(picks[0.25])
+    assert picks[0.1] == select_label_regions(sizes, 600, 0.1, seed=0)[0]
+    assert picks[0.1] != select_label_regions(sizes, 600, 0.1, seed=1)[0]
+    assert len(select_label_regions([(100, 100)], 600, 0.01, seed=0)[0]) == 1
+    with pytest.raises(ConfigError, match="label_fraction"):
+        select_label_regions(sizes, 600, 0.0, seed=0)
+
+
+def test_random_windows_stay_inside_their_region(synthetic_root):
+    layout = build_layout("potsdam", synthetic_root)
+    tiles = layout.tiles("train", labels=True)
+    region = Region(1, 64, 32, 100, 120)
+    ds = RandomWindowDataset(TileReader(tiles, ISPRS), [region], crop_size=64, length=20,
+                             normalize=normalizer([0, 0, 0], [1, 1, 1]), with_labels=True,
+                             scale=(0.8, 1.25))
+    for i in range(20):
+        s = ds[i]
+        row, col, h, w = s["window"].tolist()
+        assert s["tile"] == "2_11"
+        assert s["image"].shape == (3, 64, 64) and s["label"].shape == (64, 64)
+        assert 64 <= row and row + h <= 164 and 32 <= col and col + w <= 152
+        assert 51 <= h <= 80
+
+
+def test_band_stats_match_numpy(synthetic_root):
+    layout = build_layout("potsdam", synthetic_root, modality="RGBIR", ndsm=True)
+    tiles = layout.tiles("train")
+    mean, std = band_stats(tiles)
+    stack = []
+    for t in tiles:
+        parts = []
+        for s in t.sources:
+            with rasterio.open(s.path) as ds:
+                parts.append(ds.read(list(s.bands)).astype(np.float64))
+        stack.append(np.concatenate(parts).reshape(5, -1))
+    allpx = np.concatenate(stack, axis=1)
+    np.testing.assert_allclose(mean, allpx.mean(1), rtol=1e-6)
+    np.testing.assert_allclose(std, allpx.std(1), rtol=1e-5)
+
+
+# ----------------------------------------------------------------------- datamodules
+
+
+def _dm(cls, root, tmp_path, **kw):
+    args = {"root": str(root), "crop_size": 64, "batch_size": 4, "num_workers": 0,
+            "samples_per_epoch": 8, "region_size": 128, "output_dir": str(tmp_path / "run")}
+    args.update(kw)
+    return cls(**args)
+
+
+def test_segmentation_datamodule_batches_split_file_and_stats(synthetic_root, tmp_path):
+    dm = _dm(SegmentationDataModule, synthetic_root, tmp_path, label_fraction=0.25,
+             modality="RGBIR", ndsm=True, in_channels=5, num_workers=2)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (4, 5, 64, 64)
+    assert batch["label"].shape == (4, 64, 64) and batch["label"].dtype == torch.int64
+    assert len(batch["tile"]) == 4
+    split = json.loads((tmp_path / "run" / "label_split.json").read_text())
+    assert split["regions_total"] == 12 and split["regions_selected"] == 3
+    assert {r["tile"] for r in split["regions"]} <= {"2_10", "2_11", "2_12"}
+    stats = json.loads((tmp_path / "run" / "norm_stats.json").read_text())
+    assert stats["bands"] == ["R", "G", "B", "IR", "nDSM"] and len(stats["mean"]) == 5
+    vbatch = next(iter(dm.val_dataloader()))
+    assert vbatch["image"].shape[1:] == (5, 64, 64)
+    dm.setup("test")
+    assert len(dm.test_set) == 16  # 256 px test tile, 64 px windows
+    # normalised images have roughly zero mean, unit std
+    images = torch.cat([dm.train_set[i]["image"].flatten(1) for i in range(8)], dim=1)
+    assert images.mean().abs() < 0.6 and 0.4 < images.std() < 2.0
+    assert dm.state_dict()["band_names"] == ["R", "G", "B", "IR", "nDSM"]
+
+
+def test_off_palette_pixels_are_ignored_counted_and_reported(tmp_path):
+    from sssi.data.synthetic import generate
+
+    root = generate(tmp_path / "noisy", tiles=3, size=256, seed=1, off_palette=0.01)
+    dm = _dm(SegmentationDataModule, root, tmp_path)
+    dm.setup("fit")
+    audit = json.loads((tmp_path / "run" / "label_audit.json").read_text())
+    assert audit["pixels"] == 2 * 256 * 256
+    assert 0.005 < audit["off_palette"] / audit["pixels"] < 0.02
+    assert any(t["values"] for t in audit["tiles"].values())
+    sample = dm.train_set[0]
+    assert (sample["label"] == IGNORE_INDEX).any()
+    assert set(sample["label"].unique().tolist()) <= {0, 1, 2, 3, 4, 5, IGNORE_INDEX}
+
+
+def test_pretext_datamodule_needs_no_labels(potsdam_copy, tmp_path):
+    for p in (potsdam_copy / "5_Labels_all").iterdir():
+        p.unlink()
+    dm = _dm(PretextDataModule, potsdam_copy, tmp_path)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch) == {"image", "tile", "window"}
+    assert batch["image"].shape == (4, 3, 64, 64)
+    assert {t.id for t in dm.train_set.reader.tiles} == {"2_10", "2_11", "2_12"}
