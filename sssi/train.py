@@ -56,7 +56,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("train", True):
         trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         metrics.update(_floats(trainer.callback_metrics))
-    if cfg.get("test", False):
+    if cfg.get("test", False) and cfg.data.get("test_split") is not None:
         ckpt = _best_checkpoint(trainer) if cfg.get("train", True) else cfg.get("ckpt_path")
         results = trainer.test(task, datamodule=datamodule, ckpt_path=ckpt)
         for r in results:

@@ -182,7 +182,7 @@ def test_truncated_geotiff_is_reported_with_its_name(potsdam_copy):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     layout = build_layout("potsdam", potsdam_copy)
-    with pytest.raises(DataError, match="top_potsdam_2_11_RGB.tif") as err:
+    with pytest.raises(DataError, match=r"top_potsdam_2_11_RGB.tif") as err:
         layout.validate(layout.tiles("train"))
     assert "truncated or corrupt" in str(err.value) or "not a readable raster" in str(err.value)
 
@@ -191,7 +191,7 @@ def test_corrupt_file_is_reported_with_its_name(potsdam_copy):
     path = potsdam_copy / "5_Labels_all" / "top_potsdam_2_10_label.tif"
     path.write_bytes(b"this is not a tiff" * 100)
     layout = build_layout("potsdam", potsdam_copy)
-    with pytest.raises(DataError, match="top_potsdam_2_10_label.tif"):
+    with pytest.raises(DataError, match=r"top_potsdam_2_10_label.tif"):
         layout.validate(layout.tiles("train", labels=True))
 
 
@@ -231,9 +231,9 @@ def test_missing_label_and_missing_ndsm(potsdam_copy):
 
 
 def test_bad_modality_and_band_count_config(synthetic_root):
-    with pytest.raises(ConfigError, match="data.modality"):
+    with pytest.raises(ConfigError, match=r"data.modality"):
         build_layout("potsdam", synthetic_root, modality="RGBN")
-    with pytest.raises(ConfigError, match="data.dataset"):
+    with pytest.raises(ConfigError, match=r"data.dataset"):
         build_layout("potsdamm", synthetic_root)
     dm = SegmentationDataModule(root=str(synthetic_root), modality="RGBIR", in_channels=3)
     with pytest.raises(ConfigError, match=r"data.in_channels=3 .* 4 bands"):
@@ -281,7 +281,7 @@ def test_random_windows_stay_inside_their_region(synthetic_root):
         row, col, h, w = s["window"].tolist()
         assert s["tile"] == "2_11"
         assert s["image"].shape == (3, 64, 64) and s["label"].shape == (64, 64)
-        assert 64 <= row and row + h <= 164 and 32 <= col and col + w <= 152
+        assert row >= 64 and row + h <= 164 and col >= 32 and col + w <= 152
         assert 51 <= h <= 80
 
 

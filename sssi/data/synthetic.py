@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -74,16 +75,16 @@ ASPHALT: Color = (98, 99, 102, 78)
 PAVING: Color = (168, 163, 156, 120)
 COBBLE: Color = (140, 133, 124, 108)
 MARKING: Color = (232, 232, 228, 170)
-LAWN: Color = (98, 124, 66, 188)
+LAWN: Color = (98, 124, 66, 196)
 FIELD: Color = (150, 146, 92, 165)
-TREE_GREEN: Color = (58, 86, 46, 172)
+TREE_GREEN: Color = (58, 86, 46, 228)
 SOIL: Color = (146, 118, 88, 135)
 ROOF_COLORS: tuple[Color, ...] = (
-    (182, 92, 66, 128), (166, 80, 60, 120), (196, 112, 80, 134),  # red clay tiles
-    (118, 116, 118, 92), (84, 82, 86, 70), (140, 104, 92, 104),  # grey, slate, brown
+    (182, 92, 66, 112), (166, 80, 60, 104), (196, 112, 80, 118),  # red clay tiles
+    (118, 116, 118, 84), (84, 82, 86, 62), (140, 104, 92, 96),  # grey, slate, brown
 )
-FLAT_ROOF_COLORS: tuple[Color, ...] = ((150, 148, 142, 112), (124, 124, 126, 96),
-                                       (170, 168, 160, 122))
+FLAT_ROOF_COLORS: tuple[Color, ...] = ((150, 148, 142, 104), (124, 124, 126, 88),
+                                       (170, 168, 160, 114))
 CAR_COLORS: tuple[Color, ...] = (
     (214, 214, 212, 150), (172, 174, 178, 128), (38, 38, 42, 34), (160, 34, 32, 120),
     (42, 58, 118, 50), (72, 74, 78, 58), (44, 82, 54, 62), (190, 180, 150, 135),
@@ -151,8 +152,8 @@ class _Canvas:
     # primitives ------------------------------------------------------------------------
     def box(self, u0: float, v0: float, u1: float, v1: float) -> tuple[int, int, int, int] | None:
         """Integer (r0, r1, c0, c1) of a rectangle clipped to the canvas, None if empty."""
-        c0, c1 = max(int(round(u0)), 0), min(int(round(u1)), self.S)
-        r0, r1 = max(int(round(v0)), 0), min(int(round(v1)), self.S)
+        c0, c1 = max(round(u0), 0), min(round(u1), self.S)
+        r0, r1 = max(round(v0), 0), min(round(v1), self.S)
         if c1 <= c0 or r1 <= r0:
             return None
         return r0, r1, c0, c1
@@ -215,7 +216,7 @@ class _Canvas:
             dist = np.minimum(da, dd) + zeros
             nx = np.where(near_side, np.where(a < L / 2, -1.0, 1.0), 0.0) + zeros
             ny = np.where(near_side, 0.0, np.where(d < W / 2, -1.0, 1.0)) + zeros
-        out = np.empty(dist.shape + (4,), np.float32)
+        out = np.empty((*dist.shape, 4), np.float32)
         out[:] = color
         if kind == "flat":
             height = eave + zeros
@@ -306,14 +307,15 @@ class _Canvas:
         if loc is None:
             return
         sl, a, d = loc
-        t = (a / length if along_u else d / length) + 0.0 * (a + d)  # 0..1 along the car
-        s = (d / width if along_u else a / width) + 0.0 * (a + d)  # 0..1 across
+        a, d = np.broadcast_arrays(a, d)
+        t = a / length if along_u else d / length  # 0..1 along the car
+        s = d / width if along_u else a / width  # 0..1 across
         if heading < 0:
             t = 1.0 - t
         corner = (np.minimum(t, 1 - t) * length < 3) & (np.minimum(s, 1 - s) * width < 3)
         body = ~corner
         color = CAR_COLORS[rng.integers(len(CAR_COLORS))]
-        px = np.empty(t.shape + (4,), np.float32)
+        px = np.empty((*t.shape, 4), np.float32)
         px[:] = color
         glass = ((t > 0.22) & (t < 0.36) | (t > 0.74) & (t < 0.84)) & (np.abs(s - 0.5) < 0.4)
         roof = (t >= 0.36) & (t <= 0.74) & (np.abs(s - 0.5) < 0.4)
@@ -401,11 +403,11 @@ class _City:
         # the vertical streets present in that band.
         bands = [(lo, 0.0), *((y, w) for y, w in hs), (hi, 0.0)]
         blocks = []
-        for (ya, wa), (yb, wb) in zip(bands[:-1], bands[1:], strict=True):
+        for (ya, wa), (yb, wb) in itertools.pairwise(bands):
             present = [(x, w) for (x, w), (s0, s1) in zip(vs, spans, strict=True)
                        if s0 <= ya + 1 and s1 >= yb - 1]
             cols = [(lo, 0.0), *present, (hi, 0.0)]
-            for (xa, wxa), (xb, wxb) in zip(cols[:-1], cols[1:], strict=True):
+            for (xa, wxa), (xb, wxb) in itertools.pairwise(cols):
                 blk = (xa + wxa / 2, ya + wa / 2, xb - wxb / 2, yb - wb / 2)
                 if blk[2] - blk[0] > 60 and blk[3] - blk[1] > 60 and self._visible(blk):
                     blocks.append(blk)
@@ -666,7 +668,7 @@ class _City:
             self._scatter_trees(inner, int(iw * ih / 8000) + 1, 14, 32)
             return
         along_u = lw >= lh
-        long_, short = (lw, lh) if along_u else (lh, lw)
+        short = lh if along_u else lw
         gap = rng.uniform(70, 110)
         n = max(1, int((short + gap - 20) // (d + gap)))
         spare = short - n * d - (n - 1) * gap
@@ -851,11 +853,11 @@ def _shadow(hgt: np.ndarray, sun: tuple[float, float], elevation: float) -> np.n
     padded[:H, :W] = hgt
     coarse = padded.reshape(Hp // f, f, Wp // f, f).max(axis=(1, 3))
     drop = f * math.tan(elevation) / PX_PER_M  # metres the ray rises per coarse pixel
-    steps = int(math.ceil(float(coarse.max()) / drop)) if coarse.max() > 0 else 0
+    steps = math.ceil(float(coarse.max()) / drop) if coarse.max() > 0 else 0
     horizon = np.zeros_like(coarse)
     h, w = coarse.shape
     for k in range(1, steps + 1):
-        dx, dy = int(round(k * sun[0])), int(round(k * sun[1]))
+        dx, dy = round(k * sun[0]), round(k * sun[1])
         if abs(dx) >= w or abs(dy) >= h:
             break
         # horizon[y, x] = max(coarse[y + dy, x + dx] - k * drop)
@@ -900,7 +902,7 @@ def _render_tile(tid: str, size: int, seed: int, sun_az: float, sun_el: float,
     rng = np.random.default_rng([seed, r, c, 1])
     theta = 0.0 if rng.random() < 0.35 else rng.uniform(-0.7, 0.7)
     cos_t, sin_t = math.cos(theta), math.sin(theta)
-    side = size if theta == 0.0 else int(math.ceil(size * (abs(cos_t) + abs(sin_t)))) + 6
+    side = size if theta == 0.0 else math.ceil(size * (abs(cos_t) + abs(sin_t))) + 6
     # Vector towards the sun in tile pixels (x right, y down; azimuth clockwise from N).
     sun_t = (math.sin(sun_az), -math.cos(sun_az))
     # canvas = centre_s + R(theta) (tile - centre_t), so directions turn by R(theta).
@@ -1033,7 +1035,8 @@ def generate(out: str | Path, tiles: int = 6, size: int = 1024, seed: int = 0,
     line per tile written.
     """
     root = Path(out).expanduser()
-    if not isinstance(size, int) or size < 32:
+    size = int(size) if isinstance(size, np.integer) else size
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 32:
         raise ConfigError(f"size={size!r}: expected an integer of at least 32 px")
     if not 0.0 <= off_palette < 1.0:
         raise ConfigError(f"off_palette={off_palette!r}: expected a fraction in [0, 1)")

@@ -1,0 +1,139 @@
+"""The entry point and the real configs: composition, end-to-end runs, user errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import open_dict
+
+from sssi.train import CONFIG_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = Path(CONFIG_DIR)
+
+# small enough for 2 CPU cores: 3 tiles of 256 px, 64 px crops, one short epoch
+TINY = [
+    "data.synthetic.size=256", "data.synthetic.tiles=3", "data.crop_size=64",
+    "data.batch_size=4", "data.samples_per_epoch=8", "data.num_workers=0",
+    "data.region_size=128", "trainer.max_epochs=1", "trainer.log_every_n_steps=1",
+]
+
+
+def _compose(overrides: list[str], tmp_path: Path):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path / "run")
+            cfg.paths.data_dir = str(tmp_path / "data")
+        return cfg
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("data", _options("data"))
+@pytest.mark.parametrize("trainer", _options("trainer"))
+def test_every_data_and_trainer_config_composes(data, trainer, tmp_path):
+    cfg = _compose([f"data={data}", f"trainer={trainer}"], tmp_path)
+    dm = instantiate(cfg.data)
+    assert dm.in_channels == cfg.backbone.in_channels == dm.layout.num_bands
+    assert cfg.data.num_classes == dm.num_classes == 6
+    assert cfg.trainer._target_ == "lightning.Trainer"
+
+
+@pytest.mark.parametrize("backbone", _options("backbone"))
+def test_every_backbone_builds_a_task(backbone, tmp_path):
+    cfg = _compose([f"backbone={backbone}", "data.modality=RGBIR", "data.ndsm=true"], tmp_path)
+    assert cfg.data.in_channels == 5
+    task = instantiate(cfg.task)
+    import torch
+
+    with torch.no_grad():
+        out = task.eval()(torch.zeros(1, 5, 64, 64))
+    assert out.shape == (1, 6, 64, 64)
+
+
+def _run(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "sssi.train", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_main_job_runs_end_to_end_on_generated_synthetic_data(tmp_path):
+    out = tmp_path / "out"
+    proc = _run([*TINY, f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={out}"],
+                cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "data" / "synthetic_potsdam" / "SYNTHETIC.json").is_file()
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert (out / ".hydra" / "config.yaml").is_file()
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("test/mIoU", "test/mF1", "test/OA", "test/IoU_building", "val/mIoU"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert (out / "label_split.json").is_file() and (out / "norm_stats.json").is_file()
+    assert (out / "csv" / "metrics.csv").is_file()
+
+
+@pytest.mark.slow
+def test_multirun_gives_each_job_its_own_folder(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = _run(["-m", *TINY, "trainer.max_steps=1", "test=false",
+                 "data.label_fraction=0.25,0.5", f"paths.data_dir={tmp_path / 'data'}",
+                 f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    splits = [json.loads((sweep / str(i) / "label_split.json").read_text()) for i in (0, 1)]
+    assert [s["label_fraction"] for s in splits] == [0.25, 0.5]
+    assert splits[0]["regions_selected"] < splits[1]["regions_selected"]
+    for i in (0, 1):
+        assert (sweep / str(i) / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_config_typo_is_a_clear_hydra_error(tmp_path):
+    proc = _run(["data.roott=/x"], cwd=tmp_path, timeout=120)
+    assert proc.returncode != 0
+    assert "roott" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_data_root_is_one_line_naming_the_path(tmp_path):
+    missing = tmp_path / "no_such_potsdam"
+    proc = _run(["data=potsdam", f"data.root={missing}", f"hydra.run.dir={tmp_path / 'o'}"],
+                cwd=tmp_path, timeout=120)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(missing) in errors[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_value_names_the_key(tmp_path):
+    proc = _run([*TINY, "data.label_fraction=1.5", f"paths.data_dir={tmp_path / 'data'}",
+                 f"hydra.run.dir={tmp_path / 'o'}"], cwd=tmp_path, timeout=300)
+    assert proc.returncode == 1
+    assert "error: data.label_fraction=1.5" in proc.stderr
+
+
+def test_folder_config_reads_the_real_loveda_samples(tmp_path):
+    from tests.conftest import real_sample
+
+    root = real_sample("loveda")
+    cfg = _compose(["data=folder", f"data.root={root}", "data.layout_options.palette=loveda",
+                    "data.num_classes=7", "data.num_workers=0", "data.samples_per_epoch=4",
+                    "data.batch_size=2"], tmp_path)
+    dm = instantiate(cfg.data)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (2, 3, 256, 256)
+    labels = set(batch["label"].unique().tolist())
+    assert labels <= set(range(7)) | {255} and len(labels - {255}) >= 1
+    assert json.loads((tmp_path / "run" / "label_split.json").read_text())["regions_total"] == 8
