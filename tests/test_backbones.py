@@ -102,10 +102,17 @@ def save(state: dict[str, Tensor], path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def rgb_resnet18_file(tmp_path: Path) -> tuple[Path, dict[str, Tensor]]:
+@pytest.fixture(scope="module")
+def _rgb_resnet18_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     state = random_state_dict(torchvision_shapes("resnet18"))
-    return save(state, tmp_path / "resnet18-imagenet.pth"), state
+    return save(state, tmp_path_factory.mktemp("weights") / "resnet18-imagenet.pth"), state
+
+
+@pytest.fixture
+def rgb_resnet18_file(_rgb_resnet18_file: tuple[Path, dict]) -> tuple[Path, dict[str, Tensor]]:
+    """A torchvision-style RGB ResNet-18 file (written once) and a copy of its tensors."""
+    path, state = _rgb_resnet18_file
+    return path, dict(state)
 
 
 @pytest.fixture

@@ -358,3 +358,48 @@ def test_pretext_datamodule_needs_no_labels(potsdam_copy, tmp_path):
     assert set(batch) == {"image", "tile", "window"}
     assert batch["image"].shape == (4, 3, 64, 64)
     assert {t.id for t in dm.train_set.reader.tiles} == {"2_10", "2_11", "2_12"}
+
+
+@pytest.mark.parametrize("name", [("rasterio", "RGB.byte.tif"),
+                                  ("openearthmap", "adelaide_2.tif")])
+def test_real_geotiffs_read_window_by_window(name):
+    path = real_sample(*name)
+    layout = build_layout("folder", path.parent, images=".", labels=None)
+    (tile,) = [t for t in layout.tiles("all") if t.image_path.name == name[1]]
+    (h, w) = layout.validate([tile])[tile.id]
+    reader = TileReader([tile], ISPRS)
+    with rasterio.open(path) as ds:
+        assert (h, w) == (ds.height, ds.width)
+        for region in grid_regions([(h, w)], 300, 300):
+            window = Window(region.col, region.row, region.width, region.height)
+            got = reader.image(0, window)
+            assert np.array_equal(got.transpose(2, 0, 1), ds.read(window=window))
+    mean, std = band_stats([tile])
+    assert len(mean) == 3 and all(0 < m < 255 for m in mean) and all(s > 1 for s in std)
+
+
+def test_training_windows_are_reproducible_new_each_epoch_and_split_over_ranks(synthetic_root):
+    from sssi.data.datasets import EpochSampler
+
+    tiles = build_layout("potsdam", synthetic_root).tiles("train", labels=True)
+    regions = [Region(i, 0, 0, 256, 256) for i in range(len(tiles))]
+
+    def make(seed):
+        return RandomWindowDataset(TileReader(tiles, ISPRS), regions, 64, 6,
+                                   normalizer([0, 0, 0], [1, 1, 1]), with_labels=True,
+                                   transform=__import__("sssi.data.transforms",
+                                                        fromlist=["x"]).train_transform(),
+                                   seed=seed)
+
+    a, b = make(0), make(0)
+    for i in (0, 5, 17):
+        sa, sb = a[i], b[i]  # same seed and index: same window and same augmentation
+        assert torch.equal(sa["image"], sb["image"]) and torch.equal(sa["label"], sb["label"])
+    assert not torch.equal(a[0]["window"], make(1)[0]["window"]) or \
+        not torch.equal(a[0]["image"], make(1)[0]["image"])
+    sampler = EpochSampler(a, num_replicas=1, rank=0)
+    first = list(sampler)
+    sampler.set_epoch(1)
+    assert first == list(range(6)) and list(sampler) == list(range(6, 12))
+    ranks = [list(EpochSampler(a, num_replicas=2, rank=r)) for r in (0, 1)]
+    assert ranks == [[0, 2, 4], [1, 3, 5]]

@@ -22,6 +22,7 @@ from rasterio.windows import Window
 from torch.utils.data import DataLoader
 
 from sssi.data.datasets import (
+    EpochSampler,
     GridWindowDataset,
     RandomWindowDataset,
     Region,
@@ -51,6 +52,7 @@ class TileDataModule(L.LightningDataModule):
             layout so that a model config and a data config can't silently disagree.
         crop_size, scale: training window size and zoom range.
         samples_per_epoch: random windows per epoch (default: cover the area once).
+        seed: seed of the training windows and their augmentation (``${seed}``).
         mean, std: per-band statistics in raw units; computed from the training tiles
             when omitted.
         synthetic: parameters of the embedded synthetic dataset, generated into
@@ -90,6 +92,7 @@ class TileDataModule(L.LightningDataModule):
         label_fraction: float = 1.0,
         region_size: int = 600,
         split_seed: int = 0,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.dataset = dataset
@@ -121,6 +124,7 @@ class TileDataModule(L.LightningDataModule):
         self.label_fraction = float(label_fraction)
         self.region_size = int(region_size)
         self.split_seed = int(split_seed)
+        self.seed = int(seed)
         self._layout: Layout | None = None
         self.train_set: torch.utils.data.Dataset | None = None
         self.val_set: torch.utils.data.Dataset | None = None
@@ -217,12 +221,12 @@ class TileDataModule(L.LightningDataModule):
         self.std = state_dict.get("std", self.std)
 
     # ----------------------------------------------------------------------- loaders
-    def _loader(self, dataset, shuffle: bool, batch_size: int, drop_last: bool) -> DataLoader:
+    def _loader(self, dataset, batch_size: int, drop_last: bool, sampler=None) -> DataLoader:
         workers = self.num_workers
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers and workers > 0,
@@ -231,18 +235,19 @@ class TileDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup('fit') first"
-        drop = len(self.train_set) >= self.batch_size
-        return self._loader(self.train_set, False, self.batch_size, drop)
+        sampler = EpochSampler(self.train_set)
+        return self._loader(self.train_set, self.batch_size, len(sampler) >= self.batch_size,
+                            sampler)
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_set is None:
             return []
-        return self._loader(self.val_set, False, self.eval_batch_size, False)
+        return self._loader(self.val_set, self.eval_batch_size, False)
 
     def test_dataloader(self) -> DataLoader | list:
         if self.test_set is None:
             return []
-        return self._loader(self.test_set, False, self.eval_batch_size, False)
+        return self._loader(self.test_set, self.eval_batch_size, False)
 
     def _train_transform(self):
         return train_transform(**self.augment)
@@ -263,7 +268,8 @@ class PretextDataModule(TileDataModule):
             reader = TileReader(tiles, self.layout.palette)
             self.train_set = RandomWindowDataset(
                 reader, regions, self.crop_size, self._epoch_length(regions), self.normalize(),
-                with_labels=False, transform=self._train_transform(), scale=self.scale)
+                with_labels=False, transform=self._train_transform(), scale=self.scale,
+                seed=self.seed)
             log.info("pretext: %d tiles, %d windows of %d px per epoch", len(tiles),
                      len(self.train_set), self.crop_size)
             if self.val_split is not None:
@@ -298,7 +304,8 @@ class SegmentationDataModule(TileDataModule):
             self._audit(reader, regions)
             self.train_set = RandomWindowDataset(
                 reader, regions, self.crop_size, self._epoch_length(regions), self.normalize(),
-                with_labels=True, transform=self._train_transform(), scale=self.scale)
+                with_labels=True, transform=self._train_transform(), scale=self.scale,
+                seed=self.seed)
             log.info("segmentation: %d of %d labelled %d px regions (fraction %.3g) from %d "
                      "tiles, %d windows per epoch", len(regions), total, self.region_size,
                      self.label_fraction, len(tiles), len(self.train_set))

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from rasterio.windows import Window
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, DistributedSampler
 
 from sssi.data.layouts import Tile
 from sssi.data.palettes import Palette
@@ -73,8 +74,14 @@ def normalizer(mean: Sequence[float], std: Sequence[float]) -> Callable[[np.ndar
     if np.any(s <= 0):
         raise DataError(f"normalisation std must be positive, got {list(std)}")
 
+    inv = (1.0 / s)[:, None, None]
+    shift = m[:, None, None]
+
     def apply(image: np.ndarray) -> np.ndarray:
-        return ((image.astype(np.float32) - m) / s).transpose(2, 0, 1)
+        out = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
+        out -= shift
+        out *= inv
+        return out
 
     return apply
 
@@ -158,18 +165,19 @@ class _WindowDataset(Dataset):
 
 
 class RandomWindowDataset(_WindowDataset):
-    """Random square windows drawn from ``regions`` (area-weighted), ``length`` per epoch.
+    """Random square windows drawn from ``regions`` (area-weighted).
 
-    ``scale`` = (lo, hi) draws a zoom factor s per sample: a window of ``crop / s``
-    pixels is read and resized to ``crop`` (s > 1 zooms in). Each worker draws from its
-    own generator seeded by torch, so runs are reproducible under
-    ``lightning.seed_everything(workers=True)``.
+    Sample ``index`` is a pure function of ``(seed, index)``: the :class:`EpochSampler`
+    hands out indices ``epoch * length + i``, so every epoch draws new windows, yet a
+    run resumed from a checkpoint, or one with another number of workers, draws
+    exactly the same ones. ``scale`` = (lo, hi) draws a zoom factor s per sample: a
+    window of ``crop / s`` pixels is read and resized to ``crop`` (s > 1 zooms in).
     """
 
     def __init__(self, reader: TileReader, regions: Sequence[Region], crop_size: int,
                  length: int, normalize: Callable[[np.ndarray], np.ndarray],
                  with_labels: bool = False, transform: Transform | None = None,
-                 scale: tuple[float, float] | None = None) -> None:
+                 scale: tuple[float, float] | None = None, seed: int = 0) -> None:
         super().__init__(reader, with_labels, normalize, transform)
         if not regions:
             raise DataError("no regions to sample training windows from")
@@ -177,24 +185,18 @@ class RandomWindowDataset(_WindowDataset):
         self.crop_size = int(crop_size)
         self.length = int(length)
         self.scale = tuple(scale) if scale else None
+        self.seed = int(seed)
         areas = np.array([r.height * r.width for r in self.regions], dtype=np.float64)
-        self.weights = areas / areas.sum()
-        self._rng: np.random.Generator | None = None
-        self._rng_seed: int | None = None
+        self.cumulative = np.cumsum(areas / areas.sum())
 
     def __len__(self) -> int:
         return self.length
 
-    def _generator(self) -> np.random.Generator:
-        seed = torch.initial_seed()  # differs per worker and per epoch's loader
-        if self._rng is None or seed != self._rng_seed:
-            self._rng = np.random.default_rng(seed % 2**63)
-            self._rng_seed = seed
-        return self._rng
-
-    def __getitem__(self, index: int) -> dict:
-        rng = self._generator()
-        region = self.regions[rng.choice(len(self.regions), p=self.weights)]
+    def window(self, index: int) -> tuple[int, Window, np.random.Generator]:
+        """The tile and window of sample ``index`` (and the generator for augmentation)."""
+        rng = np.random.default_rng((self.seed, int(index)))
+        pick = int(np.searchsorted(self.cumulative, rng.random(), side="right"))
+        region = self.regions[min(pick, len(self.regions) - 1)]
         size = self.crop_size
         if self.scale is not None:
             s = math.exp(rng.uniform(math.log(self.scale[0]), math.log(self.scale[1])))
@@ -203,7 +205,43 @@ class RandomWindowDataset(_WindowDataset):
         w = min(size, region.width)
         row = region.row + int(rng.integers(0, region.height - h + 1))
         col = region.col + int(rng.integers(0, region.width - w + 1))
-        return self._sample(region.tile, Window(col, row, w, h), out_size=self.crop_size)
+        return region.tile, Window(col, row, w, h), rng
+
+    def __getitem__(self, index: int) -> dict:
+        tile, window, rng = self.window(index)
+        if self.transform is not None and hasattr(self.transform, "set_random_seed"):
+            # albumentations keeps its own generators: reseed them from this sample's
+            # so that augmentation is a function of (seed, index) too (~0.1 ms)
+            self.transform.set_random_seed(int(rng.integers(2**31)))
+        return self._sample(tile, window, out_size=self.crop_size)
+
+
+class EpochSampler(DistributedSampler):
+    """Indices ``epoch * length + i`` for :class:`RandomWindowDataset`, split over ranks.
+
+    Each rank takes every ``world``-th index, so DDP ranks draw different windows.
+    Lightning calls :meth:`set_epoch` on it every epoch and, as it is a
+    ``DistributedSampler``, does not wrap it in another one.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int | None = None,
+                 rank: int | None = None) -> None:
+        if num_replicas is None or rank is None:
+            if dist.is_available() and dist.is_initialized():
+                num_replicas, rank = dist.get_world_size(), dist.get_rank()
+            else:
+                num_replicas, rank = 1, 0
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.length = len(dataset)  # type: ignore[arg-type]
+        self.per_rank = math.ceil(self.length / num_replicas)
+
+    def __iter__(self):
+        base = self.epoch * self.length
+        for k in range(self.per_rank):
+            yield base + (self.rank + k * self.num_replicas) % self.length
+
+    def __len__(self) -> int:
+        return self.per_rank
 
 
 class GridWindowDataset(_WindowDataset):

@@ -39,7 +39,7 @@ from sssi.errors import ConfigError, DataError, SssiError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MARKER", "ensure_synthetic", "generate", "main", "tile_ids"]
+__all__ = ["MARKER", "ensure_synthetic", "generate", "main", "tile_ids", "tile_paths"]
 
 #: Written last in the dataset root; holds the generation parameters.
 MARKER = "SYNTHETIC.json"
@@ -438,11 +438,12 @@ class _City:
         """Centre line dashes, zebra crossings and parked/driving cars of one street."""
         rng, cv = self.rng, self.cv
 
-        def rect(t0: float, t1: float, o0: float, o1: float, *args: object) -> None:
+        def mark(t0: float, t1: float, o0: float, o1: float) -> None:
+            """White paint (image only) from t0 to t1 along, o0 to o1 across the street."""
             if vertical:
-                cv.rect(c + o0, t0, c + o1, t1, *args)  # type: ignore[arg-type]
+                cv.rect(c + o0, t0, c + o1, t1, None, MARKING, M_MARKING, None)
             else:
-                cv.rect(t0, c + o0, t1, c + o1, *args)  # type: ignore[arg-type]
+                cv.rect(t0, c + o0, t1, c + o1, None, MARKING, M_MARKING, None)
 
         segs = []
         start = s0
@@ -457,15 +458,16 @@ class _City:
                 continue
             if w >= 70:  # dashed centre line
                 for t in np.arange(t0 + 20, t1 - 30, 48.0):
-                    rect(t, t + 24, -1.5, 1.5, None, MARKING, M_MARKING, None)
+                    mark(t, t + 24, -1.5, 1.5)
             for end, sign in ((t0, 1), (t1, -1)):
                 if rng.random() < 0.25:  # zebra crossing next to the junction
                     z0 = end + sign * 6
                     for o in np.arange(-w / 2 + 5, w / 2 - 8, 10.0):
-                        rect(min(z0, z0 + sign * 30), max(z0, z0 + sign * 30), o, o + 5,
-                             None, MARKING, M_MARKING, None)
+                        mark(min(z0, z0 + sign * 30), max(z0, z0 + sign * 30), o, o + 5)
+            free = []
             for side in (-1, 1):  # cars parked along the kerb
                 if rng.random() < 0.55:
+                    free.append(side)
                     continue
                 off = side * (w / 2 - 13)
                 t = t0 + rng.uniform(6, 40)
@@ -474,10 +476,10 @@ class _City:
                         self._car_at(c, off, t + 24, vertical, int(rng.choice([-1, 1])))
                     t += 48 + (rng.uniform(2, 20) if rng.random() < 0.8
                                else rng.uniform(60, 180))
-            for _ in range(int(rng.integers(0, 2)) if w >= 50 else 0):  # driving cars
-                t = rng.uniform(t0 + 30, max(t0 + 31, t1 - 30))
-                side = int(rng.choice([-1, 1]))
-                self._car_at(c, side * w / 4, t, vertical, side)
+            for side in free:  # a car driving in a lane without parked cars
+                if rng.random() < 0.4:
+                    t = rng.uniform(t0 + 30, max(t0 + 31, t1 - 30))
+                    self._car_at(c, side * max(w / 4, 12.0), t, vertical, side)
 
     def _car_at(self, c: float, off: float, t: float, vertical: bool, heading: int) -> None:
         if vertical:
@@ -571,6 +573,7 @@ class _City:
         u0, v0, u1, v1 = lot
         depth_max = min(115.0, 0.42 * min(u1 - u0, v1 - v0))
         placed: list[tuple[float, float, float, float]] = []
+        drives: list[tuple[float, float, float, float]] = []
         for side in (0, 1, 2, 3):
             horizontal = side < 2
             t_lo, t_hi = (u0, u1) if horizontal else (v0, v1)
@@ -587,14 +590,16 @@ class _City:
                     e0 = u0 + back if side == 2 else u1 - back - dep
                     house = (e0, t, e0 + dep, t + a)
                 gap = rng.uniform(14, 46)
-                if not any(_overlap(house, p, 14) for p in placed):
+                if not any(_overlap(house, p, 14) for p in placed) and \
+                        not any(_overlap(house, p, 0) for p in drives):
                     kind, color = self._roof_kind()
                     if kind == "gable" or kind == "gable_v":
                         kind = "gable" if horizontal else "gable_v"
                     cv.roof(*house, kind, color, rng.uniform(5, 9))
                     placed.append(house)
                     if gap > 32 and rng.random() < 0.6:
-                        self._driveway(lot, side, t + a + 4, min(gap - 8, 28), back + dep * 0.8)
+                        drives.append(self._driveway(lot, side, t + a + 4, min(gap - 8, 28),
+                                                     back + dep * 0.8))
                 t += a + gap
         area = (u1 - u0) * (v1 - v0)
         self._beds(lot, int(rng.integers(1, 5)))
@@ -609,7 +614,8 @@ class _City:
                             clusters=int(rng.integers(0, 3)))
 
     def _driveway(self, lot: tuple[float, float, float, float], side: int, t: float,
-                  width: float, length: float) -> None:
+                  width: float, length: float) -> tuple[float, float, float, float]:
+        """A cobbled driveway from the street to beside a house, sometimes with a car."""
         rng, cv = self.rng, self.cv
         u0, v0, u1, v1 = lot
         if side < 2:
@@ -622,6 +628,7 @@ class _City:
         if rng.random() < 0.5 and length > 52 and width >= 22:
             cu, cvv = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
             cv.car(cu, cvv, along_u=side >= 2, heading=int(rng.choice([-1, 1])))
+        return box
 
     def _beds(self, lot: tuple[float, float, float, float], n: int) -> None:
         """Small clutter patches: vegetable beds, compost, sandpits."""
@@ -897,7 +904,8 @@ def _off_palette(colors: np.ndarray, cls: np.ndarray, frac: float,
 
 def _render_tile(tid: str, size: int, seed: int, sun_az: float, sun_el: float,
                  off_palette: float) -> dict[str, np.ndarray]:
-    """All rasters of one tile: 'RGBIR' (H, W, 4), 'ndsm' (H, W), 'label', 'label_nb'."""
+    """All rasters of one tile: 'RGBIR' (H, W, 4), 'ndsm' (H, W), colour labels 'label'
+    and 'label_nb' (H, W, 3), and the class indices 'cls' (H, W)."""
     r, c = (int(p) for p in tid.split("_"))
     rng = np.random.default_rng([seed, r, c, 1])
     theta = 0.0 if rng.random() < 0.35 else rng.uniform(-0.7, 0.7)
