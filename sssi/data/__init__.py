@@ -1,8 +1,20 @@
-"""Data: layouts of datasets on disk, palettes, patch datasets and datamodules."""
+"""Data: layouts of datasets on disk, palettes, patch datasets and datamodules.
 
-from sssi.data.datamodules import PretextDataModule, SegmentationDataModule, TileDataModule
+The datamodules import Lightning (seconds); they load on first use so that light
+commands such as ``python -m sssi.data.synthetic`` start fast.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from sssi.data.layouts import Layout, Tile, build_layout
 from sssi.data.palettes import IGNORE_INDEX, ISPRS, Palette, get_palette
+
+if TYPE_CHECKING:
+    from sssi.data.datamodules import PretextDataModule, SegmentationDataModule, TileDataModule
+
+_LAZY = {"PretextDataModule", "SegmentationDataModule", "TileDataModule"}
 
 __all__ = [
     "IGNORE_INDEX",
@@ -16,3 +28,11 @@ __all__ = [
     "build_layout",
     "get_palette",
 ]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from sssi.data import datamodules
+
+        return getattr(datamodules, name)
+    raise AttributeError(f"module 'sssi.data' has no attribute {name!r}")
