@@ -19,3 +19,22 @@ def register_resolvers() -> None:
 
 
 register_resolvers()
+
+
+def to_plain(value):
+    """OmegaConf containers (and mappings/sequences holding them) -> plain Python.
+
+    Checkpoints must hold only plain types: ``torch.load(weights_only=True)``, which
+    Lightning uses, refuses OmegaConf objects.
+    """
+    from collections.abc import Mapping
+
+    from omegaconf import DictConfig, ListConfig
+
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, Mapping):
+        return {k: to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_plain(v) for v in value)
+    return value

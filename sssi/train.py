@@ -42,10 +42,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
 
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
-    task_kwargs = {}
-    if hasattr(datamodule, "layout"):
-        task_kwargs["class_names"] = list(datamodule.layout.palette.classes)
-    task: L.LightningModule = hydra.utils.instantiate(cfg.task, **task_kwargs)
+    task: L.LightningModule = hydra.utils.instantiate(cfg.task)
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")),
         logger=instantiate_group(cfg.get("logger")) or False)

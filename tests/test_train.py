@@ -32,6 +32,8 @@ def _compose(overrides: list[str], tmp_path: Path):
         cfg = compose("train", overrides=overrides, return_hydra_config=True)
         HydraConfig.instance().set_config(cfg)
         with open_dict(cfg):
+            del cfg["hydra"]  # as in a real run: the app never sees the hydra node
+        with open_dict(cfg):
             cfg.paths.output_dir = str(tmp_path / "run")
             cfg.paths.data_dir = str(tmp_path / "data")
         return cfg

@@ -13,7 +13,6 @@ from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
@@ -22,16 +21,9 @@ from torchmetrics.classification import (
     MulticlassJaccardIndex,
 )
 
+from sssi.config import to_plain
 from sssi.data.palettes import IGNORE_INDEX
 from sssi.models.heads import FCNFusionHead, Segmenter
-
-
-def _plain(cfg: Mapping | DictConfig | None) -> dict | None:
-    if cfg is None:
-        return None
-    if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    return dict(cfg)
 
 
 class SegmentTask(L.LightningModule):
@@ -47,8 +39,8 @@ class SegmentTask(L.LightningModule):
                  class_names: list[str] | None = None) -> None:
         super().__init__()
         self.save_hyperparameters({
-            "backbone": _plain(backbone), "loss": _plain(loss), "num_classes": num_classes,
-            "optimizer": _plain(optimizer), "scheduler": _plain(scheduler),
+            "backbone": to_plain(backbone), "loss": to_plain(loss), "num_classes": num_classes,
+            "optimizer": to_plain(optimizer), "scheduler": to_plain(scheduler),
             "head_channels": head_channels, "freeze_encoder": freeze_encoder,
             "class_names": [str(c) for c in class_names] if class_names else None,
         })
@@ -63,6 +55,16 @@ class SegmentTask(L.LightningModule):
         kw: dict[str, Any] = {"num_classes": num_classes, "ignore_index": IGNORE_INDEX}
         self.val_metrics = self._metrics(kw, "val/")
         self.test_metrics = self._metrics(kw, "test/")
+
+    def setup(self, stage: str) -> None:
+        # class names come from the data's palette unless the checkpoint already has them
+        dm = getattr(self.trainer, "datamodule", None)
+        layout = getattr(dm, "layout", None)
+        if self.hparams.class_names is None and layout is not None:
+            names = [str(c) for c in layout.palette.classes]
+            if len(names) == self.hparams.num_classes:
+                self.hparams.class_names = names
+                self.class_names = names
 
     @staticmethod
     def _metrics(kw: dict, prefix: str) -> MetricCollection:

@@ -1,0 +1,365 @@
+"""The pretext game as a LightningModule: an inpainter restores holes an instructor chose.
+
+Two players, two optimizers, manual optimisation. Which player learns at a given
+moment is a pure function of the epoch (or step) and the configured schedule, so a
+resumed run lands in the same phase, and every random draw of a step (masks, the
+instructor's latent sample) comes from a generator seeded by ``(seed, global_step)``:
+a run resumed from a checkpoint continues bit for bit on the CPU.
+
+Schedules (``schedule.mode``):
+- ``phases`` (the paper): ``warmup_epochs`` of the inpainter on random masks, then
+  ``rounds`` x [``instructor_epochs`` with the inpainter frozen, ``inpainter_epochs``
+  on instructor masks]; after the last round the inpainter keeps training on
+  instructor masks.
+- ``alternate`` (ADIOS-style): after the warm-up, ``inpainter_steps`` inpainter steps
+  then ``instructor_steps`` instructor steps, repeated.
+When ``mask_policy`` is a plain policy (random blocks, random patches, centre hole)
+there is no instructor and the module trains the inpainting baselines.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from torch import Tensor
+
+from sssi.config import to_plain
+from sssi.errors import SssiError
+from sssi.masking import mask_stats
+from sssi.models.inpainter import Inpainter
+
+log = logging.getLogger(__name__)
+
+WARMUP, INSTRUCTOR, INPAINTER = "warmup", "instructor", "inpainter"
+PHASES = (WARMUP, INSTRUCTOR, INPAINTER)
+
+
+class TrainingDivergedError(SssiError):
+    """A player's loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Who plays when. See the module docstring."""
+
+    mode: str = "phases"
+    warmup_epochs: int = 100
+    rounds: int = 10
+    instructor_epochs: int = 30
+    inpainter_epochs: int = 30
+    inpainter_steps: int = 5
+    instructor_steps: int = 1
+    reset_optimizers_each_round: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("phases", "alternate"):
+            raise SssiError(f"task.schedule.mode={self.mode!r}: expected 'phases' or 'alternate'")
+        for key in ("instructor_epochs", "inpainter_epochs", "inpainter_steps",
+                    "instructor_steps"):
+            if getattr(self, key) < 1:
+                raise SssiError(f"task.schedule.{key}={getattr(self, key)}: expected >= 1")
+
+    def phase(self, epoch: int, step: int, steps_at_warmup_end: int | None = None) -> str:
+        """The phase at ``epoch`` / global ``step``."""
+        if epoch < self.warmup_epochs:
+            return WARMUP
+        if self.mode == "phases":
+            e = epoch - self.warmup_epochs
+            period = self.instructor_epochs + self.inpainter_epochs
+            if e // period >= self.rounds:
+                return INPAINTER
+            return INSTRUCTOR if e % period < self.instructor_epochs else INPAINTER
+        start = steps_at_warmup_end or 0
+        cycle = self.inpainter_steps + self.instructor_steps
+        return INPAINTER if (step - start) % cycle < self.inpainter_steps else INSTRUCTOR
+
+    def round(self, epoch: int) -> int:
+        """0 during the warm-up, then 1, 2, ... (phases mode)."""
+        if epoch < self.warmup_epochs:
+            return 0
+        period = self.instructor_epochs + self.inpainter_epochs
+        return 1 + (epoch - self.warmup_epochs) // period
+
+    def round_starts(self, epoch: int) -> bool:
+        """True on the first epoch of a round (where the paper re-creates optimizers)."""
+        if self.mode != "phases" or epoch < self.warmup_epochs:
+            return False
+        period = self.instructor_epochs + self.inpainter_epochs
+        e = epoch - self.warmup_epochs
+        return e % period == 0 and e // period < self.rounds
+
+    @property
+    def total_epochs(self) -> int:
+        return self.warmup_epochs + self.rounds * (self.instructor_epochs + self.inpainter_epochs)
+
+
+class PretrainTask(L.LightningModule):
+    """Inpainter (encoder + decoder) against an instructor, or inpainting baselines.
+
+    Logs per step: ``train/inpainter_loss`` (and its ``hole``/``context``/``ssim``
+    parts), ``train/instructor_loss``, ``train/instructor_kl``, ``train/hole_error``,
+    mask statistics (``mask/ratio``, ``mask/entropy``, ``mask/coverage``) and the phase
+    index. Validation reports the hole error on random masks and, when there is an
+    instructor, on instructor masks (``val/hole_error_random``,
+    ``val/hole_error_instructor``): the game works when the latter is higher.
+    """
+
+    def __init__(
+        self,
+        backbone: Mapping,
+        mask_policy: Mapping,
+        loss: Mapping,
+        inpainter_optimizer: Mapping,
+        instructor_optimizer: Mapping | None = None,
+        inpainter_scheduler: Mapping | None = None,
+        instructor_scheduler: Mapping | None = None,
+        warmup_policy: Mapping | None = None,
+        instructor_backbone: Mapping | None = None,
+        schedule: Mapping | None = None,
+        in_channels: int = 3,
+        decoder_channels: tuple[int, ...] = (512, 256, 128, 64, 32),
+        output: str = "linear",
+        instructor_alpha_train: float = 1.0,
+        instructor_alpha_instruct: float = 100.0,
+        kl_weight: float = 1e-6,
+        seed: int = 0,
+        finite_check_every_n_steps: int = 1,
+        image_every_n_steps: int = 0,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.save_hyperparameters({k: to_plain(v) for k, v in locals().items()
+                                   if k not in ("self", "__class__")})
+        hp = self.hparams
+        self.inpainter = Inpainter(instantiate(hp.backbone), in_channels,
+                                   tuple(decoder_channels), output=output)
+        policy = instantiate(hp.mask_policy)
+        self.instructor = None
+        if isinstance(policy, functools.partial):  # the instructor needs its encoder
+            if instructor_backbone is None:
+                raise SssiError("task.instructor_backbone is required when mask_policy is "
+                                "the instructor")
+            self.instructor = policy(encoder=instantiate(hp.instructor_backbone))
+            self.random_policy = instantiate(hp.warmup_policy) if warmup_policy else None
+            if self.random_policy is None:
+                raise SssiError("task.warmup_policy is required when mask_policy is the "
+                                "instructor (random masks for the warm-up and validation)")
+            if instructor_optimizer is None:
+                raise SssiError("task.instructor_optimizer is required with an instructor")
+        else:
+            self.random_policy = policy
+        self.criterion = instantiate(hp.loss)
+        self.schedule = Schedule(**(hp.schedule or {}))
+        self.register_buffer("_first_bad", torch.full((2,), -1, dtype=torch.long),
+                             persistent=False)
+        self._visuals: dict[str, Tensor] | None = None
+
+    # ------------------------------------------------------------------------ schedule
+    @property
+    def phase(self) -> str:
+        if self.instructor is None:
+            return WARMUP  # baselines: random masks throughout
+        warm_end = None
+        if self.schedule.mode == "alternate":
+            warm_end = self._warmup_end_step()
+        return self.schedule.phase(self.current_epoch, self.global_step, warm_end)
+
+    def _warmup_end_step(self) -> int:
+        # steps per epoch are fixed for a run, so the step that ends the warm-up is known
+        batches = self.trainer.num_training_batches if self._trainer is not None else 0
+        return int(self.schedule.warmup_epochs * (batches if batches != float("inf") else 0))
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        g = torch.Generator(device=device)
+        g.manual_seed(int(self.hparams.seed) * 1_000_003 + int(self.global_step))
+        return g
+
+    # ------------------------------------------------------------------------ forward
+    def forward(self, masked: Tensor) -> Tensor:
+        """Restore ``masked`` images (holes filled with zeros)."""
+        return self.inpainter(masked)
+
+    def instructor_masks(self, images: Tensor, generator: torch.Generator | None = None
+                         ) -> Tensor:
+        """Binary holes the instructor would make now (it is put in eval mode)."""
+        assert self.instructor is not None
+        self.instructor.eval()
+        with torch.no_grad():
+            return self.instructor.masks(images, hard=True,
+                                         alpha=self.hparams.instructor_alpha_instruct,
+                                         generator=generator)
+
+    def _optimizers(self) -> list:
+        opts = self.optimizers()
+        return opts if isinstance(opts, list) else [opts]
+
+    # ------------------------------------------------------------------------ training
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        images = batch["image"]
+        phase = self.phase
+        g = self._generator(images.device)
+        if phase == INSTRUCTOR:
+            self._instructor_step(images, g)
+        else:
+            if phase == WARMUP:
+                mask = self.random_policy(images, generator=g)
+            else:
+                mask = self.instructor_masks(images, generator=g)
+            self._inpainter_step(images, mask)
+        self.log("train/phase", float(PHASES.index(phase)), on_step=True, on_epoch=False)
+        every = int(self.hparams.finite_check_every_n_steps or 0)
+        if every and (self.global_step % every == 0):
+            self._raise_if_diverged()
+
+    def _inpainter_step(self, images: Tensor, mask: Tensor) -> None:
+        opt = self._optimizers()[0]
+        self.inpainter.train()
+        restored = self.inpainter(images * (1.0 - mask))
+        loss, parts = self.criterion(restored, images, mask)
+        self._watch(loss, 0)
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        opt.step()
+        bs = images.shape[0]
+        self.log("train/inpainter_loss", loss, batch_size=bs)
+        for k, v in parts.items():
+            self.log(f"train/inpainter_{k}", v, batch_size=bs)
+        self._log_mask(mask, bs)
+        self._keep_visuals(images, mask, restored)
+
+    def _instructor_step(self, images: Tensor, g: torch.Generator) -> None:
+        assert self.instructor is not None
+        opt = self._optimizers()[1]
+        self.instructor.train()
+        self.inpainter.eval()
+        out = self.instructor(images, generator=g)
+        size = images.shape[-2:]
+        soft = self.instructor.upsample(
+            self.instructor.soft_mask(out.scores, alpha=self.hparams.instructor_alpha_train), size)
+        hard = self.instructor.upsample(self.instructor.hard_mask(out.scores.detach()), size)
+        with torch.no_grad():  # the frozen inpainter needs no autograd graph
+            restored = self.inpainter(images * (1.0 - hard))
+            err = self.criterion.error_map(restored, images)
+        hole_error = (soft * err).sum() / soft.sum().clamp_min(1e-6)
+        loss = 1.0 - hole_error + self.hparams.kl_weight * out.kl
+        self._watch(loss, 1)
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        opt.step()
+        bs = images.shape[0]
+        self.log("train/instructor_loss", loss, batch_size=bs)
+        self.log("train/instructor_kl", out.kl, batch_size=bs)
+        self.log("train/hole_error", hole_error, batch_size=bs)
+        self._log_mask(hard, bs)
+        self.log("mask/soft_entropy", mask_stats(soft.detach())["entropy"], batch_size=bs)
+        self._keep_visuals(images, hard, restored)
+
+    def _log_mask(self, mask: Tensor, bs: int) -> None:
+        for k, v in mask_stats(mask.detach()).items():
+            self.log(f"mask/{k}", v, batch_size=bs)
+
+    def _keep_visuals(self, images: Tensor, mask: Tensor, restored: Tensor) -> None:
+        every = int(self.hparams.image_every_n_steps or 0)
+        if every and self.global_step % every == 0:
+            n = min(4, images.shape[0])
+            self._visuals = {"image": images[:n].detach(), "mask": mask[:n].detach(),
+                             "restored": restored[:n].detach().float()}
+
+    def pop_visuals(self) -> dict[str, Tensor] | None:
+        """The images kept for the image-grid callback, once."""
+        v, self._visuals = self._visuals, None
+        return v
+
+    # --------------------------------------------------------------------- divergence
+    def _watch(self, loss: Tensor, player: int) -> None:
+        """Remember the first step whose loss is not finite, without a host sync."""
+        bad = ~torch.isfinite(loss.detach())
+        unset = self._first_bad[player] < 0
+        step = torch.tensor(self.global_step, device=self._first_bad.device)
+        self._first_bad[player] = torch.where(bad & unset, step, self._first_bad[player])
+
+    def _raise_if_diverged(self) -> None:
+        first = self._first_bad.tolist()
+        for player, step in zip(("inpainter", "instructor"), first, strict=True):
+            if step >= 0:
+                ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or \
+                    "none written yet"
+                raise TrainingDivergedError(
+                    f"the {player}'s loss is NaN or infinite at step {step} (epoch "
+                    f"{self.current_epoch}, phase {self.phase}); stopped. The last good "
+                    f"checkpoint is intact: {ckpt}")
+
+    def on_train_epoch_end(self) -> None:
+        # runs before ModelCheckpoint's epoch-end save: never checkpoint a diverged model
+        self._raise_if_diverged()
+        schedulers = self.lr_schedulers() or []
+        for sch in schedulers if isinstance(schedulers, list) else [schedulers]:
+            sch.step()
+
+    def on_validation_start(self) -> None:
+        self._raise_if_diverged()
+
+    def on_train_epoch_start(self) -> None:
+        if self.schedule.reset_optimizers_each_round and \
+                self.schedule.round_starts(self.current_epoch):
+            # the paper re-creates both optimizers each round: drop their moments
+            for opt in self._optimizers():
+                opt.optimizer.state.clear()
+        log.debug("epoch %d: phase %s", self.current_epoch, self.phase)
+
+    # ---------------------------------------------------------------------- validation
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        images = batch["image"]
+        g = torch.Generator(device=images.device)
+        g.manual_seed(int(self.hparams.seed) + batch_idx)  # same masks every validation
+        bs = images.shape[0]
+        policy = self.random_policy
+        mask = policy(images, generator=g)
+        restored = self.inpainter(images * (1.0 - mask))
+        err = self.criterion.error_map(restored, images)
+        self.log("val/hole_error_random", (err * mask).sum() / mask.sum().clamp_min(1),
+                 batch_size=bs, sync_dist=True)
+        if self.instructor is not None:
+            imask = self.instructor_masks(images, generator=g)
+            restored_i = self.inpainter(images * (1.0 - imask))
+            err_i = self.criterion.error_map(restored_i, images)
+            self.log("val/hole_error_instructor",
+                     (err_i * imask).sum() / imask.sum().clamp_min(1), batch_size=bs,
+                     sync_dist=True)
+
+    # ------------------------------------------------------------------------ optimizers
+    def configure_optimizers(self):
+        hp = self.hparams
+        opt_inp = instantiate(hp.inpainter_optimizer)(params=self.inpainter.parameters())
+        optimizers = [opt_inp]
+        schedulers = []
+        if hp.inpainter_scheduler:
+            schedulers.append(instantiate(hp.inpainter_scheduler)(optimizer=opt_inp))
+        if self.instructor is not None:
+            opt_ins = instantiate(hp.instructor_optimizer)(params=self.instructor.parameters())
+            optimizers.append(opt_ins)
+            if hp.instructor_scheduler:
+                schedulers.append(instantiate(hp.instructor_scheduler)(optimizer=opt_ins))
+        return optimizers, schedulers
+
+    # ------------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["game"] = {
+            "phase": self.phase, "epoch": self.current_epoch, "global_step": self.global_step,
+            "round": self.schedule.round(self.current_epoch),
+            "schedule": dict(self.hparams.schedule or {}),
+            "has_instructor": self.instructor is not None,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        game = checkpoint.get("game")
+        if game and dict(self.hparams.schedule or {}) != game.get("schedule"):
+            log.warning("resuming with a different schedule than the checkpoint's: %s -> %s",
+                        game.get("schedule"), dict(self.hparams.schedule or {}))

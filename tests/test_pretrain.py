@@ -1,0 +1,185 @@
+"""The pretext game end to end: it works, resumes exactly, stops on NaN, runs in bf16 and DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from sssi.tasks.pretrain import INPAINTER, INSTRUCTOR, WARMUP, Schedule, TrainingDivergedError
+from sssi.train import CONFIG_DIR, run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# the demo game, smaller: 3 tiles of 256 px, 64 px crops, 4 steps of 8 per epoch
+SMALL = [
+    "+experiment=demo_pretrain", "data.synthetic.size=256", "data.synthetic.tiles=3",
+    "data.batch_size=8", "data.samples_per_epoch=32", "data.num_workers=0",
+    "data.val_max_windows=4", "trainer.log_every_n_steps=1", "logger=csv",
+    "trainer.enable_progress_bar=false",
+]
+
+
+def compose_cfg(overrides: list[str], out: Path, data_dir: Path):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            del cfg["hydra"]  # as in a real run: the app never sees the hydra node
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out)
+        cfg.paths.data_dir = str(data_dir)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("data")
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+def test_paper_schedule_phases_and_rounds():
+    s = Schedule()  # the paper: 100 warm-up epochs, 10 rounds of 30 + 30
+    assert s.total_epochs == 700
+    assert [s.phase(e, 0) for e in (0, 99, 100, 129, 130, 159, 160, 699, 750)] == [
+        WARMUP, WARMUP, INSTRUCTOR, INSTRUCTOR, INPAINTER, INPAINTER, INSTRUCTOR, INPAINTER,
+        INPAINTER]
+    assert [s.round(e) for e in (0, 100, 159, 160)] == [0, 1, 1, 2]
+    assert s.round_starts(100) and s.round_starts(160) and not s.round_starts(130)
+    alt = Schedule(mode="alternate", warmup_epochs=1, inpainter_steps=2, instructor_steps=1)
+    assert [alt.phase(1, step, 10) for step in range(10, 16)] == [
+        INPAINTER, INPAINTER, INSTRUCTOR, INPAINTER, INPAINTER, INSTRUCTOR]
+
+
+# ------------------------------------------------------------------------ the game works
+
+
+@pytest.mark.slow
+def test_instructor_finds_regions_harder_than_random_masks(tmp_path, data_dir):
+    """Warm-up on random masks, then instructor training: its holes are harder to fill."""
+    record = tmp_path / "val.json"
+    cfg = compose_cfg([*SMALL, "data.samples_per_epoch=128", "trainer.max_epochs=4",
+                       "task.schedule.warmup_epochs=3", "task.schedule.instructor_epochs=1",
+                       "task.image_every_n_steps=0",
+                       "+callbacks.record._target_=tests.helpers.RecordValMetrics",
+                       f"+callbacks.record.path={record}"], tmp_path / "run", data_dir)
+    run(cfg)
+    history = json.loads(record.read_text())
+    assert len(history) == 4
+    warm_first, warm_last, after = history[0], history[2], history[3]
+    # the inpainter learns during the warm-up
+    assert warm_last["val/hole_error_random"] < warm_first["val/hole_error_random"]
+    # one instructor epoch later, its masks are harder than random ones of the same ratio
+    assert after["val/hole_error_instructor"] > 1.1 * after["val/hole_error_random"]
+
+
+# ------------------------------------------------------------------------- resume
+
+
+@pytest.mark.slow
+def test_resume_mid_phase_gives_the_same_weights(tmp_path, data_dir):
+    """4 epochs straight == 2 epochs, stop inside the instructor phase, resume, 2 more."""
+    game = ["task.schedule.warmup_epochs=1", "task.schedule.instructor_epochs=2",
+            "task.schedule.inpainter_epochs=1", "task.inpainter_scheduler.milestones=[1,3]",
+            "task.image_every_n_steps=0", "trainer.num_sanity_val_steps=0"]
+    straight = compose_cfg([*SMALL, *game, "trainer.max_epochs=4"], tmp_path / "a", data_dir)
+    run(straight)
+    first = compose_cfg([*SMALL, *game, "trainer.max_epochs=2"], tmp_path / "b", data_dir)
+    run(first)
+    ckpt = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["game"]["phase"] == INSTRUCTOR and ckpt["game"]["epoch"] == 1
+    assert len(ckpt["optimizer_states"]) == 2 and len(ckpt["lr_schedulers"]) == 1
+    resumed = compose_cfg([*SMALL, *game, "trainer.max_epochs=4",
+                           f"ckpt_path={tmp_path / 'b' / 'checkpoints' / 'last.ckpt'}"],
+                          tmp_path / "c", data_dir)
+    run(resumed)
+    a = _weights(tmp_path / "a" / "checkpoints" / "last.ckpt")
+    c = _weights(tmp_path / "c" / "checkpoints" / "last.ckpt")
+    assert a.keys() == c.keys()
+    assert any(k.startswith("instructor.") for k in a)
+    for k in a:
+        assert torch.equal(a[k], c[k]), k
+    b = _weights(tmp_path / "b" / "checkpoints" / "last.ckpt")
+    assert not all(torch.equal(a[k], b[k]) for k in a)  # training did continue
+
+
+# ------------------------------------------------------------------------ divergence
+
+
+def test_nan_loss_stops_with_step_and_player_and_keeps_last_checkpoint(tmp_path, data_dir,
+                                                                       monkeypatch):
+    from sssi.losses import ReconstructionLoss
+
+    calls = {"n": 0}
+    real_forward = ReconstructionLoss.forward
+
+    def poisoned(self, restored, target, mask):
+        calls["n"] += 1
+        total, parts = real_forward(self, restored, target, mask)
+        if calls["n"] == 6:  # the second step of epoch 1
+            total = total * float("nan")
+        return total, parts
+
+    monkeypatch.setattr(ReconstructionLoss, "forward", poisoned)
+    cfg = compose_cfg([*SMALL, "trainer.max_epochs=3", "task.image_every_n_steps=0"],
+                      tmp_path / "run", data_dir)
+    with pytest.raises(TrainingDivergedError, match=r"inpainter's loss is NaN .* step 5") as err:
+        run(cfg)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert str(last) in str(err.value)
+    ckpt = torch.load(last, weights_only=False)
+    assert ckpt["epoch"] == 0  # written after epoch 0; the diverged epoch 1 was not saved
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values()
+               if v.is_floating_point())
+
+
+# ------------------------------------------------------------------------ precision
+
+
+@pytest.mark.slow
+def test_game_runs_in_bf16_mixed_precision(tmp_path, data_dir):
+    cfg = compose_cfg([*SMALL, "trainer.precision=bf16-mixed", "trainer.max_epochs=2",
+                       "task.schedule.warmup_epochs=1", "task.image_every_n_steps=0"],
+                      tmp_path / "run", data_dir)
+    metrics = run(cfg)
+    for key in ("train/instructor_loss", "val/hole_error_random", "val/hole_error_instructor"):
+        assert torch.isfinite(torch.tensor(metrics[key])), key
+    weights = _weights(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert all(v.dtype == torch.float32 for v in weights.values() if v.is_floating_point())
+
+
+# ------------------------------------------------------------------------------ DDP
+
+
+@pytest.mark.slow
+def test_two_process_cpu_ddp_game_ends_with_identical_weights(tmp_path, data_dir):
+    dump = tmp_path / "ranks"
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "sssi.train", *SMALL, "trainer=ddp_cpu", "trainer.max_epochs=2",
+         "task.schedule.warmup_epochs=1", "task.image_every_n_steps=0",
+         f"paths.data_dir={data_dir}", f"hydra.run.dir={tmp_path / 'run'}",
+         "+callbacks.dump._target_=tests.helpers.DumpWeights", f"+callbacks.dump.dirpath={dump}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0 = torch.load(dump / "rank0.pt")
+    r1 = torch.load(dump / "rank1.pt")
+    assert r0["world_size"] == r1["world_size"] == 2
+    assert r0["windows"] != r1["windows"]  # the ranks trained on different windows
+    assert r0["weights"].keys() == r1["weights"].keys()
+    for k in r0["weights"]:
+        assert torch.equal(r0["weights"][k], r1["weights"][k]), k
