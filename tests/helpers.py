@@ -10,7 +10,11 @@ import torch
 
 
 class DumpWeights(L.Callback):
-    """Saves each rank's final weights and the windows it trained on (DDP tests)."""
+    """Saves each rank's final parameters and the windows it trained on (DDP tests).
+
+    Parameters only: BatchNorm running statistics are per rank under CPU DDP (no
+    SyncBatchNorm without GPUs; DDP broadcasts rank 0's at every forward).
+    """
 
     def __init__(self, dirpath: str) -> None:
         self.dirpath = Path(dirpath)
@@ -21,7 +25,7 @@ class DumpWeights(L.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.dirpath.mkdir(parents=True, exist_ok=True)
-        weights = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
+        weights = {k: v.detach().cpu().clone() for k, v in pl_module.named_parameters()}
         torch.save({"weights": weights, "windows": self.windows,
                     "world_size": trainer.world_size},
                    self.dirpath / f"rank{trainer.global_rank}.pt")

@@ -181,5 +181,6 @@ def test_two_process_cpu_ddp_game_ends_with_identical_weights(tmp_path, data_dir
     assert r0["world_size"] == r1["world_size"] == 2
     assert r0["windows"] != r1["windows"]  # the ranks trained on different windows
     assert r0["weights"].keys() == r1["weights"].keys()
+    assert any(k.startswith("instructor.") for k in r0["weights"])
     for k in r0["weights"]:
         assert torch.equal(r0["weights"][k], r1["weights"][k]), k

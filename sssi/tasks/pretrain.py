@@ -181,6 +181,14 @@ class PretrainTask(L.LightningModule):
         g.manual_seed(int(self.hparams.seed) * 1_000_003 + int(self.global_step))
         return g
 
+    def setup(self, stage: str) -> None:
+        # Each step trains one player, so the other's parameters get no gradient. DDP
+        # must be told, or it waits for those gradients forever; set it here so that
+        # every DDP trainer config works with the game unchanged.
+        kwargs = getattr(self.trainer.strategy, "_ddp_kwargs", None)
+        if isinstance(kwargs, dict) and self.instructor is not None:
+            kwargs.setdefault("find_unused_parameters", True)
+
     # ------------------------------------------------------------------------ forward
     def forward(self, masked: Tensor) -> Tensor:
         """Restore ``masked`` images (holes filled with zeros)."""
