@@ -132,6 +132,7 @@ class PretrainTask(L.LightningModule):
         seed: int = 0,
         finite_check_every_n_steps: int = 1,
         image_every_n_steps: int = 0,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -188,6 +189,15 @@ class PretrainTask(L.LightningModule):
         kwargs = getattr(self.trainer.strategy, "_ddp_kwargs", None)
         if isinstance(kwargs, dict) and self.instructor is not None:
             kwargs.setdefault("find_unused_parameters", True)
+
+    def on_fit_start(self) -> None:
+        if self.hparams.channels_last:  # faster convolutions on tensor-core GPUs
+            self.to(memory_format=torch.channels_last)
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        if self.hparams.channels_last and "image" in batch:
+            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+        return batch
 
     # ------------------------------------------------------------------------ forward
     def forward(self, masked: Tensor) -> Tensor:
