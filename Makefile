@@ -13,7 +13,7 @@ PIP         := $(PY) -m pip
 STAMP       := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test lint format bench bench-game clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ format: $(STAMP)
 ## data-pipeline benchmark (patches/s vs raw window reads)
 bench: $(STAMP)
 	$(PY) experiments/benchmarks/data_pipeline.py
+
+## training-step benchmark of the game (resnet18 and DRN-A-50, 256 px)
+bench-game: $(STAMP)
+	$(PY) experiments/benchmarks/game_step.py
 
 clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache

@@ -139,3 +139,23 @@ def test_folder_config_reads_the_real_loveda_samples(tmp_path):
     labels = set(batch["label"].unique().tolist())
     assert labels <= set(range(7)) | {255} and len(labels - {255}) >= 1
     assert json.loads((tmp_path / "run" / "label_split.json").read_text())["regions_total"] == 8
+
+
+@pytest.mark.parametrize("experiment", _options("experiment"))
+def test_every_experiment_composes_and_instantiates(experiment, tmp_path):
+    cfg = _compose([f"+experiment={experiment}"], tmp_path)
+    dm = instantiate(cfg.data)
+    task = instantiate(cfg.task)
+    assert cfg.trainer.max_epochs > 0
+    if "pretrain" in experiment or "inpaint" in experiment:
+        assert type(dm).__name__ == "PretextDataModule"
+        assert (task.instructor is not None) == ("inpaint" not in experiment)
+        assert cfg.task.schedule.warmup_epochs >= 1
+    if experiment == "potsdam_pretrain":  # the paper's settings (design.md)
+        assert cfg.data.crop_size == 128 and cfg.data.batch_size == 128
+        assert cfg.backbone.name == "drn_a_50" and task.inpainter.encoder.reductions[-1] == 8
+        assert task.instructor.encoder.reductions[-1] == 16
+        assert cfg.mask_policy.ratio == 0.25 and cfg.mask_policy.latent_dim == 100
+        sch = cfg.task.schedule
+        assert cfg.trainer.max_epochs == sch.warmup_epochs + sch.rounds * (
+            sch.instructor_epochs + sch.inpainter_epochs) == 700
