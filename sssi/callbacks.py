@@ -15,12 +15,13 @@ log = logging.getLogger(__name__)
 
 
 class ImageGrid(L.Callback):
-    """Saves image grids of the game: input | mask | masked input | restoration.
+    """Saves image grids of the game: input | mask | masked input | restoration | result.
 
     The task keeps a few images every ``task.image_every_n_steps`` steps; this callback
     writes them as PNG under ``dirpath`` (temporary name, then rename) and hands them to
-    loggers that show images (W&B, TensorBoard). Images are shown with a per-band
-    min-max stretch of the input, so standardised data looks natural.
+    loggers that show images (W&B, TensorBoard). *result* is the input with the holes
+    filled by the restoration. Images are shown with a per-band min-max stretch of
+    the input, so standardised data looks natural.
     """
 
     def __init__(self, dirpath: str, bands: tuple[int, int, int] = (0, 1, 2)) -> None:
@@ -47,7 +48,8 @@ class ImageGrid(L.Callback):
 
 def make_grid(images: Tensor, masks: Tensor, restored: Tensor,
               bands: tuple[int, ...] = (0, 1, 2)) -> np.ndarray:
-    """Rows of [input, mask, masked input, restoration] as one uint8 (H, W, 3) array."""
+    """Rows of [input, mask, masked input, restoration, input with holes filled] as one
+    uint8 (H, W, 3) array."""
     idx = [b for b in bands if b < images.shape[1]] or [0]
     while len(idx) < 3:
         idx.append(idx[-1])
@@ -63,7 +65,9 @@ def make_grid(images: Tensor, masks: Tensor, restored: Tensor,
     rows = []
     for i in range(img.shape[0]):
         a = show(img[i : i + 1])
-        tiles = [a, m[i : i + 1].expand_as(a), a * (1 - m[i : i + 1]), show(rec[i : i + 1])]
+        hole = m[i : i + 1]
+        r = show(rec[i : i + 1])
+        tiles = [a, hole.expand_as(a), a * (1 - hole), r, a * (1 - hole) + r * hole]
         rows.append(torch.cat(tiles, dim=3))
     grid = torch.cat(rows, dim=2)[0].permute(1, 2, 0)
     return (grid.numpy() * 255).round().astype(np.uint8)

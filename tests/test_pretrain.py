@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -14,7 +15,14 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-from sssi.tasks.pretrain import INPAINTER, INSTRUCTOR, WARMUP, Schedule, TrainingDivergedError
+from sssi.tasks.pretrain import (
+    INPAINTER,
+    INSTRUCTOR,
+    PHASES,
+    WARMUP,
+    Schedule,
+    TrainingDivergedError,
+)
 from sssi.train import CONFIG_DIR, run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,3 +193,17 @@ def test_two_process_cpu_ddp_game_ends_with_identical_weights(tmp_path, data_dir
     assert any(k.startswith("instructor.") for k in r0["weights"])
     for k in r0["weights"]:
         assert torch.equal(r0["weights"][k], r1["weights"][k]), k
+
+
+@pytest.mark.slow
+def test_alternate_schedule_interleaves_the_players(tmp_path, data_dir):
+    cfg = compose_cfg([*SMALL, "data.samples_per_epoch=48", "trainer.max_epochs=2",
+                       "task.schedule.mode=alternate", "task.schedule.warmup_epochs=1",
+                       "task.schedule.inpainter_steps=2", "task.schedule.instructor_steps=1",
+                       "task.image_every_n_steps=0"], tmp_path / "run", data_dir)
+    run(cfg)
+    with open(tmp_path / "run" / "csv" / "metrics.csv") as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get("train/phase")]
+    phases = [int(float(r["train/phase"])) for r in sorted(rows, key=lambda r: int(r["step"]))]
+    w, s, i = (PHASES.index(p) for p in (WARMUP, INSTRUCTOR, INPAINTER))
+    assert phases == [w] * 6 + [i, i, s, i, i, s]

@@ -1,0 +1,67 @@
+"""Loss terms: reconstruction weighting, clamp, L1/L2, SSIM; segmentation CE."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sssi.callbacks import make_grid
+from sssi.losses import ReconstructionLoss, SegmentationLoss, reconstruction_error
+
+
+def test_reconstruction_error_clamps_per_band_and_averages_bands():
+    target = torch.zeros(1, 2, 1, 2)
+    restored = torch.tensor([[[[1.0, 3.0]], [[0.5, 0.0]]]])
+    err = reconstruction_error(restored, target, "l2", clamp=2.0)
+    assert err.shape == (1, 1, 1, 2)
+    assert torch.allclose(err, torch.tensor([[[[(1 + 0.25) / 2, (2 + 0) / 2]]]]))
+    assert torch.allclose(reconstruction_error(restored, target, "l1", clamp=None),
+                          torch.tensor([[[[0.75, 1.5]]]]))
+
+
+def test_hole_and_context_weights():
+    target = torch.zeros(2, 3, 4, 4)
+    restored = torch.zeros(2, 3, 4, 4)
+    mask = torch.zeros(2, 1, 4, 4)
+    mask[:, :, :2] = 1  # top half is the hole
+    restored[:, :, :2] = 1.0  # error 1 in the holes
+    restored[:, :, 2:] = 0.5  # error 0.25 outside
+    loss, parts = ReconstructionLoss(hole_weight=0.99, context_weight=0.01)(restored, target,
+                                                                          mask)
+    assert parts["hole"].item() == pytest.approx(1.0, abs=1e-5)
+    assert parts["context"].item() == pytest.approx(0.25, abs=1e-5)
+    assert loss.item() == pytest.approx(0.99 + 0.0025, abs=1e-5)
+
+
+def test_ssim_term_is_zero_for_a_perfect_restoration_and_positive_otherwise():
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(2, 3, 32, 32, generator=g)
+    mask = (torch.rand(2, 1, 32, 32, generator=g) > 0.5).float()
+    crit = ReconstructionLoss(ssim_weight=1.0)
+    _, parts = crit(target.clone(), target, mask)
+    assert parts["ssim"].item() == pytest.approx(0.0, abs=1e-4)
+    _, parts = crit(target + torch.randn(2, 3, 32, 32, generator=g), target, mask)
+    assert parts["ssim"].item() > 0.1
+
+
+def test_segmentation_ce_ignores_255():
+    logits = torch.zeros(1, 3, 2, 2)
+    logits[0, 1] = 10.0  # confident class 1 everywhere
+    target = torch.tensor([[[1, 1], [255, 255]]])
+    loss, parts = SegmentationLoss()(logits, target)
+    assert loss.item() < 1e-3 and "ce" in parts
+    target_bad = torch.tensor([[[0, 0], [255, 255]]])
+    assert SegmentationLoss()(logits, target_bad)[0].item() > 5
+
+
+def test_image_grid_layout():
+    images = torch.randn(2, 4, 8, 8)
+    masks = torch.zeros(2, 1, 8, 8)
+    masks[:, :, :4] = 1
+    grid = make_grid(images, masks, images.clone())
+    assert grid.shape == (16, 40, 3) and grid.dtype == np.uint8
+    # mask column: white in the holes, black elsewhere
+    assert (grid[:4, 8:16] == 255).all() and (grid[4:8, 8:16] == 0).all()
+    # the filled result equals the input when the restoration is perfect
+    assert np.abs(grid[:, 32:40].astype(int) - grid[:, 0:8].astype(int)).max() <= 1
