@@ -145,6 +145,12 @@ def test_folder_config_reads_the_real_loveda_samples(tmp_path):
 def test_every_experiment_composes_and_instantiates(experiment, tmp_path):
     cfg = _compose([f"+experiment={experiment}"], tmp_path)
     dm = instantiate(cfg.data)
+    if cfg.task.get("require_init"):
+        from hydra.errors import InstantiationException
+
+        with pytest.raises(InstantiationException, match="task.init is required"):
+            instantiate(cfg.task)
+        cfg.task.init = str(tmp_path / "pretext.ckpt")  # loaded only when fitting starts
     task = instantiate(cfg.task)
     assert cfg.trainer.max_epochs > 0
     if "pretrain" in experiment or "inpaint" in experiment:

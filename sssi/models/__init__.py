@@ -15,6 +15,7 @@ from sssi.models.registry import (
     adapt_input_conv,
     build_backbone,
     list_backbones,
+    load_backbone_state,
     load_backbone_weights,
     register,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "adapt_input_conv",
     "build_backbone",
     "list_backbones",
+    "load_backbone_state",
     "load_backbone_weights",
     "register",
 ]

@@ -187,8 +187,20 @@ def load_backbone_weights(
     if not str(path).strip():
         raise ConfigError("backbone weights path is empty; use null for no weights")
     path = Path(path).expanduser()
+    load_backbone_state(model, _read_state_dict(path), str(path), name=name)
+
+
+def load_backbone_state(
+    model: nn.Module, state: Mapping[str, Tensor], source: str, *, name: str | None = None
+) -> None:
+    """Load an encoder state dict (from a file or a checkpoint) into ``model``.
+
+    The matching rules of :func:`load_backbone_weights`; ``source`` names where the
+    tensors came from in log lines and errors.
+    """
+    path = source
     what = f"backbone {name!r}" if name else type(model).__name__
-    state = _read_state_dict(path)
+    state = dict(state)
     own = model.state_dict()
 
     head_prefixes = tuple(getattr(model, "pretrained_head_prefixes", ()))

@@ -127,7 +127,6 @@ class PretrainTask(L.LightningModule):
         decoder_channels: tuple[int, ...] = (512, 256, 128, 64, 32),
         output: str = "linear",
         instructor_alpha_train: float = 1.0,
-        instructor_alpha_instruct: float = 100.0,
         kl_weight: float = 1e-6,
         seed: int = 0,
         finite_check_every_n_steps: int = 1,
@@ -210,9 +209,8 @@ class PretrainTask(L.LightningModule):
         assert self.instructor is not None
         self.instructor.eval()
         with torch.no_grad():
-            return self.instructor.masks(images, hard=True,
-                                         alpha=self.hparams.instructor_alpha_instruct,
-                                         generator=generator)
+            # hard top-k cells: the paper's alpha = 100 sigmoid, binarised, is the same
+            return self.instructor.masks(images, hard=True, generator=generator)
 
     def _optimizers(self) -> list:
         opts = self.optimizers()

@@ -21,13 +21,20 @@ from torchmetrics.classification import (
     MulticlassJaccardIndex,
 )
 
+from sssi.checkpoints import init_encoder
 from sssi.config import to_plain
 from sssi.data.palettes import IGNORE_INDEX
+from sssi.errors import ConfigError
 from sssi.models.heads import FCNFusionHead, Segmenter
 
 
 class SegmentTask(L.LightningModule):
     """Fine-tune (or train from scratch) a segmenter on labelled windows.
+
+    ``init`` starts the encoder from a pretext checkpoint of the game, a segmentation
+    checkpoint or a torchvision-style state dict (see :mod:`sssi.checkpoints`);
+    ``backbone.weights`` is the other way to give ImageNet weights. ``freeze_encoder``
+    trains the head alone (linear-probe style evaluation of the features).
 
     Logs ``train/loss`` (and each loss term), ``val/mIoU``, ``val/mF1``, ``val/OA``
     and per-class IoU; the same under ``test/`` for the test split.
@@ -36,14 +43,20 @@ class SegmentTask(L.LightningModule):
     def __init__(self, backbone: Mapping, loss: Mapping, num_classes: int,
                  optimizer: Mapping, scheduler: Mapping | None = None,
                  head_channels: int = 128, freeze_encoder: bool = False,
+                 init: str | None = None, require_init: bool = False,
                  class_names: list[str] | None = None) -> None:
         super().__init__()
         self.save_hyperparameters({
             "backbone": to_plain(backbone), "loss": to_plain(loss), "num_classes": num_classes,
             "optimizer": to_plain(optimizer), "scheduler": to_plain(scheduler),
             "head_channels": head_channels, "freeze_encoder": freeze_encoder,
+            "init": str(init) if init else None, "require_init": require_init,
             "class_names": [str(c) for c in class_names] if class_names else None,
         })
+        if require_init and not init:
+            raise ConfigError("task.init is required by this experiment: give the encoder's "
+                              "starting weights, task.init=PATH (a pretext checkpoint or a "
+                              "torchvision-style state dict)")
         encoder = instantiate(self.hparams.backbone)
         head = FCNFusionHead(encoder.out_channels, encoder.reductions, num_classes,
                              channels=head_channels)
@@ -51,12 +64,20 @@ class SegmentTask(L.LightningModule):
         if freeze_encoder:
             self.model.encoder.requires_grad_(False)
         self.criterion = instantiate(self.hparams.loss)
+        self._initialised = False
+        self.init_source = "scratch"
         self.class_names = self.hparams.class_names or [f"class_{i}" for i in range(num_classes)]
         kw: dict[str, Any] = {"num_classes": num_classes, "ignore_index": IGNORE_INDEX}
         self.val_metrics = self._metrics(kw, "val/")
         self.test_metrics = self._metrics(kw, "test/")
 
     def setup(self, stage: str) -> None:
+        # The encoder's starting weights load when fitting begins, before Lightning
+        # restores a resumed checkpoint (which then wins), and never when a finished
+        # checkpoint is loaded for evaluation (the init file may be long gone by then).
+        if stage == "fit" and self.hparams.init and not self._initialised:
+            self.init_source = init_encoder(self.model.encoder, self.hparams.init)
+            self._initialised = True
         # class names come from the data's palette unless the checkpoint already has them
         dm = getattr(self.trainer, "datamodule", None)
         layout = getattr(dm, "layout", None)

@@ -1,0 +1,53 @@
+"""Initialising a segmenter's encoder from earlier work.
+
+Three sources, told apart by what the file holds:
+- a pretext checkpoint of the game (``PretrainTask``): the inpainter's encoder;
+- a segmentation checkpoint (``SegmentTask``): its encoder (e.g. to continue on
+  another dataset);
+- a torchvision-style state dict (ImageNet weights from a local file).
+Keys are matched exactly through the backbone registry's loader: a missing,
+unexpected or mis-shaped key is an error naming the file and the keys, never ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sssi.errors import ConfigError
+from sssi.models import load_backbone_state, load_backbone_weights
+
+log = logging.getLogger(__name__)
+
+#: state-dict prefixes of the encoder inside each task's checkpoint
+ENCODER_PREFIXES = {"inpainter.encoder.": "pretext", "model.encoder.": "segmentation"}
+
+
+def init_encoder(encoder: nn.Module, path: str | Path) -> str:
+    """Load ``path`` into ``encoder``; return the kind of source it was."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"task.init={path}: file not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt file, not a torch file
+        raise ConfigError(f"task.init={path}: cannot read ({type(err).__name__}: "
+                          f"{str(err).strip().splitlines()[0] if str(err).strip() else ''})"
+                          ) from err
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        state = obj["state_dict"]
+        for prefix, kind in ENCODER_PREFIXES.items():
+            sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            if sub:
+                load_backbone_state(encoder, sub, f"{path} ({kind} checkpoint)")
+                log.info("encoder initialised from the %s checkpoint %s (%d tensors)", kind,
+                         path, len(sub))
+                return kind
+        raise ConfigError(f"task.init={path}: a Lightning checkpoint without an encoder "
+                          f"(no keys under {', '.join(ENCODER_PREFIXES)})")
+    load_backbone_weights(encoder, path)
+    log.info("encoder initialised from the state dict %s", path)
+    return "state_dict"

@@ -1,0 +1,339 @@
+"""Full-tile evaluation of a segmentation checkpoint: ``python -m sssi.evaluate ckpt=PATH``.
+
+Training-time test metrics are computed on fixed windows; the benchmark protocol scores
+whole tiles. Here every tile of a split is predicted with the chunked sliding window
+of :mod:`sssi.inference` and compared with its evaluation label (the eroded
+``noBoundary`` label where the dataset has one; ignore pixels excluded). One confusion
+matrix over all tiles gives per-class IoU, F1, precision and recall, and mIoU, mF1, OA.
+
+ISPRS papers also report the five classes without clutter. Convention used here (the
+common one): pixels whose *ground truth* is clutter are excluded; a prediction of
+clutter on a pixel of another class still counts as a miss of that class. Those
+numbers carry the suffix ``_5`` (``mIoU_5``, ``mF1_5``, ``OA_5``, ``per_class_5``).
+
+Classes that neither occur nor are predicted have undefined scores: ``null`` in
+``metrics.json``, left out of the means. Writes ``metrics.json``, ``metrics.md``
+(also printed), ``confusion.png`` and, with ``save_predictions``, colour PNGs under
+``predictions/``; every file goes to a temporary name first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import hydra
+import numpy as np
+from hydra.errors import InstantiationException
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+import sssi.config  # noqa: F401  (registers the ${sssi.*} resolvers)
+from sssi.errors import ConfigError, SssiError
+from sssi.inference import BLENDS, LoadedModel, load_segmenter, predict_chunks, resolve_device
+from sssi.train import CONFIG_DIR, _user_error
+from sssi.utils.io import atomic_write_text
+
+log = logging.getLogger("sssi.evaluate")
+
+#: Class left out by the ISPRS five-class protocol (ground-truth pixels ignored).
+PROTOCOL_EXCLUDED = ("clutter",)
+IGNORE_INDEX = 255
+
+
+# ------------------------------------------------------------------------------ metrics
+def confusion_matrix(label: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """(K, K) int64 counts, rows = ground truth, columns = prediction; labels outside
+    ``0..K-1`` (the ignore index) are skipped."""
+    label = label.reshape(-1)
+    pred = pred.reshape(-1)
+    valid = label < num_classes
+    idx = label[valid].astype(np.int64) * num_classes + pred[valid].astype(np.int64)
+    return np.bincount(idx, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    out = np.full(num.shape, np.nan)
+    np.divide(num, den, out=out, where=den > 0)
+    return out
+
+
+def scores(cm: np.ndarray, class_names: Sequence[str], exclude_gt: Sequence[int] = ()
+           ) -> dict[str, Any]:
+    """IoU, F1, precision, recall per class and their means, plus OA, from ``cm``.
+
+    Rows of ``exclude_gt`` (ground-truth classes) are dropped and those classes are not
+    scored; predictions *of* them on other pixels stay errors (misses of the true
+    class). Undefined values are NaN: a class with no pixels and no predictions (all
+    scores), precision of a class never predicted (0 when it has pixels), recall of a
+    class with no pixels. Means are over the classes whose IoU is defined.
+    """
+    cm = np.asarray(cm, dtype=np.float64)
+    k = cm.shape[0]
+    keep = np.array([i for i in range(k) if i not in set(exclude_gt)], dtype=int)
+    rows = cm[keep]  # ground truth of the scored classes, all predictions
+    tp = rows[np.arange(len(keep)), keep]
+    support = rows.sum(1)
+    predicted = rows[:, keep].sum(0)
+    fp = predicted - tp
+    fn = support - tp
+    iou = _ratio(tp, tp + fp + fn)
+    f1 = _ratio(2 * tp, 2 * tp + fp + fn)
+    precision = _ratio(tp, predicted)
+    precision[(predicted == 0) & (support > 0)] = 0.0
+    recall = _ratio(tp, support)
+    total = rows.sum()
+    per_class = {
+        class_names[c]: {"IoU": iou[j], "F1": f1[j], "precision": precision[j],
+                         "recall": recall[j], "pixels": int(support[j]),
+                         "predicted": int(predicted[j])}
+        for j, c in enumerate(keep)}
+    defined = ~np.isnan(iou)
+    return {
+        "mIoU": float(iou[defined].mean()) if defined.any() else math.nan,
+        "mF1": float(f1[defined].mean()) if defined.any() else math.nan,
+        "OA": float(tp.sum() / total) if total else math.nan,
+        "per_class": per_class,
+        "pixels": int(total),
+    }
+
+
+def evaluation_metrics(cm: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
+    """All-class scores, and the ``_5`` protocol scores when a clutter class exists."""
+    out = scores(cm, class_names)
+    excluded = [i for i, n in enumerate(class_names) if n in PROTOCOL_EXCLUDED]
+    if excluded:
+        proto = scores(cm, class_names, exclude_gt=excluded)
+        n = len(class_names) - len(excluded)
+        out.update({f"mIoU_{n}": proto["mIoU"], f"mF1_{n}": proto["mF1"],
+                    f"OA_{n}": proto["OA"], f"per_class_{n}": proto["per_class"],
+                    f"pixels_{n}": proto["pixels"]})
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    """NaN -> None (JSON has no NaN), numpy scalars -> Python, recursively."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return None if math.isnan(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+# ------------------------------------------------------------------------------ reports
+def _pct(value: float | None) -> str:
+    return "–" if value is None or math.isnan(value) else f"{100 * value:.2f}"
+
+
+def markdown_table(metrics: dict[str, Any]) -> str:
+    """Per-class scores and the summary rows as a markdown table (values in %)."""
+    suffix = next((k[len("per_class"):] for k in metrics if k.startswith("per_class_")), "")
+    proto = metrics.get(f"per_class{suffix}", {}) if suffix else {}
+    head = "| class | IoU | F1 | precision | recall | pixels |"
+    if suffix:
+        head += f" IoU{suffix} | F1{suffix} |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for name, s in metrics["per_class"].items():
+        row = (f"| {name} | {_pct(s['IoU'])} | {_pct(s['F1'])} | {_pct(s['precision'])} | "
+               f"{_pct(s['recall'])} | {s['pixels']} |")
+        if suffix:
+            p = proto.get(name)
+            row += f" {_pct(p['IoU']) if p else '–'} | {_pct(p['F1']) if p else '–'} |"
+        lines.append(row)
+    lines.append("")
+    lines.append("| summary | mIoU | mF1 | OA |")
+    lines.append("|---|---|---|---|")
+    lines.append(f"| all classes | {_pct(metrics['mIoU'])} | {_pct(metrics['mF1'])} | "
+                 f"{_pct(metrics['OA'])} |")
+    if suffix:
+        lines.append(f"| without {'/'.join(PROTOCOL_EXCLUDED)} ({suffix[1:]} classes) | "
+                     f"{_pct(metrics[f'mIoU{suffix}'])} | {_pct(metrics[f'mF1{suffix}'])} | "
+                     f"{_pct(metrics[f'OA{suffix}'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def confusion_image(cm: np.ndarray, class_names: Sequence[str], cell: int = 72) -> np.ndarray:
+    """A row-normalised confusion-matrix heat map with labels, (H, W, 3) BGR uint8.
+
+    Drawn with OpenCV (no matplotlib here): rows are ground truth, columns prediction,
+    each cell shows the share of its row in % and the colour encodes it.
+    """
+    k = len(class_names)
+    cm = np.asarray(cm, dtype=np.float64)
+    norm = _ratio(cm, np.repeat(cm.sum(1, keepdims=True), k, axis=1))
+    font, scale, thick = cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1
+    label_w = max(cv2.getTextSize(n, font, scale, thick)[0][0] for n in class_names) + 16
+    top, left = label_w + 28, label_w + 28
+    h, w = top + k * cell + 12, left + k * cell + 12
+    img = np.full((h, w, 3), 255, np.uint8)
+    heat = np.nan_to_num(norm, nan=0.0)
+    colours = cv2.applyColorMap(np.round(heat * 255).astype(np.uint8), cv2.COLORMAP_VIRIDIS)
+    for i in range(k):
+        for j in range(k):
+            y, x = top + i * cell, left + j * cell
+            fill = (225, 225, 225) if np.isnan(norm[i, j]) else colours[i, j].tolist()
+            cv2.rectangle(img, (x, y), (x + cell - 1, y + cell - 1), fill, -1)
+            text = "-" if np.isnan(norm[i, j]) else f"{100 * norm[i, j]:.1f}"
+            (tw, th), _ = cv2.getTextSize(text, font, scale, thick)
+            ink = (0, 0, 0) if heat[i, j] > 0.6 or np.isnan(norm[i, j]) else (255, 255, 255)
+            cv2.putText(img, text, (x + (cell - tw) // 2, y + (cell + th) // 2), font, scale,
+                        ink, thick, cv2.LINE_AA)
+    for i, name in enumerate(class_names):  # row labels
+        (tw, th), _ = cv2.getTextSize(name, font, scale, thick)
+        cv2.putText(img, name, (left - tw - 8, top + i * cell + (cell + th) // 2), font,
+                    scale, (0, 0, 0), thick, cv2.LINE_AA)
+    # column labels: drawn horizontally on a strip, then rotated to read bottom-up
+    strip = np.full((cell * k, label_w, 3), 255, np.uint8)
+    for j, name in enumerate(class_names):
+        (tw, th), _ = cv2.getTextSize(name, font, scale, thick)
+        cv2.putText(strip, name, (8, j * cell + (cell + th) // 2), font, scale, (0, 0, 0),
+                    thick, cv2.LINE_AA)
+    img[top - 8 - label_w: top - 8, left: left + k * cell] = np.rot90(strip)
+    cv2.putText(img, "truth \\ prediction (% of row)", (8, 18), font, scale, (0, 0, 0),
+                thick, cv2.LINE_AA)
+    return img
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` beside ``path`` under a temporary name, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_png(path: Path, bgr: np.ndarray) -> None:
+    ok, buf = cv2.imencode(".png", bgr)
+    if not ok:
+        raise RuntimeError(f"{path}: PNG encoding failed")
+    _atomic_write_bytes(path, buf.tobytes())
+
+
+# ------------------------------------------------------------------------------ run
+def require(cfg: DictConfig, *keys: str) -> None:
+    """Mandatory keys (``???``) left unset -> one-line :class:`ConfigError`."""
+    for key in keys:
+        if OmegaConf.is_missing(cfg, key):
+            raise ConfigError(f"{key}: missing; give it on the command line as {key}=...")
+
+
+def check_compatible(loaded: LoadedModel, band_names: Sequence[str], classes: Sequence[str],
+                     where: str) -> None:
+    """The data must have the checkpoint's bands, in order, and its classes."""
+    if tuple(band_names) != tuple(loaded.band_names):
+        raise ConfigError(f"{where} has bands {','.join(band_names)} but checkpoint "
+                          f"{loaded.path} was trained on {','.join(loaded.band_names)}")
+    generic = all(n == f"class_{i}" for i, n in enumerate(loaded.class_names))
+    if len(classes) != loaded.num_classes or (not generic and
+                                               tuple(classes) != loaded.class_names):
+        raise ConfigError(f"{where} has classes {','.join(classes)} but checkpoint "
+                          f"{loaded.path} predicts {','.join(loaded.class_names)}")
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate ``cfg.ckpt`` on every tile of ``cfg.split``; write and return the metrics."""
+    require(cfg, "ckpt")
+    if cfg.blend not in BLENDS:
+        raise ConfigError(f"blend={cfg.blend!r}: expected one of {list(BLENDS)}")
+    output_dir = Path(cfg.paths.output_dir)
+    device = resolve_device(cfg.device)
+    loaded = load_segmenter(cfg.ckpt, map_location=device)
+
+    from sssi.data.datasets import TileReader
+
+    dm = hydra.utils.instantiate(cfg.data)
+    if getattr(dm, "synthetic", None) and not (dm.root.is_dir() and any(dm.root.iterdir())):
+        dm.prepare_data()  # the demo: generate the synthetic data; never touch existing data
+    layout = dm.layout
+    check_compatible(loaded, layout.band_names, layout.palette.classes,
+                     f"data {dm.dataset} at {dm.root}")
+    split = list(cfg.split) if isinstance(cfg.split, ListConfig) else cfg.split
+    tiles = layout.tiles(split, labels=True)
+    sizes = layout.validate(tiles)
+    reader = TileReader(tiles, layout.palette, use_eval_labels=True)
+    palette = layout.palette
+    k = loaded.num_classes
+    total = np.zeros((k, k), dtype=np.int64)
+    per_tile: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    for t, tile in enumerate(tiles):
+        t0 = time.perf_counter()
+        h, w = sizes[tile.id]
+        cm = np.zeros((k, k), dtype=np.int64)
+        pred_tile = np.zeros((h, w), np.uint8) if cfg.save_predictions else None
+        for win, probs in predict_chunks(
+                loaded.model, lambda window, t=t: reader.image(t, window), (h, w), k,
+                loaded.normalize, chunk=int(cfg.chunk), window=int(cfg.window),
+                stride=int(cfg.stride), batch_size=int(cfg.batch_size), blend=cfg.blend,
+                flip_tta=bool(cfg.flip_tta), device=device):
+            pred = probs.argmax(0).numpy().astype(np.uint8)
+            cm += confusion_matrix(reader.label(t, win), pred, k)
+            if pred_tile is not None:
+                r, c = int(win.row_off), int(win.col_off)
+                pred_tile[r: r + pred.shape[0], c: c + pred.shape[1]] = pred
+        total += cm
+        tile_scores = scores(cm, loaded.class_names)
+        seconds = time.perf_counter() - t0
+        per_tile.append({"tile": tile.id, "label": str(tile.eval_label),
+                         "pixels": tile_scores["pixels"], "mIoU": tile_scores["mIoU"],
+                         "OA": tile_scores["OA"], "seconds": round(seconds, 3)})
+        log.info("tile %s (%d/%d, %dx%d): OA %.4f mIoU %.4f in %.1f s", tile.id, t + 1,
+                 len(tiles), w, h, tile_scores["OA"], tile_scores["mIoU"], seconds)
+        if pred_tile is not None:
+            write_png(output_dir / "predictions" / f"{tile.id}.png",
+                      palette.colorize(pred_tile)[:, :, ::-1])
+    if reader.off_palette:
+        log.warning("%d off-palette label pixels were ignored", reader.off_palette)
+
+    metrics = evaluation_metrics(total, loaded.class_names)
+    metrics.update({
+        "confusion": total.tolist(), "class_names": list(loaded.class_names),
+        "tiles": per_tile, "off_palette_pixels": int(reader.off_palette),
+        "seconds": round(time.perf_counter() - start, 3),
+        "settings": {"ckpt": str(loaded.path), "dataset": dm.dataset, "root": str(dm.root),
+                     "split": split, "window": int(cfg.window), "stride": int(cfg.stride),
+                     "blend": cfg.blend, "flip_tta": bool(cfg.flip_tta),
+                     "device": str(device)},
+    })
+    atomic_write_text(output_dir / "metrics.json",
+                      json.dumps(_jsonable(metrics), indent=1, allow_nan=False))
+    table = markdown_table(metrics)
+    atomic_write_text(output_dir / "metrics.md", table)
+    write_png(output_dir / "confusion.png", confusion_image(total, loaded.class_names))
+    print(table)
+    log.info("run folder: %s", output_dir)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        metrics = run(cfg)
+    except (SssiError, InstantiationException) as exc:
+        err = _user_error(exc)
+        if err is None:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+    return metrics.get("mIoU")
+
+
+if __name__ == "__main__":
+    main()

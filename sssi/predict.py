@@ -1,0 +1,263 @@
+"""Georeferenced label maps for any GeoTIFF: ``python -m sssi.predict ckpt=PATH input=IN.tif
+output=OUT.tif``.
+
+The input is read chunk by chunk (never whole), predicted with the sliding window of
+:mod:`sssi.inference` and written as a single-band uint8 Cloud-Optimized GeoTIFF with
+the input's size, CRS and geotransform, the palette as its colour table and 255 where
+the input has no data. Optionally the class probabilities go to a second COG.
+
+Every output is first written as a tiled GeoTIFF under a temporary name beside it,
+translated to COG (GDAL's ``COG`` driver) under another temporary name, and only then
+renamed over the output: a failed run never leaves a damaged file behind, and an
+existing output stays as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import rasterio
+import rasterio.shutil
+from hydra.errors import InstantiationException
+from omegaconf import DictConfig, ListConfig
+from rasterio.enums import MaskFlags
+from rasterio.errors import RasterioError
+from rasterio.windows import Window
+
+from sssi.data.raster import HandleCache, check_readable, read_window
+from sssi.errors import ConfigError, DataError, SssiError
+from sssi.evaluate import require
+from sssi.inference import BLENDS, LoadedModel, load_segmenter, predict_chunks, resolve_device
+from sssi.train import CONFIG_DIR, _user_error
+
+log = logging.getLogger("sssi.predict")
+
+NODATA = 255  # label value where the input has no data (the ignore index)
+BLOCK = 512  # internal tile size of the outputs
+
+
+class CogWriter:
+    """One output GeoTIFF: chunks go to a temporary tiled GTiff beside ``path``;
+    :meth:`finish` translates it to a COG under a second temporary name; :meth:`commit`
+    renames that over ``path``. :meth:`discard` removes whatever temporary is left."""
+
+    def __init__(self, path: Path, profile: dict[str, Any]) -> None:
+        self.path = path
+        tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.tmp = path.parent / f".{path.name}.{tag}.tmp.tif"
+        self.cog = path.parent / f".{path.name}.{tag}.cog.tif"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.ds = rasterio.open(self.tmp, "w", **profile)
+        except (OSError, RasterioError) as exc:
+            self.discard()
+            raise DataError(f"{path}: cannot write here ({_first_line(exc)})") from exc
+
+    def write(self, array: np.ndarray, window: Window) -> None:
+        self.ds.write(array, window=window)
+
+    def finish(self, **cog_options: Any) -> None:
+        """Close the GTiff and translate it to a COG (overviews, compression)."""
+        try:
+            self.ds.close()
+            rasterio.shutil.copy(self.tmp, self.cog, driver="COG", **cog_options)
+        except RasterioError as exc:
+            raise DataError(f"{self.path}: writing the Cloud-Optimized GeoTIFF failed "
+                            f"({_first_line(exc)})") from exc
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+    def commit(self) -> None:
+        os.replace(self.cog, self.path)
+
+    def discard(self) -> None:
+        ds = getattr(self, "ds", None)
+        if ds is not None and not ds.closed:
+            ds.close()
+        for p in (self.tmp, self.cog):
+            p.unlink(missing_ok=True)
+
+
+def select_bands(path: Path, count: int, bands: Sequence[int] | None,
+                 loaded: LoadedModel) -> list[int]:
+    """1-based input bands fed to the model, in the checkpoint's band order."""
+    names = ",".join(loaded.band_names)
+    n = len(loaded.band_names)
+    if bands is None:
+        if count != n:
+            raise ConfigError(f"{path}: has {count} bands but checkpoint {loaded.path} expects "
+                              f"{n} ({names}); pick them with bands=[...] (1-based)")
+        return list(range(1, n + 1))
+    try:
+        chosen = [int(b) for b in bands]
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"bands={list(bands)}: expected 1-based band numbers") from exc
+    bad = [b for b in chosen if not 1 <= b <= count]
+    if bad:
+        raise ConfigError(f"bands={chosen}: {path} has bands 1..{count} only")
+    if len(chosen) != n:
+        raise ConfigError(f"bands={chosen}: checkpoint {loaded.path} expects {n} bands "
+                          f"({names})")
+    return chosen
+
+
+def predict_file(loaded: LoadedModel, input_path: str | Path, output_path: str | Path, *,
+                 bands: Sequence[int] | None = None, probabilities: str | Path | None = None,
+                 probabilities_dtype: str = "uint8", chunk: int = 2048, window: int = 512,
+                 stride: int = 384, batch_size: int = 4, blend: str = "gaussian",
+                 flip_tta: bool = False, device: Any = "cpu") -> Path:
+    """Write the label COG of ``input_path`` (and optionally its probabilities)."""
+    src_path = Path(input_path).expanduser()
+    out_path = Path(output_path).expanduser()
+    prob_path = Path(probabilities).expanduser() if probabilities else None
+    if blend not in BLENDS:
+        raise ConfigError(f"blend={blend!r}: expected one of {list(BLENDS)}")
+    if probabilities_dtype not in ("uint8", "float32"):
+        raise ConfigError(f"probabilities_dtype={probabilities_dtype!r}: expected uint8 or "
+                          "float32")
+    for p in (out_path, prob_path):
+        if p is not None and p.exists() and src_path.exists() and p.samefile(src_path):
+            raise ConfigError(f"{p}: output would overwrite the input")
+    check_readable(src_path)  # missing, unreadable or truncated input: one clear line
+    try:
+        src = rasterio.open(src_path)
+    except RasterioError as exc:
+        raise DataError(f"{src_path}: not a readable raster ({_first_line(exc)})") from exc
+    with src, contextlib.ExitStack() as stack:
+        indexes = select_bands(src_path, src.count, bands, loaded)
+        masked = any(src.mask_flag_enums[i - 1] != [MaskFlags.all_valid] for i in indexes)
+        handles = HandleCache()
+        stack.callback(handles.close)
+        base = {"driver": "GTiff", "width": src.width, "height": src.height,
+                "crs": src.crs, "transform": src.transform, "tiled": True,
+                "blockxsize": BLOCK, "blockysize": BLOCK, "compress": "deflate",
+                "BIGTIFF": "IF_SAFER"}
+        writers: list[CogWriter] = []
+        stack.callback(lambda: [w.discard() for w in writers])
+        labels = CogWriter(out_path, {**base, "count": 1, "dtype": "uint8", "nodata": NODATA})
+        writers.append(labels)
+        probs_out = None
+        if prob_path is not None:
+            probs_out = CogWriter(prob_path, {
+                **base, "count": loaded.num_classes, "dtype": probabilities_dtype,
+                "nodata": float("nan") if probabilities_dtype == "float32" else None})
+            writers.append(probs_out)
+        _describe(labels.ds, probs_out.ds if probs_out else None, loaded, src_path)
+
+        def read(win: Window) -> np.ndarray:
+            return read_window(src_path, win, indexes, handles).transpose(1, 2, 0)
+
+        t0 = time.perf_counter()
+        done = 0
+        for win, probs in predict_chunks(
+                loaded.model, read, (src.height, src.width), loaded.num_classes,
+                loaded.normalize, chunk=chunk, window=window, stride=stride,
+                batch_size=batch_size, blend=blend, flip_tta=flip_tta, device=device):
+            pred = probs.argmax(0).numpy().astype(np.uint8)
+            valid = _valid(src, src_path, indexes, win) if masked else None
+            if valid is not None:
+                pred[~valid] = NODATA
+            labels.write(pred[None], win)
+            if probs_out is not None:
+                probs_out.write(_probability_bands(probs.numpy(), valid, probabilities_dtype),
+                                win)
+            done += pred.size
+            log.info("%s: %.1f %% (%.1f s)", src_path.name,
+                     100 * done / (src.width * src.height), time.perf_counter() - t0)
+        for w in writers:
+            resampling = "NEAREST" if w is labels else "AVERAGE"
+            w.finish(compress="DEFLATE", blocksize=BLOCK, overview_resampling=resampling)
+        for w in writers:
+            w.commit()
+    log.info("wrote %s (%dx%d, %d classes)", out_path, src.width, src.height,
+             loaded.num_classes)
+    return out_path
+
+
+def _describe(labels, probs, loaded: LoadedModel, src_path: Path) -> None:
+    """Colour table, class names and provenance in the outputs' metadata."""
+    colours = {i: (*c, 255) for i, c in enumerate(loaded.palette.colors)}
+    colours[NODATA] = (0, 0, 0, 0)
+    labels.write_colormap(1, colours)
+    labels.set_band_description(1, "class")
+    tags = {"classes": ",".join(loaded.class_names),
+            "checkpoint": str(loaded.path.resolve()), "source": str(src_path.resolve())}
+    labels.update_tags(**tags, nodata_value=str(NODATA))
+    if probs is not None:
+        for i, name in enumerate(loaded.class_names, start=1):
+            probs.set_band_description(i, name)
+        scale = "probability x 255" if probs.dtypes[0] == "uint8" else "probability"
+        probs.update_tags(**tags, values=scale)
+
+
+def _valid(src, path: Path, indexes: list[int], win: Window) -> np.ndarray:
+    """(h, w) bool: pixels where at least one used band has data."""
+    try:
+        return src.read_masks(indexes, window=win).any(axis=0)
+    except RasterioError as exc:
+        raise DataError(f"{path}: failed to read the no-data mask ({_first_line(exc)})") from exc
+
+
+def _probability_bands(probs: np.ndarray, valid: np.ndarray | None, dtype: str) -> np.ndarray:
+    """(K, h, w) probabilities as written: uint8 x 255 (all 0 = no data) or float32 (NaN)."""
+    if dtype == "uint8":
+        out = np.rint(probs * 255).astype(np.uint8)
+        if valid is not None:
+            out[:, ~valid] = 0
+        return out
+    out = probs.astype(np.float32, copy=True)
+    if valid is not None:
+        out[:, ~valid] = np.nan
+    return out
+
+
+def _bands(value: Any) -> list[int] | None:
+    if value is None:
+        return None
+    if isinstance(value, (ListConfig, list, tuple)):
+        return list(value)
+    return [value]
+
+
+def run(cfg: DictConfig) -> Path:
+    """Predict ``cfg.input`` into ``cfg.output`` with ``cfg.ckpt``."""
+    require(cfg, "ckpt", "input", "output")
+    device = resolve_device(cfg.device)
+    loaded = load_segmenter(cfg.ckpt, map_location=device)
+    return predict_file(
+        loaded, cfg.input, cfg.output, bands=_bands(cfg.bands),
+        probabilities=cfg.probabilities, probabilities_dtype=cfg.probabilities_dtype,
+        chunk=int(cfg.chunk), window=int(cfg.window), stride=int(cfg.stride),
+        batch_size=int(cfg.batch_size), blend=cfg.blend, flip_tta=bool(cfg.flip_tta),
+        device=device)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
+def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except (SssiError, InstantiationException) as exc:
+        err = _user_error(exc)
+        if err is None:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,336 @@
+"""Sliding-window inference, full-tile evaluation and GeoTIFF prediction."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.windows import Window
+from torch import nn
+
+from sssi.data.palettes import ISPRS
+from sssi.errors import ConfigError, DataError
+from sssi.evaluate import confusion_matrix, evaluation_metrics, markdown_table, scores
+from sssi.inference import (
+    LoadedModel,
+    load_segmenter,
+    predict_chunks,
+    predict_probabilities,
+    predict_region,
+)
+from sssi.predict import predict_file
+from tests.conftest import real_sample
+
+# one short real training run: 2 synthetic tiles of 256 px (one train, one test),
+# a single step, no validation; ~20 s on 2 cores
+TINY_FIT = [
+    "data.synthetic.size=256", "data.synthetic.tiles=2", "data.crop_size=64",
+    "data.batch_size=4", "data.samples_per_epoch=4", "data.num_workers=0",
+    "data.region_size=128", "data.val_split=null", "trainer.max_epochs=1",
+    "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false", "test=false",
+    "callbacks.model_checkpoint.monitor=null",
+]
+RGB_BYTE = ("rasterio", "RGB.byte.tif")
+ADELAIDE = ("openearthmap", "adelaide_2.tif")
+
+
+def _cli(module: str, args: list[str], cwd: Path, timeout: int = 300
+         ) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> dict[str, Path]:
+    """A real segmentation checkpoint and the synthetic data it was trained on."""
+    base = tmp_path_factory.mktemp("inference_run")
+    proc = _cli("sssi.train", [*TINY_FIT, f"paths.data_dir={base / 'data'}",
+                               f"hydra.run.dir={base / 'run'}"], cwd=base)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {"ckpt": base / "run" / "checkpoints" / "last.ckpt",
+            "data": base / "data" / "synthetic_potsdam", "base": base}
+
+
+def _pointwise(in_ch: int = 3, k: int = 5) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Conv2d(in_ch, k, 1).eval()
+
+
+def _local(in_ch: int = 3, k: int = 5) -> nn.Module:
+    """Not pointwise: 5x5 receptive field, zero padding at window borders."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(in_ch, 8, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(8, k, 3, padding=1)).eval()
+
+
+def _fake(model: nn.Module) -> LoadedModel:
+    """A LoadedModel around a cheap network: for tests of the GeoTIFF plumbing."""
+    return LoadedModel(model=model, mean=[100.0] * 3, std=[50.0] * 3,
+                       band_names=("R", "G", "B"), class_names=ISPRS.classes,
+                       num_classes=6, palette_name="isprs", path=Path("fake.ckpt"))
+
+
+# ------------------------------------------------------------------- sliding window
+@pytest.mark.parametrize("blend", ["gaussian", "uniform"])
+@pytest.mark.parametrize("shape", [(150, 211), (40, 90), (1, 70)])
+def test_blending_a_pointwise_model_equals_one_full_pass(blend, shape):
+    model = _pointwise()
+    image = torch.randn(3, *shape)
+    with torch.no_grad():
+        full = model(image[None])[0].softmax(0)
+    probs = predict_probabilities(model, image, 5, window=64, stride=40, batch_size=3,
+                                  blend=blend)
+    assert probs.shape == (5, *shape) and probs.dtype == torch.float32
+    torch.testing.assert_close(probs, full, atol=1e-5, rtol=0)
+    torch.testing.assert_close(probs.sum(0), torch.ones(shape), atol=1e-5, rtol=0)
+
+
+def test_flip_tta_averages_the_four_flips():
+    model = _local()
+    image = torch.randn(3, 48, 48)  # one window: the average is explicit
+    with torch.no_grad():
+        want = sum(model(image.flip(d)[None])[0].softmax(0).flip(d)
+                   for d in ([], [-1], [-2], [-2, -1])) / 4
+    got = predict_probabilities(model, image, 5, window=48, stride=48, flip_tta=True)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_chunked_driver_equals_unchunked_and_tiles_the_raster_once():
+    model = _local()
+    raw = np.random.default_rng(0).integers(0, 255, (150, 203, 3), dtype=np.uint8)
+
+    def normalize(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a.transpose(2, 0, 1).astype(np.float32) / 255)
+
+    def read(win: Window) -> np.ndarray:
+        return raw[win.row_off: win.row_off + win.height, win.col_off: win.col_off + win.width]
+
+    whole = predict_probabilities(model, normalize(raw), 5, window=64, stride=48)
+    for chunk in (41, 100, 1000):
+        seen = np.zeros(raw.shape[:2], int)
+        for win, _ in predict_chunks(model, read, raw.shape[:2], 5, normalize, chunk=chunk,
+                                     window=64, stride=48):
+            seen[win.toslices()] += 1
+        assert (seen == 1).all()
+        got = predict_region(model, read, raw.shape[:2], 5, normalize, chunk=chunk,
+                             window=64, stride=48)
+        torch.testing.assert_close(got, whole, atol=1e-5, rtol=0)
+
+
+def test_bad_grid_is_a_config_error():
+    with pytest.raises(ConfigError, match="stride"):
+        predict_probabilities(_pointwise(), torch.zeros(3, 8, 8), 5, window=8, stride=9)
+    with pytest.raises(ConfigError, match="blend"):
+        predict_probabilities(_pointwise(), torch.zeros(3, 8, 8), 5, window=8, stride=8,
+                              blend="x")
+
+
+# ------------------------------------------------------------------------- metrics
+def test_metrics_match_a_hand_computed_confusion_matrix():
+    names = ("a", "b", "absent", "clutter")
+    cm = np.array([[5, 1, 0, 0], [2, 3, 0, 1], [0, 0, 0, 0], [1, 0, 0, 2]])
+    m = evaluation_metrics(cm, names)
+    a, b, c = m["per_class"]["a"], m["per_class"]["b"], m["per_class"]["clutter"]
+    assert a["IoU"] == pytest.approx(5 / 9) and a["F1"] == pytest.approx(10 / 14)
+    assert a["precision"] == pytest.approx(5 / 8) and a["recall"] == pytest.approx(5 / 6)
+    assert b["IoU"] == pytest.approx(3 / 7) and b["F1"] == pytest.approx(6 / 10)
+    assert c["IoU"] == pytest.approx(2 / 4) and c["recall"] == pytest.approx(2 / 3)
+    assert np.isnan(m["per_class"]["absent"]["IoU"])  # no pixels, never predicted
+    assert m["mIoU"] == pytest.approx((5 / 9 + 3 / 7 + 2 / 4) / 3)
+    assert m["mF1"] == pytest.approx((10 / 14 + 6 / 10 + 4 / 6) / 3)
+    assert m["OA"] == pytest.approx(10 / 15)
+    # without clutter: its ground-truth pixels leave; predicting clutter stays a miss
+    assert m["per_class_3"]["a"]["IoU"] == pytest.approx(5 / 8)  # fp 2, fn 1
+    assert m["per_class_3"]["b"]["IoU"] == pytest.approx(3 / 7)  # fp 1, fn 3
+    assert m["mIoU_3"] == pytest.approx((5 / 8 + 3 / 7) / 2)
+    assert m["mF1_3"] == pytest.approx((10 / 13 + 6 / 10) / 2)
+    assert m["OA_3"] == pytest.approx(8 / 12)
+    assert "| a | 55.56 | 71.43 |" in markdown_table(m)
+
+
+def test_confusion_matrix_skips_the_ignore_index():
+    label = np.array([[0, 1, 255], [2, 2, 1]], np.uint8)
+    pred = np.array([[0, 2, 1], [2, 0, 1]], np.uint8)
+    cm = confusion_matrix(label, pred, 3)
+    assert cm.sum() == 5 and cm[0, 0] == 1 and cm[1, 2] == 1 and cm[2, 0] == 1
+    assert scores(np.zeros((2, 2), int), ["x", "y"])["pixels"] == 0
+
+
+# -------------------------------------------------------------------------- loading
+def test_load_segmenter_reads_model_normalisation_and_classes(trained, tmp_path):
+    loaded = load_segmenter(trained["ckpt"])
+    assert loaded.band_names == ("R", "G", "B") and loaded.num_classes == 6
+    assert loaded.class_names == ISPRS.classes and loaded.palette_name == "isprs"
+    assert len(loaded.mean) == 3 and all(s > 0 for s in loaded.std)
+    assert not loaded.model.training
+    with torch.no_grad():
+        assert loaded.model(torch.zeros(1, 3, 64, 64)).shape == (1, 6, 64, 64)
+    with pytest.raises(DataError, match="checkpoint not found"):
+        load_segmenter(tmp_path / "missing.ckpt")
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(trained["ckpt"].read_bytes()[:5000])  # truncated
+    with pytest.raises(DataError, match=re.escape("junk.ckpt")):
+        load_segmenter(junk)
+    pretext = tmp_path / "pretext.ckpt"
+    torch.save({"hyper_parameters": {"lr": 0.1}, "PretextDataModule": {}}, pretext)
+    with pytest.raises(ConfigError, match=re.escape("pretext.ckpt: a pretext")):
+        load_segmenter(pretext)
+
+
+# ------------------------------------------------------------------------ evaluate
+@pytest.mark.slow
+def test_evaluate_writes_metrics_table_and_figures(trained, tmp_path):
+    out = tmp_path / "eval"
+    proc = _cli("sssi.evaluate", [f"ckpt={trained['ckpt']}", f"data.root={trained['data']}",
+                                  "window=128", "stride=96", f"hydra.run.dir={out}"],
+                cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("mIoU", "mF1", "OA", "mIoU_5", "mF1_5", "OA_5"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert set(metrics["per_class"]) == set(ISPRS.classes)
+    for cls in metrics["per_class"].values():
+        for key in ("IoU", "F1", "precision", "recall"):
+            assert cls[key] is None or 0.0 <= cls[key] <= 1.0
+    assert "clutter" not in metrics["per_class_5"]
+    assert sum(map(sum, metrics["confusion"])) == metrics["pixels"] > 0
+    assert [t["tile"] for t in metrics["tiles"]] == ["2_13"]  # the test split
+    table = (out / "metrics.md").read_text()
+    assert "| building |" in table and table.splitlines()[0] in proc.stdout
+    import cv2
+
+    assert cv2.imread(str(out / "confusion.png")) is not None
+    pred = cv2.imread(str(out / "predictions" / "2_13.png"))
+    assert pred.shape == (256, 256, 3)
+    palette_bgr = {tuple(c[::-1]) for c in ISPRS.colors}
+    assert {tuple(p) for p in np.unique(pred.reshape(-1, 3), axis=0)} <= palette_bgr
+
+
+def test_evaluate_refuses_data_with_other_bands(trained, tmp_path):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from sssi.evaluate import run
+    from sssi.train import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("evaluate", overrides=[f"ckpt={trained['ckpt']}", "data.modality=IRRG",
+                                             f"data.root={trained['data']}"])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "eval")
+    with pytest.raises(ConfigError) as err:
+        run(cfg)
+    message = str(err.value)
+    assert "\n" not in message and "IR,R,G" in message and "R,G,B" in message
+    assert str(trained["ckpt"]) in message
+
+
+# ------------------------------------------------------------------------- predict
+@pytest.mark.parametrize("sample", [RGB_BYTE, ADELAIDE], ids=["landsat", "openearthmap"])
+def test_predict_keeps_georeferencing_and_writes_a_cog(sample, tmp_path):
+    src_path = real_sample(*sample)
+    out = tmp_path / "labels.tif"
+    predict_file(_fake(_pointwise(k=6)), src_path, out, window=256, stride=192, chunk=300)
+    with rasterio.open(src_path) as src, rasterio.open(out) as dst:
+        assert (dst.width, dst.height, dst.count) == (src.width, src.height, 1)
+        assert dst.crs == src.crs and dst.transform == src.transform
+        assert dst.dtypes[0] == "uint8" and dst.nodata == 255
+        assert dst.profile["tiled"] and dst.overviews(1)
+        assert dst.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        assert dst.colormap(1)[1] == (*ISPRS.colors[1], 255)
+        labels = dst.read(1)
+        if src.nodata is not None:  # Landsat: the no-data collar stays no-data
+            valid = src.read_masks().any(0)
+            assert not valid.all() and ((labels == 255) == ~valid).all()
+        assert labels[labels != 255].max() < 6
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.tif"]  # no temporaries
+
+
+def test_chunked_prediction_equals_one_chunk(tmp_path):
+    src_path = real_sample(*RGB_BYTE)
+    loaded = _fake(_local(k=6))
+    outs = []
+    for chunk in (90, 4096):
+        out = tmp_path / f"c{chunk}.tif"
+        predict_file(loaded, src_path, out, window=64, stride=48, chunk=chunk,
+                     probabilities=tmp_path / f"p{chunk}.tif", probabilities_dtype="float32")
+        with rasterio.open(out) as a, rasterio.open(tmp_path / f"p{chunk}.tif") as p:
+            outs.append((a.read(1), p.read()))
+            assert p.count == 6 and p.descriptions[1] == "building"
+    assert (outs[0][0] == outs[1][0]).all()
+    np.testing.assert_allclose(outs[0][1], outs[1][1], atol=1e-5)
+
+
+def test_corrupt_input_is_one_line_and_keeps_the_existing_output(tmp_path):
+    data = real_sample(*ADELAIDE).read_bytes()
+    bad = tmp_path / "truncated.tif"
+    bad.write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out.tif"
+    out.write_bytes(b"previous result")
+    with pytest.raises(DataError) as err:
+        predict_file(_fake(_pointwise(k=6)), bad, out, window=128, stride=96)
+    assert str(bad) in str(err.value) and "\n" not in str(err.value)
+    assert out.read_bytes() == b"previous result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tif", "truncated.tif"]
+
+
+def test_bands_select_and_reorder_input_bands(tmp_path):
+    src_path = real_sample(*RGB_BYTE)
+    loaded = _fake(_pointwise(k=6))
+    with pytest.raises(ConfigError, match=re.escape("bands=[1, 2]")):
+        predict_file(loaded, src_path, tmp_path / "o.tif", bands=[1, 2])
+    with pytest.raises(ConfigError, match=re.escape("has bands 1..3 only")):
+        predict_file(loaded, src_path, tmp_path / "o.tif", bands=[1, 2, 4])
+    predict_file(loaded, src_path, tmp_path / "o.tif", bands=[3, 2, 1], window=256,
+                 stride=256)
+    assert (tmp_path / "o.tif").is_file()
+
+
+@pytest.mark.slow
+def test_predict_cli_with_a_real_checkpoint(trained, tmp_path):
+    src_path = real_sample(*ADELAIDE)
+    crop = tmp_path / "crop.tif"  # a georeferenced 160 x 200 piece keeps the run short
+    with rasterio.open(src_path) as src:
+        win = Window(300, 400, 200, 160)
+        profile = {**src.profile, "width": 200, "height": 160,
+                   "transform": src.window_transform(win)}
+        with rasterio.open(crop, "w", **profile) as dst:
+            dst.write(src.read(window=win))
+    out, probs = tmp_path / "out" / "labels.tif", tmp_path / "out" / "probs.tif"
+    proc = _cli("sssi.predict", [f"ckpt={trained['ckpt']}", f"input={crop}", f"output={out}",
+                                 f"probabilities={probs}", "window=128", "stride=96",
+                                 f"paths.log_dir={tmp_path / 'logs'}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with rasterio.open(out) as dst, rasterio.open(probs) as p:
+        assert (dst.width, dst.height) == (200, 160)
+        assert dst.transform == profile["transform"] and dst.crs == profile["crs"]
+        assert p.count == 6 and p.dtypes[0] == "uint8"
+        assert (np.abs(p.read().astype(int).sum(0) - 255) <= 6).all()
+    assert (tmp_path / "logs" / "predict").is_dir()  # Hydra's files: not beside the output
+    assert sorted(q.name for q in out.parent.iterdir()) == ["labels.tif", "probs.tif"]
+
+
+@pytest.mark.slow
+def test_predict_cli_band_mismatch_is_one_line_naming_the_file(trained, tmp_path):
+    src_path = real_sample(*RGB_BYTE)
+    one = tmp_path / "one_band.tif"
+    with rasterio.open(src_path) as src, \
+            rasterio.open(one, "w", **{**src.profile, "count": 1}) as dst:
+        dst.write(src.read(1), 1)
+    proc = _cli("sssi.predict", [f"ckpt={trained['ckpt']}", f"input={one}",
+                                 f"output={tmp_path / 'o.tif'}",
+                                 f"paths.log_dir={tmp_path / 'logs'}"], cwd=tmp_path)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(one) in errors[0] and "R,G,B" in errors[0]
+    assert "1 bands" in errors[0] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "o.tif").exists()
