@@ -299,6 +299,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if pred_tile is not None:
             write_png(output_dir / "predictions" / f"{tile.id}.png",
                       palette.colorize(pred_tile)[:, :, ::-1])
+    reader.close()
     if reader.off_palette:
         log.warning("%d off-palette label pixels were ignored", reader.off_palette)
 

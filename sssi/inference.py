@@ -124,11 +124,9 @@ def load_segmenter(ckpt_path: str | Path, map_location: str | torch.device = "cp
 
     from sssi.tasks.segment import SegmentTask
 
-    # weights come from the checkpoint: don't load ImageNet or pretext files again
-    overrides: dict[str, Any] = {"backbone": {**hp["backbone"], "weights": None}}
-    if "init" in hp:
-        overrides["init"] = None
-    task = SegmentTask.load_from_checkpoint(path, map_location=map_location, **overrides)
+    # the weights come from the checkpoint: never reload an ImageNet file (maybe long gone)
+    backbone = {**hp["backbone"], "weights": None}
+    task = SegmentTask.load_from_checkpoint(path, map_location=map_location, backbone=backbone)
     model = task.model.eval().requires_grad_(False)
     num_classes = int(hp["num_classes"])
     class_names = tuple(hp.get("class_names") or [f"class_{i}" for i in range(num_classes)])
@@ -173,7 +171,11 @@ def resolve_device(name: str | None) -> torch.device:
 
 # ------------------------------------------------------------------- sliding window
 def window_offsets(length: int, window: int, stride: int) -> list[int]:
-    """Start offsets of windows covering ``[0, length)``, the last snapped to the end."""
+    """Start offsets of windows covering ``[0, length)``, the last snapped to the end.
+
+    The grid of :func:`sssi.data.datasets.grid_offsets`, restated so that this module's
+    tensor code imports no rasterio (the GPU image has none).
+    """
     if length <= window:
         return [0]
     offsets = list(range(0, length - window + 1, stride))
@@ -295,9 +297,10 @@ def predict_chunks(model_fn: ModelFn, read: Callable[[Window], np.ndarray],
 
     Yields ``(core_window, probs)`` with ``probs`` (K, h, w) float32 on the CPU, cores in
     row-major order tiling the raster. For each core, every window of the raster's
-    global grid that touches it is predicted, so the halo read around a core is up to
-    ``window - 1`` px (never less than ``window - stride``) and the values equal one
-    unchunked :func:`predict_probabilities` pass. ``read(window)`` returns the raw
+    global grid that touches it is predicted, so the halo read around a core is what
+    those windows need (under ``window`` px a side; it replaces a fixed ``window -
+    stride`` halo) and the values equal one unchunked :func:`predict_probabilities`
+    pass, whatever ``chunk`` is. ``read(window)`` returns the raw
     (h, w, C) pixels of a rasterio ``Window``; ``normalize`` turns them into a
     (C, h, w) float tensor. Peak memory is about (chunk + 2 window)^2 x (K + C) floats.
     """

@@ -148,7 +148,7 @@ def test_every_experiment_composes_and_instantiates(experiment, tmp_path):
     if cfg.task.get("require_init"):
         from hydra.errors import InstantiationException
 
-        with pytest.raises(InstantiationException, match="task.init is required"):
+        with pytest.raises(InstantiationException, match=r"task.init is required"):
             instantiate(cfg.task)
         cfg.task.init = str(tmp_path / "pretext.ckpt")  # loaded only when fitting starts
     task = instantiate(cfg.task)

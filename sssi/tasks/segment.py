@@ -25,7 +25,7 @@ from sssi.checkpoints import init_encoder
 from sssi.config import to_plain
 from sssi.data.palettes import IGNORE_INDEX
 from sssi.errors import ConfigError
-from sssi.models.heads import FCNFusionHead, Segmenter
+from sssi.models.heads import Segmenter, build_head
 
 
 class SegmentTask(L.LightningModule):
@@ -42,14 +42,14 @@ class SegmentTask(L.LightningModule):
 
     def __init__(self, backbone: Mapping, loss: Mapping, num_classes: int,
                  optimizer: Mapping, scheduler: Mapping | None = None,
-                 head_channels: int = 128, freeze_encoder: bool = False,
+                 head: Mapping | None = None, freeze_encoder: bool = False,
                  init: str | None = None, require_init: bool = False,
                  class_names: list[str] | None = None) -> None:
         super().__init__()
         self.save_hyperparameters({
             "backbone": to_plain(backbone), "loss": to_plain(loss), "num_classes": num_classes,
             "optimizer": to_plain(optimizer), "scheduler": to_plain(scheduler),
-            "head_channels": head_channels, "freeze_encoder": freeze_encoder,
+            "head": to_plain(head) or {"name": "fcn"}, "freeze_encoder": freeze_encoder,
             "init": str(init) if init else None, "require_init": require_init,
             "class_names": [str(c) for c in class_names] if class_names else None,
         })
@@ -58,9 +58,11 @@ class SegmentTask(L.LightningModule):
                               "starting weights, task.init=PATH (a pretext checkpoint or a "
                               "torchvision-style state dict)")
         encoder = instantiate(self.hparams.backbone)
-        head = FCNFusionHead(encoder.out_channels, encoder.reductions, num_classes,
-                             channels=head_channels)
-        self.model = Segmenter(encoder, head)
+        head_options = dict(self.hparams.head)
+        head_name = head_options.pop("name", "fcn")
+        self.model = Segmenter(encoder, build_head(head_name, encoder.out_channels,
+                                                   encoder.reductions, num_classes,
+                                                   **head_options))
         if freeze_encoder:
             self.model.encoder.requires_grad_(False)
         self.criterion = instantiate(self.hparams.loss)
