@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
+
+from sssi.utils.io import write_png
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class ImageGrid(L.Callback):
         step = trainer.global_step
         self.dirpath.mkdir(parents=True, exist_ok=True)
         path = self.dirpath / f"game_step{step:07d}.png"
-        _write_png(path, grid)
+        write_png(path, grid[:, :, ::-1])
         for lg in trainer.loggers:
             if hasattr(lg, "log_image"):  # W&B
                 lg.log_image(key="game/grid", images=[grid], step=step)
@@ -71,13 +72,3 @@ def make_grid(images: Tensor, masks: Tensor, restored: Tensor,
         rows.append(torch.cat(tiles, dim=3))
     grid = torch.cat(rows, dim=2)[0].permute(1, 2, 0)
     return (grid.numpy() * 255).round().astype(np.uint8)
-
-
-def _write_png(path: Path, rgb: np.ndarray) -> None:
-    import cv2
-
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    if not cv2.imwrite(str(tmp), rgb[:, :, ::-1]):
-        log.warning("could not write %s", path)
-        return
-    os.replace(tmp, path)

@@ -18,7 +18,6 @@ from torch import nn
 
 from sssi.data.palettes import ISPRS
 from sssi.errors import ConfigError, DataError
-from sssi.evaluate import confusion_matrix, evaluation_metrics, markdown_table, scores
 from sssi.inference import (
     LoadedModel,
     load_segmenter,
@@ -26,6 +25,7 @@ from sssi.inference import (
     predict_probabilities,
     predict_region,
 )
+from sssi.metrics import confusion_matrix, evaluation_metrics, markdown_table, scores
 from sssi.predict import predict_file
 from tests.conftest import real_sample
 

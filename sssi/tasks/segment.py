@@ -8,23 +8,19 @@ instantiated here, so a checkpoint's hyperparameters fully describe the model an
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
 from torch import Tensor
-from torchmetrics import MetricCollection
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassF1Score,
-    MulticlassJaccardIndex,
-)
+from torchmetrics.classification import MulticlassConfusionMatrix
 
 from sssi.checkpoints import init_encoder
 from sssi.config import to_plain
 from sssi.data.palettes import IGNORE_INDEX
 from sssi.errors import ConfigError
+from sssi.metrics import evaluation_metrics
 from sssi.models.heads import Segmenter, build_head
 
 
@@ -69,9 +65,10 @@ class SegmentTask(L.LightningModule):
         self._initialised = False
         self.init_source = "scratch"
         self.class_names = self.hparams.class_names or [f"class_{i}" for i in range(num_classes)]
-        kw: dict[str, Any] = {"num_classes": num_classes, "ignore_index": IGNORE_INDEX}
-        self.val_metrics = self._metrics(kw, "val/")
-        self.test_metrics = self._metrics(kw, "test/")
+        # one confusion matrix per stage (synchronised across DDP ranks by torchmetrics);
+        # every score derives from it through sssi.metrics, as in sssi.evaluate
+        self.val_confusion = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX)
+        self.test_confusion = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX)
 
     def setup(self, stage: str) -> None:
         # The encoder's starting weights load when fitting begins, before Lightning
@@ -89,14 +86,6 @@ class SegmentTask(L.LightningModule):
                 self.hparams.class_names = names
                 self.class_names = names
 
-    @staticmethod
-    def _metrics(kw: dict, prefix: str) -> MetricCollection:
-        return MetricCollection({
-            "IoU": MulticlassJaccardIndex(average="none", **kw),
-            "F1": MulticlassF1Score(average="none", **kw),
-            "OA": MulticlassAccuracy(average="micro", **kw),
-        }, prefix=prefix)
-
     def forward(self, images: Tensor) -> Tensor:
         return self.model(images)
 
@@ -109,37 +98,38 @@ class SegmentTask(L.LightningModule):
             self.log(f"train/{name}", value, batch_size=bs)
         return loss
 
-    def _eval_step(self, batch: dict, metrics: MetricCollection, prefix: str) -> None:
+    def _eval_step(self, batch: dict, confusion: MulticlassConfusionMatrix, prefix: str) -> None:
         logits = self(batch["image"])
         loss, _ = self.criterion(logits, batch["label"])
         self.log(f"{prefix}/loss", loss, batch_size=batch["image"].shape[0], sync_dist=True)
-        metrics.update(logits.argmax(1), batch["label"])
+        confusion.update(logits.argmax(1), batch["label"])
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, self.val_metrics, "val")
+        self._eval_step(batch, self.val_confusion, "val")
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, self.test_metrics, "test")
+        self._eval_step(batch, self.test_confusion, "test")
 
-    def _log_metrics(self, metrics: MetricCollection, prefix: str) -> None:
-        values = metrics.compute()
-        iou = values[f"{prefix}/IoU"]
-        f1 = values[f"{prefix}/F1"]
-        out = {f"{prefix}/mIoU": iou.mean(), f"{prefix}/mF1": f1.mean(),
-               f"{prefix}/OA": values[f"{prefix}/OA"]}
-        for name, i, f in zip(self.class_names, iou, f1, strict=True):
-            out[f"{prefix}/IoU_{name}"] = i
-            out[f"{prefix}/F1_{name}"] = f
-        miou = out.pop(f"{prefix}/mIoU")
-        self.log(f"{prefix}/mIoU", miou, prog_bar=True)
+    def _log_metrics(self, confusion: MulticlassConfusionMatrix, prefix: str) -> None:
+        """mIoU, mF1, OA and per-class IoU/F1 over all classes, and over the five
+        ISPRS classes without clutter (``mIoU_5`` ...) where the palette has clutter.
+        Classes absent from both truth and prediction are left out of the means."""
+        cm = confusion.compute().cpu().numpy()
+        confusion.reset()
+        metrics = evaluation_metrics(cm, self.class_names)
+        self.log(f"{prefix}/mIoU", _finite(metrics["mIoU"]), prog_bar=True)
+        out = {f"{prefix}/{k}": _finite(v) for k, v in metrics.items()
+               if isinstance(v, float) and k != "mIoU"}
+        for name, s in metrics["per_class"].items():
+            out[f"{prefix}/IoU_{name}"] = _finite(s["IoU"])
+            out[f"{prefix}/F1_{name}"] = _finite(s["F1"])
         self.log_dict(out)
-        metrics.reset()
 
     def on_validation_epoch_end(self) -> None:
-        self._log_metrics(self.val_metrics, "val")
+        self._log_metrics(self.val_confusion, "val")
 
     def on_test_epoch_end(self) -> None:
-        self._log_metrics(self.test_metrics, "test")
+        self._log_metrics(self.test_confusion, "test")
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
@@ -149,3 +139,8 @@ class SegmentTask(L.LightningModule):
         scheduler = instantiate(self.hparams.scheduler)(optimizer=optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler,
                                                          "interval": "epoch"}}
+
+
+def _finite(value: float) -> float:
+    """Undefined scores (a class absent from truth and prediction) log as 0.0."""
+    return 0.0 if value is None or math.isnan(value) else float(value)
