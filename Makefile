@@ -13,7 +13,7 @@ PIP         := $(PY) -m pip
 STAMP       := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint format bench bench-game clean
+.PHONY: install demo test lint format bench bench-game bench-infer clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ bench: $(STAMP)
 ## training-step benchmark of the game (resnet18 and DRN-A-50, 256 px)
 bench-game: $(STAMP)
 	$(PY) experiments/benchmarks/game_step.py
+
+## full-tile inference benchmark (MP/s, peak memory vs tile size)
+bench-infer: $(STAMP)
+	$(PY) experiments/benchmarks/inference.py
 
 clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache
