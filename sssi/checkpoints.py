@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sssi.errors import ConfigError
+from sssi.errors import ConfigError, first_line
 from sssi.models import load_backbone_state, load_backbone_weights
 
 log = logging.getLogger(__name__)
@@ -35,8 +35,7 @@ def init_encoder(encoder: nn.Module, path: str | Path) -> str:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt file, not a torch file
         raise ConfigError(f"task.init={path}: cannot read ({type(err).__name__}: "
-                          f"{str(err).strip().splitlines()[0] if str(err).strip() else ''})"
-                          ) from err
+                          f"{first_line(err)})") from err
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         state = obj["state_dict"]
         for prefix, kind in ENCODER_PREFIXES.items():

@@ -17,3 +17,9 @@ class DataError(SssiError):
 
 class ConfigError(SssiError):
     """A configuration value is invalid."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (library errors can run for pages)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

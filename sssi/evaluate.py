@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,11 +29,11 @@ from typing import Any
 import cv2
 import hydra
 import numpy as np
-from hydra.errors import InstantiationException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 import sssi.config  # noqa: F401  (registers the ${sssi.*} resolvers)
-from sssi.errors import ConfigError, SssiError
+from sssi.cli import CONFIG_DIR, run_or_exit
+from sssi.errors import ConfigError
 from sssi.inference import BLENDS, LoadedModel, load_segmenter, predict_chunks, resolve_device
 from sssi.metrics import (
     confusion_matrix,
@@ -44,7 +43,6 @@ from sssi.metrics import (
     safe_ratio,
     scores,
 )
-from sssi.train import CONFIG_DIR, _user_error
 from sssi.utils.io import atomic_write_text, write_png
 
 log = logging.getLogger("sssi.evaluate")
@@ -194,14 +192,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
 def main(cfg: DictConfig) -> float | None:
-    try:
-        metrics = run(cfg)
-    except (SssiError, InstantiationException) as exc:
-        err = _user_error(exc)
-        if err is None:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+    metrics = run_or_exit(run, cfg)
     return metrics.get("mIoU")
 
 

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sssi.errors import ConfigError, DataError
+from sssi.errors import ConfigError, DataError, first_line
 
 if TYPE_CHECKING:
     from rasterio.windows import Window
@@ -107,7 +107,7 @@ def load_segmenter(ckpt_path: str | Path, map_location: str | torch.device = "cp
     try:  # plain containers and tensors only: never execute pickled code from a file
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated archives, unpickling and weights_only errors alike
-        reason = _first_line(exc).split(". ")[0]
+        reason = first_line(exc).split(". ")[0]
         raise DataError(f"{path}: not a readable checkpoint ({type(exc).__name__}: "
                         f"{reason})") from exc
     hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
@@ -163,7 +163,7 @@ def resolve_device(name: str | None) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as exc:
-        raise ConfigError(f"device={name!r}: {_first_line(exc)}") from exc
+        raise ConfigError(f"device={name!r}: {first_line(exc)}") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={name!r}: CUDA is not available here (use device=cpu)")
     return device
@@ -342,8 +342,3 @@ def predict_region(model_fn: ModelFn, read: Callable[[Window], np.ndarray],
         r, c = int(win.row_off), int(win.col_off)
         out[:, r: r + probs.shape[1], c: c + probs.shape[2]] = probs
     return out
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

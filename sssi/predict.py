@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 import time
 import uuid
 from collections.abc import Sequence
@@ -28,17 +27,16 @@ import hydra
 import numpy as np
 import rasterio
 import rasterio.shutil
-from hydra.errors import InstantiationException
 from omegaconf import DictConfig, ListConfig
 from rasterio.enums import MaskFlags
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
+from sssi.cli import CONFIG_DIR, run_or_exit
 from sssi.data.raster import HandleCache, check_readable, read_window
-from sssi.errors import ConfigError, DataError, SssiError
+from sssi.errors import ConfigError, DataError, first_line
 from sssi.evaluate import require
 from sssi.inference import BLENDS, LoadedModel, load_segmenter, predict_chunks, resolve_device
-from sssi.train import CONFIG_DIR, _user_error
 
 log = logging.getLogger("sssi.predict")
 
@@ -61,7 +59,7 @@ class CogWriter:
             self.ds = rasterio.open(self.tmp, "w", **profile)
         except (OSError, RasterioError) as exc:
             self.discard()
-            raise DataError(f"{path}: cannot write here ({_first_line(exc)})") from exc
+            raise DataError(f"{path}: cannot write here ({first_line(exc)})") from exc
 
     def write(self, array: np.ndarray, window: Window) -> None:
         self.ds.write(array, window=window)
@@ -73,7 +71,7 @@ class CogWriter:
             rasterio.shutil.copy(self.tmp, self.cog, driver="COG", **cog_options)
         except RasterioError as exc:
             raise DataError(f"{self.path}: writing the Cloud-Optimized GeoTIFF failed "
-                            f"({_first_line(exc)})") from exc
+                            f"({first_line(exc)})") from exc
         finally:
             self.tmp.unlink(missing_ok=True)
 
@@ -132,7 +130,7 @@ def predict_file(loaded: LoadedModel, input_path: str | Path, output_path: str |
     try:
         src = rasterio.open(src_path)
     except RasterioError as exc:
-        raise DataError(f"{src_path}: not a readable raster ({_first_line(exc)})") from exc
+        raise DataError(f"{src_path}: not a readable raster ({first_line(exc)})") from exc
     with src, contextlib.ExitStack() as stack:
         indexes = select_bands(src_path, src.count, bands, loaded)
         masked = any(src.mask_flag_enums[i - 1] != [MaskFlags.all_valid] for i in indexes)
@@ -205,7 +203,7 @@ def _valid(src, path: Path, indexes: list[int], win: Window) -> np.ndarray:
     try:
         return src.read_masks(indexes, window=win).any(axis=0)
     except RasterioError as exc:
-        raise DataError(f"{path}: failed to read the no-data mask ({_first_line(exc)})") from exc
+        raise DataError(f"{path}: failed to read the no-data mask ({first_line(exc)})") from exc
 
 
 def _probability_bands(probs: np.ndarray, valid: np.ndarray | None, dtype: str) -> np.ndarray:
@@ -242,21 +240,10 @@ def run(cfg: DictConfig) -> Path:
         device=device)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
 def main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except (SssiError, InstantiationException) as exc:
-        err = _user_error(exc)
-        if err is None:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+    run_or_exit(run, cfg)
 
 
 if __name__ == "__main__":

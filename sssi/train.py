@@ -10,22 +10,18 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
-from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 import sssi.config  # noqa: F401  (registers the ${sssi.*} resolvers)
-from sssi.errors import SssiError
+from sssi.cli import CONFIG_DIR, run_or_exit
 from sssi.utils.io import atomic_write_text
 
 log = logging.getLogger("sssi.train")
-
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 def instantiate_group(cfg: DictConfig | None) -> list[Any]:
@@ -86,27 +82,9 @@ def _floats(metrics: dict) -> dict[str, float]:
     return out
 
 
-def _user_error(exc: BaseException) -> SssiError | None:
-    """The :class:`SssiError` behind ``exc``, also when Hydra wrapped it."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, SssiError):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    try:
-        metrics = run(cfg)
-    except (SssiError, InstantiationException) as exc:
-        err = _user_error(exc)
-        if err is None:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+    metrics = run_or_exit(run, cfg)
     # value for Hydra sweepers that optimise an objective
     return metrics.get("test/mIoU", metrics.get("val/mIoU"))
 

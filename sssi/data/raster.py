@@ -18,7 +18,7 @@ import rasterio
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from sssi.errors import DataError
+from sssi.errors import DataError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def describe(path: str | Path) -> RasterInfo:
         with rasterio.open(path) as ds:
             return RasterInfo(path, ds.width, ds.height, ds.count, ds.dtypes[0])
     except RasterioError as exc:
-        raise DataError(f"{path}: not a readable raster ({_first_line(exc)})") from exc
+        raise DataError(f"{path}: not a readable raster ({first_line(exc)})") from exc
 
 
 def check_readable(path: str | Path) -> RasterInfo:
@@ -76,7 +76,7 @@ def read_window(path: str | Path, window: Window, bands: Sequence[int] | None = 
             _drop(path, handles)
         raise DataError(
             f"{path}: failed to read window (col {window.col_off}, row {window.row_off}, "
-            f"{window.width}x{window.height}): {_first_line(exc)}; the file may be truncated "
+            f"{window.width}x{window.height}): {first_line(exc)}; the file may be truncated "
             "or corrupt"
         ) from exc
 
@@ -96,7 +96,7 @@ def read_decimated(path: str | Path, max_side: int = 512) -> np.ndarray:
             shape = (ds.count, max(1, round(ds.height / scale)), max(1, round(ds.width / scale)))
             return ds.read(out_shape=shape)
     except RasterioError as exc:
-        raise DataError(f"{path}: failed to read ({_first_line(exc)})") from exc
+        raise DataError(f"{path}: failed to read ({first_line(exc)})") from exc
 
 
 class HandleCache(dict):
@@ -144,8 +144,3 @@ class _OneShot:
     def read(self, **kwargs) -> np.ndarray:
         with rasterio.open(self.path) as ds:
             return ds.read(**kwargs)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
