@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sssi.errors import ConfigError, DataError, first_line
+from sssi.utils.grid import grid_offsets
 
 if TYPE_CHECKING:
     from rasterio.windows import Window
@@ -47,7 +48,6 @@ __all__ = [
     "predict_probabilities",
     "predict_region",
     "resolve_device",
-    "window_offsets",
 ]
 
 #: Datamodule state saved in every Lightning checkpoint of a segmentation run.
@@ -170,20 +170,6 @@ def resolve_device(name: str | None) -> torch.device:
 
 
 # ------------------------------------------------------------------- sliding window
-def window_offsets(length: int, window: int, stride: int) -> list[int]:
-    """Start offsets of windows covering ``[0, length)``, the last snapped to the end.
-
-    The grid of :func:`sssi.data.datasets.grid_offsets`, restated so that this module's
-    tensor code imports no rasterio (the GPU image has none).
-    """
-    if length <= window:
-        return [0]
-    offsets = list(range(0, length - window + 1, stride))
-    if offsets[-1] != length - window:
-        offsets.append(length - window)
-    return offsets
-
-
 def blend_weights(window: int, blend: str = "gaussian", sigma_scale: float = 0.25
                   ) -> Tensor:
     """(window, window) float32 per-pixel weights of one window's prediction.
@@ -278,8 +264,8 @@ def predict_probabilities(model_fn: ModelFn, image: Tensor, num_classes: int,
     _, h, w = image.shape
     padded = _pad_to(image, window, window)
     hp, wp = padded.shape[-2:]
-    acc, wsum = _accumulate(model_fn, padded, window_offsets(hp, window, stride),
-                            window_offsets(wp, window, stride), window,
+    acc, wsum = _accumulate(model_fn, padded, grid_offsets(hp, window, stride),
+                            grid_offsets(wp, window, stride), window,
                             blend_weights(window, blend), num_classes, batch_size, flip_tta,
                             dev)
     return (acc[:, :h, :w] / wsum[:h, :w]).to(image.device)
@@ -312,8 +298,8 @@ def predict_chunks(model_fn: ModelFn, read: Callable[[Window], np.ndarray],
     height, width = size
     dev = torch.device(device) if device is not None else torch.device("cpu")
     weight = blend_weights(window, blend)
-    grid_r = window_offsets(max(height, window), window, stride)
-    grid_c = window_offsets(max(width, window), window, stride)
+    grid_r = grid_offsets(max(height, window), window, stride)
+    grid_c = grid_offsets(max(width, window), window, stride)
     for r0 in range(0, height, chunk):
         r1 = min(r0 + chunk, height)
         rows = [s for s in grid_r if s < r1 and s + window > r0]

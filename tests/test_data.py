@@ -17,7 +17,6 @@ from sssi.data.datasets import (
     RandomWindowDataset,
     Region,
     TileReader,
-    grid_offsets,
     grid_regions,
     normalizer,
 )
@@ -25,6 +24,7 @@ from sssi.data.palettes import IGNORE_INDEX, LOVEDA
 from sssi.data.splits import select_label_regions
 from sssi.data.stats import band_stats
 from sssi.errors import ConfigError, DataError
+from sssi.utils.grid import grid_offsets
 from tests.conftest import real_sample
 
 # ------------------------------------------------------------------------------ palettes

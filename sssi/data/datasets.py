@@ -23,6 +23,7 @@ from sssi.data.layouts import Tile
 from sssi.data.palettes import Palette
 from sssi.data.raster import HandleCache, read_window
 from sssi.errors import DataError
+from sssi.utils.grid import grid_offsets
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +43,6 @@ class Region:
     def as_dict(self, tiles: Sequence[Tile]) -> dict:
         return {"tile": tiles[self.tile].id, "row": self.row, "col": self.col,
                 "height": self.height, "width": self.width}
-
-
-def grid_offsets(length: int, window: int, stride: int) -> list[int]:
-    """Window start offsets covering ``[0, length)``; the last window is snapped to the end.
-
-    Tiles smaller than the window yield one offset (0); the reader pads that window.
-    """
-    if length <= window:
-        return [0]
-    offsets = list(range(0, length - window + 1, stride))
-    if offsets[-1] != length - window:
-        offsets.append(length - window)
-    return offsets
 
 
 def grid_regions(sizes: Sequence[tuple[int, int]], window: int, stride: int) -> list[Region]:

@@ -239,10 +239,7 @@ class PretrainTask(L.LightningModule):
         self.inpainter.train()
         restored = self.inpainter(images * (1.0 - mask))
         loss, parts = self.criterion(restored, images, mask)
-        self._watch(loss, 0)
-        opt.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        opt.step()
+        self._update(opt, loss, 0)
         bs = images.shape[0]
         self.log("train/inpainter_loss", loss, batch_size=bs)
         for k, v in parts.items():
@@ -265,10 +262,7 @@ class PretrainTask(L.LightningModule):
             err = self.criterion.error_map(restored, images)
         hole_error = (soft * err).sum() / soft.sum().clamp_min(1e-6)
         loss = 1.0 - hole_error + self.hparams.kl_weight * out.kl
-        self._watch(loss, 1)
-        opt.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        opt.step()
+        self._update(opt, loss, 1)
         bs = images.shape[0]
         self.log("train/instructor_loss", loss, batch_size=bs)
         self.log("train/instructor_kl", out.kl, batch_size=bs)
@@ -276,6 +270,13 @@ class PretrainTask(L.LightningModule):
         self._log_mask(hard, bs)
         self.log("mask/soft_entropy", mask_stats(soft.detach())["entropy"], batch_size=bs)
         self._keep_visuals(images, hard, restored)
+
+    def _update(self, opt, loss: Tensor, player: int) -> None:
+        """One optimizer step of ``player`` (0 inpainter, 1 instructor) on ``loss``."""
+        self._watch(loss, player)
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        opt.step()
 
     def _log_mask(self, mask: Tensor, bs: int) -> None:
         for k, v in mask_stats(mask.detach()).items():
@@ -335,20 +336,13 @@ class PretrainTask(L.LightningModule):
         images = batch["image"]
         g = torch.Generator(device=images.device)
         g.manual_seed(int(self.hparams.seed) + batch_idx)  # same masks every validation
-        bs = images.shape[0]
-        policy = self.random_policy
-        mask = policy(images, generator=g)
-        restored = self.inpainter(images * (1.0 - mask))
-        err = self.criterion.error_map(restored, images)
-        self.log("val/hole_error_random", (err * mask).sum() / mask.sum().clamp_min(1),
-                 batch_size=bs, sync_dist=True)
+        masks = {"random": self.random_policy(images, generator=g)}
         if self.instructor is not None:
-            imask = self.instructor_masks(images, generator=g)
-            restored_i = self.inpainter(images * (1.0 - imask))
-            err_i = self.criterion.error_map(restored_i, images)
-            self.log("val/hole_error_instructor",
-                     (err_i * imask).sum() / imask.sum().clamp_min(1), batch_size=bs,
-                     sync_dist=True)
+            masks["instructor"] = self.instructor_masks(images, generator=g)
+        for name, mask in masks.items():
+            err = self.criterion.error_map(self.inpainter(images * (1.0 - mask)), images)
+            self.log(f"val/hole_error_{name}", (err * mask).sum() / mask.sum().clamp_min(1),
+                     batch_size=images.shape[0], sync_dist=True)
 
     # ------------------------------------------------------------------------ optimizers
     def configure_optimizers(self):
