@@ -32,7 +32,7 @@ from sssi.data.datasets import (
 )
 from sssi.data.layouts import Layout, Tile, build_layout
 from sssi.data.palettes import IGNORE_INDEX, unpack_rgb
-from sssi.data.raster import describe, read_window
+from sssi.data.raster import describe
 from sssi.data.splits import select_label_regions, write_split
 from sssi.data.stats import band_stats
 from sssi.data.transforms import train_transform
@@ -313,16 +313,16 @@ class SegmentationDataModule(TileDataModule):
                 vtiles, vsizes = self._tiles(self.val_split, labels=True)
                 self.val_set = GridWindowDataset(
                     TileReader(vtiles, self.layout.palette),
-                    self._eval_regions(vsizes, self.val_max_windows), self._val_normalize(vtiles),
+                    self._eval_regions(vsizes, self.val_max_windows), self._val_normalize(),
                     with_labels=True, out_size=self.val_window)
         if stage in (None, "test") and self.test_set is None and self.test_split is not None:
             ttiles, tsizes = self._tiles(self.test_split, labels=True)
             self.test_set = GridWindowDataset(
                 TileReader(ttiles, self.layout.palette, use_eval_labels=True),
-                self._eval_regions(tsizes, None), self._val_normalize(ttiles),
+                self._eval_regions(tsizes, None), self._val_normalize(),
                 with_labels=True, out_size=self.val_window)
 
-    def _val_normalize(self, tiles: Sequence[Tile]):
+    def _val_normalize(self):
         if self.mean is None or self.std is None:  # testing without fitting: use train stats
             self._ensure_stats(self.layout.tiles(self.train_split))
         return self.normalize()
@@ -330,20 +330,17 @@ class SegmentationDataModule(TileDataModule):
     def _audit(self, reader: TileReader, regions: Sequence[Region]) -> None:
         """Count ignore and off-palette pixels of the labels a run will train on."""
         per_tile: dict[str, dict[str, int]] = {}
+        colour = self.layout.label_bands == 3
         for r in regions:
             tile = reader.tiles[r.tile]
-            raw_path = tile.label
-            assert raw_path is not None
-            raw = read_window(raw_path, Window(r.col, r.row, r.width, r.height), None,
-                              reader._handles)
-            result = self.layout.palette.decode(raw[:3] if raw.shape[0] == 4 else raw)
-            entry = per_tile.setdefault(tile.id, {"file": str(raw_path), "pixels": 0,
+            result = reader.decode_label(r.tile, Window(r.col, r.row, r.width, r.height))
+            entry = per_tile.setdefault(tile.id, {"file": str(tile.label), "pixels": 0,
                                                   "ignored": 0, "off_palette": 0, "values": []})
             entry["pixels"] += r.height * r.width
             entry["ignored"] += result.n_ignored
             entry["off_palette"] += result.n_off_palette
             for v in result.off_palette_values:
-                shown = list(unpack_rgb(v)) if raw.shape[0] >= 3 else v
+                shown = list(unpack_rgb(v)) if colour else v
                 if shown not in entry["values"] and len(entry["values"]) < 8:
                     entry["values"].append(shown)
         off = sum(e["off_palette"] for e in per_tile.values())

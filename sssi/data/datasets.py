@@ -20,7 +20,7 @@ from rasterio.windows import Window
 from torch.utils.data import Dataset, DistributedSampler
 
 from sssi.data.layouts import Tile
-from sssi.data.palettes import Palette
+from sssi.data.palettes import DecodeResult, Palette
 from sssi.data.raster import HandleCache, read_window
 from sssi.errors import DataError
 from sssi.utils.grid import grid_offsets
@@ -105,6 +105,10 @@ class TileReader:
 
     def label(self, t: int, window: Window) -> np.ndarray:
         """(H, W) uint8 class indices, ignore index where the palette has no class."""
+        return self.decode_label(t, window).index
+
+    def decode_label(self, t: int, window: Window) -> DecodeResult:
+        """The decoded label window with its ignored and off-palette pixel counts."""
         tile = self.tiles[t]
         path = tile.eval_label if self.use_eval_labels else tile.label
         if path is None:
@@ -113,9 +117,8 @@ class TileReader:
         if raw.shape[0] == 4:  # colour labels saved with an alpha band
             raw = raw[:3]
         decoded = self.palette.decode(raw)
-        if decoded.n_off_palette:
-            self.off_palette += decoded.n_off_palette
-        return decoded.index
+        self.off_palette += decoded.n_off_palette
+        return decoded
 
     def close(self) -> None:
         self._handles.close()
