@@ -13,7 +13,7 @@ PIP         := $(PY) -m pip
 STAMP       := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint format bench bench-game bench-infer clean
+.PHONY: install demo study-demo test lint format bench bench-game bench-infer clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,9 +26,15 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
-## the main job on the embedded synthetic data (generated on first use)
+## the whole story on the embedded synthetic data (generated on first use): pretrain the
+## game, fine-tune with 10 % labels from it and from scratch, evaluate, compare, map
 demo: $(STAMP)
-	$(PY) -m sssi.train
+	$(PY) -m sssi.demo
+
+## the scaled-down label-efficiency study (3 pretext methods + scratch, 6 label
+## fractions, 2 seeds) on the synthetic data; table and plot in outputs/label_efficiency/demo
+study-demo: $(STAMP)
+	PYTHON=$(PY) experiments/label_efficiency/run.sh demo
 
 ## the test suite
 test: $(STAMP)

@@ -72,3 +72,242 @@ def make_grid(images: Tensor, masks: Tensor, restored: Tensor,
         rows.append(torch.cat(tiles, dim=3))
     grid = torch.cat(rows, dim=2)[0].permute(1, 2, 0)
     return (grid.numpy() * 255).round().astype(np.uint8)
+
+
+# ------------------------------------------------------------------------ W&B summary
+DEFAULT_MAXIMIZE = ("val/mIoU", "val/mF1", "val/OA", "val/*IoU*", "val/*F1*", "val/OA*",
+                    "test/mIoU", "test/mF1", "test/OA", "test/*IoU*", "test/*F1*", "test/OA*")
+DEFAULT_MINIMIZE = ("train/loss", "val/loss", "test/loss", "train/*loss", "val/hole_error_*")
+
+
+class WandbSummary(L.Callback):
+    """Best values in the W&B run summary, and the checkpoint as a W&B artifact.
+
+    Does nothing without a W&B logger, so it sits in the default callbacks. Metric
+    names matching a ``maximize`` pattern keep their maximum in the summary
+    (``{"max": 0.71}``), those matching ``minimize`` their minimum. Patterns are
+    exact names or :mod:`fnmatch` globs (``*`` anywhere). W&B's ``define_metric``
+    accepts only trailing-``*`` globs and ignores ``summary=`` for them (wandb 0.31),
+    so globs are expanded here: each logged name that matches is defined on first
+    sight (W&B's aggregate still covers values logged before; an epoch-end metric's
+    summary is set to ``{"max": value}`` at once), and at the start of testing the
+    ``test/`` twins of the validation names seen are defined before they are
+    logged. A name matching both lists is maximised.
+
+    ``log_checkpoint``: at the end of fitting, log the best and last checkpoints
+    as one artifact ``model-<run id>`` of type ``model`` (aliases ``best``,
+    ``last``), offline too (``wandb sync`` uploads it). ``checkpoint_policy``:
+    ``mutable`` copies the files into W&B's staging folder (safe if the run folder
+    changes before syncing), ``immutable`` references them in place (no copy).
+    """
+
+    def __init__(self, maximize: list[str] | tuple[str, ...] = DEFAULT_MAXIMIZE,
+                 minimize: list[str] | tuple[str, ...] = DEFAULT_MINIMIZE,
+                 log_checkpoint: bool = False, checkpoint_policy: str = "mutable") -> None:
+        if checkpoint_policy not in ("mutable", "immutable"):
+            raise ValueError(f"checkpoint_policy={checkpoint_policy!r}: "
+                             "expected mutable or immutable")
+        self.maximize = [str(p) for p in maximize or ()]
+        self.minimize = [str(p) for p in minimize or ()]
+        self.log_checkpoint = bool(log_checkpoint)
+        self.checkpoint_policy = checkpoint_policy
+        self._defined: set[str] = set()
+        self._seen: set[str] = set()
+        self._train_scanned = False
+
+    def summary_of(self, name: str) -> str | None:
+        """``"max"``, ``"min"`` or None (no aggregate) for a metric name."""
+        from fnmatch import fnmatchcase
+
+        if any(fnmatchcase(name, p) for p in self.maximize):
+            return "max"
+        if any(fnmatchcase(name, p) for p in self.minimize):
+            return "min"
+        return None
+
+    def _define(self, trainer: L.Trainer, names, logged: bool = False) -> None:
+        """define_metric for new matching names. ``logged``: their current values are
+        in the W&B history already (epoch-end metrics), so the summary gets the
+        aggregate's first value now; W&B's own aggregate takes over from the next row
+        on (and covers the earlier rows), a metric logged once keeps this one."""
+        from sssi.loggers import wandb_runs
+
+        new = [n for n in names if n not in self._defined and self.summary_of(n)]
+        if not new:
+            return
+        for run in wandb_runs(trainer.loggers):
+            for name in new:
+                op = self.summary_of(name)
+                # keep Lightning's x-axis (it defines "*" against trainer/global_step)
+                run.define_metric(name, summary=op, step_metric="trainer/global_step")
+                value = trainer.callback_metrics.get(name) if logged else None
+                if value is not None and getattr(value, "numel", lambda: 1)() == 1:
+                    run.summary[name] = {op: float(value)}
+        self._defined.update(new)
+
+    def _scan(self, trainer: L.Trainer, logged: bool = False) -> None:
+        names = set(trainer.callback_metrics) - self._seen
+        if names:
+            self._seen |= names
+            self._define(trainer, sorted(names), logged)
+
+    def _active(self, trainer: L.Trainer) -> bool:
+        from sssi.loggers import is_wandb
+
+        return trainer.is_global_zero and any(is_wandb(lg) for lg in trainer.loggers)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._active(trainer):
+            exact = [p for p in self.maximize + self.minimize if not any(c in p for c in "*?[")]
+            self._define(trainer, exact)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        # the first batch shows the step metrics' names; later ones at epoch ends
+        if not self._train_scanned and self._active(trainer):
+            self._train_scanned = True
+            self._scan(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._active(trainer):
+            self._scan(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._active(trainer) and not trainer.sanity_checking:
+            self._scan(trainer, logged=True)
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._active(trainer):
+            exact = [p for p in self.maximize + self.minimize
+                     if p.startswith("test/") and not any(c in p for c in "*?[")]
+            twins = ["test/" + n[4:] for n in self._seen if n.startswith("val/")]
+            self._define(trainer, exact + sorted(twins))
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._active(trainer):
+            self._scan(trainer, logged=True)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.log_checkpoint and self._active(trainer):
+            self._log_checkpoint(trainer)
+
+    def _log_checkpoint(self, trainer: L.Trainer) -> None:
+        import wandb
+
+        from sssi.loggers import wandb_runs
+
+        files: dict[str, list[str]] = {}  # path -> aliases
+        metadata: dict[str, object] = {"epoch": trainer.current_epoch,
+                                       "global_step": trainer.global_step}
+        for cb in trainer.checkpoint_callbacks:
+            best, last = getattr(cb, "best_model_path", ""), getattr(cb, "last_model_path", "")
+            if best:
+                files.setdefault(best, []).append("best")
+                score = getattr(cb, "best_model_score", None)
+                if score is not None:
+                    metadata["monitor"] = cb.monitor
+                    metadata["best_score"] = float(score)
+            if last:
+                files.setdefault(last, []).append("last")
+        files = {p: a for p, a in files.items() if Path(p).is_file()}
+        if not files:
+            log.warning("log_checkpoint: no checkpoint file to log")
+            return
+        for run in wandb_runs(trainer.loggers):
+            art = wandb.Artifact(f"model-{run.id}", type="model", metadata=metadata)
+            for path, aliases in files.items():
+                name = "last.ckpt" if aliases == ["last"] else Path(path).name
+                art.add_file(path, name=name, policy=self.checkpoint_policy)
+            aliases = sorted({a for al in files.values() for a in al})
+            run.log_artifact(art, aliases=aliases)
+            log.info("checkpoint artifact model-%s: %s", run.id, ", ".join(files))
+
+
+# -------------------------------------------------------------------- prediction grid
+# ISPRS colours first, then distinct ones for larger label schemes
+FALLBACK_COLORS = np.array([
+    (255, 255, 255), (0, 0, 255), (0, 255, 255), (0, 255, 0), (255, 255, 0), (255, 0, 0),
+    (128, 0, 128), (255, 128, 0), (128, 128, 128), (0, 128, 128), (128, 64, 0),
+    (255, 0, 255), (0, 0, 128), (128, 128, 0), (0, 128, 0), (64, 64, 255),
+], dtype=np.uint8)
+IGNORE_COLOR = (0, 0, 0)
+
+
+class PredictionGrid(L.Callback):
+    """After each validation epoch, a PNG of image | label | prediction for a few
+    validation windows (labels in the palette's colours, ignored pixels black),
+    under ``dirpath`` and in the W&B / TensorBoard loggers (key ``val/predictions``).
+
+    Reads what the task keeps through ``pop_predictions()`` (SegmentTask: its first
+    validation batch); a no-op for tasks without it (the game). Skipped during
+    Lightning's sanity check; ``every_n_epochs`` thins it out.
+    """
+
+    def __init__(self, dirpath: str, bands: tuple[int, int, int] = (0, 1, 2),
+                 every_n_epochs: int = 1) -> None:
+        self.dirpath = Path(dirpath)
+        self.bands = tuple(bands)
+        self.every_n_epochs = max(1, int(every_n_epochs))
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pop = getattr(pl_module, "pop_predictions", None)
+        visuals = pop() if pop is not None else None
+        if visuals is None or not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        if trainer.current_epoch % self.every_n_epochs:
+            return
+        colors = palette_colors(trainer)
+        grid = make_prediction_grid(visuals["image"], visuals["label"], visuals["prediction"],
+                                    colors, self.bands)
+        step, epoch = trainer.global_step, trainer.current_epoch
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        write_png(self.dirpath / f"predictions_epoch{epoch:03d}.png",
+                  np.ascontiguousarray(grid[:, :, ::-1]))
+        for lg in trainer.loggers:
+            if hasattr(lg, "log_image"):  # W&B
+                lg.log_image(key="val/predictions", images=[grid], step=step,
+                             caption=[f"image | label | prediction, epoch {epoch}"])
+            elif hasattr(getattr(lg, "experiment", None), "add_image"):  # TensorBoard
+                lg.experiment.add_image("val/predictions", grid, step, dataformats="HWC")
+
+
+def palette_colors(trainer: L.Trainer) -> np.ndarray:
+    """(num_classes, 3) uint8 colours of the datamodule's palette, or the fallback."""
+    layout = None
+    try:
+        layout = getattr(getattr(trainer, "datamodule", None), "layout", None)
+    except Exception:  # colours are not worth failing a run
+        layout = None
+    palette = getattr(layout, "palette", None)
+    if palette is not None:
+        return palette.color_array()
+    return FALLBACK_COLORS
+
+
+def colorize(labels: Tensor | np.ndarray, colors: np.ndarray) -> np.ndarray:
+    """(H, W) class indices -> (H, W, 3) uint8; unknown indices (ignore) are black."""
+    idx = np.asarray(labels.cpu() if isinstance(labels, Tensor) else labels).astype(np.int64)
+    colors = np.asarray(colors, dtype=np.uint8)
+    if len(colors) < len(FALLBACK_COLORS):  # room for predictions beyond the palette
+        colors = np.concatenate([colors, FALLBACK_COLORS[len(colors):]])
+    table = np.zeros((256, 3), np.uint8)
+    table[:] = IGNORE_COLOR
+    table[: min(len(colors), 255)] = colors[:255]
+    return table[np.clip(idx, 0, 255)]
+
+
+def make_prediction_grid(images: Tensor, labels: Tensor, predictions: Tensor,
+                         colors: np.ndarray, bands: tuple[int, ...] = (0, 1, 2)) -> np.ndarray:
+    """Rows of [image, label, prediction] as one uint8 (H, W, 3) RGB array; the image
+    is shown with a per-band min-max stretch over the batch."""
+    idx = [b for b in bands if b < images.shape[1]] or [0]
+    while len(idx) < 3:
+        idx.append(idx[-1])
+    img = images[:, idx].float().cpu()
+    lo = img.amin(dim=(0, 2, 3), keepdim=True)
+    hi = img.amax(dim=(0, 2, 3), keepdim=True)
+    img = ((img - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1)
+    img = (img.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    rows = [np.concatenate([img[i], colorize(labels[i], colors),
+                            colorize(predictions[i], colors)], axis=1)
+            for i in range(img.shape[0])]
+    return np.concatenate(rows, axis=0)

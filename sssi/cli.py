@@ -15,6 +15,7 @@ from typing import TypeVar
 
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from sssi.errors import SssiError
 
@@ -38,7 +39,7 @@ def run_or_exit(run: Callable[[DictConfig], T], cfg: DictConfig) -> T:
     """``run(cfg)``; a user error becomes one ``error:`` line on stderr and exit 1."""
     try:
         return run(cfg)
-    except (SssiError, InstantiationException) as exc:
+    except (SssiError, InstantiationException, OmegaConfBaseException) as exc:
         err = user_error(exc)
         if err is None:
             raise

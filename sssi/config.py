@@ -12,10 +12,56 @@ def _num_bands(dataset: str, modality: str, ndsm: bool) -> int:
     return build_layout(dataset, ".", modality=modality, ndsm=ndsm).num_bands
 
 
+PRETEXT_CHECKPOINT = "checkpoints/last.ckpt"
+
+
+def study_init(method: str, pretrain_dir: str, imagenet_weights: str | None) -> str | None:
+    """``task.init`` of a label-efficiency job: where ``study.method`` starts the encoder.
+
+    ``scratch`` -> None; ``imagenet`` -> the weights file; any other name is a pretext
+    run of the study's stage 1, ``<pretrain_dir>/<method>/checkpoints/last.ckpt``.
+    """
+    from sssi.errors import ConfigError
+
+    method = str(method)
+    if method == "scratch":
+        return None
+    if method == "imagenet":
+        if not imagenet_weights:
+            raise ConfigError("study.method=imagenet needs study.imagenet_weights=PATH (a "
+                              "torchvision-style ResNet state dict file)")
+        return str(imagenet_weights)
+    if not method or "/" in method:
+        raise ConfigError(f"study.method={method!r}: expected scratch, imagenet or the name "
+                          f"of a pretext run folder under {pretrain_dir}")
+    return f"{pretrain_dir}/{method}/{PRETEXT_CHECKPOINT}"
+
+
+def _sweep_group(prefix: str | None = None) -> str:
+    """W&B group of a run: the sweep's name in a multirun, "" otherwise."""
+    from sssi.loggers import sweep_group
+
+    return sweep_group(prefix)
+
+
+def _wandb_offline() -> bool:
+    """Default of ``logger.wandb.offline``: true unless ``WANDB_MODE`` is set otherwise."""
+    from sssi.loggers import wandb_offline
+
+    return wandb_offline()
+
+
 def register_resolvers() -> None:
     """Register ``${sssi.*:...}`` resolvers (idempotent)."""
     if not OmegaConf.has_resolver("sssi.num_bands"):
         OmegaConf.register_new_resolver("sssi.num_bands", _num_bands)
+    # not cached: both depend on the run (Hydra mode, environment), not on arguments
+    if not OmegaConf.has_resolver("sssi.sweep_group"):
+        OmegaConf.register_new_resolver("sssi.sweep_group", _sweep_group)
+    if not OmegaConf.has_resolver("sssi.wandb_offline"):
+        OmegaConf.register_new_resolver("sssi.wandb_offline", _wandb_offline)
+    if not OmegaConf.has_resolver("sssi.study_init"):
+        OmegaConf.register_new_resolver("sssi.study_init", study_init)
 
 
 register_resolvers()

@@ -15,10 +15,11 @@ from typing import Any
 
 import hydra
 import lightning as L
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 import sssi.config  # noqa: F401  (registers the ${sssi.*} resolvers)
 from sssi.cli import CONFIG_DIR, run_or_exit
+from sssi.loggers import finish, log_config
 from sssi.utils.io import atomic_write_text
 
 log = logging.getLogger("sssi.train")
@@ -34,20 +35,23 @@ def instantiate_group(cfg: DictConfig | None) -> list[Any]:
 
 def run(cfg: DictConfig) -> dict[str, float]:
     """Fit and/or test as ``cfg`` says; return the final metrics."""
-    L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
+    done = output_dir / "metrics.json"
+    if cfg.get("skip_if_done") and done.is_file():
+        log.info("skipped: %s exists (skip_if_done=true)", done)
+        return json.loads(done.read_text())
+    L.seed_everything(cfg.seed, workers=True)
 
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
     task: L.LightningModule = hydra.utils.instantiate(cfg.task)
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")),
         logger=instantiate_group(cfg.get("logger")) or False)
-    for lg in trainer.loggers:
-        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    log_config(trainer.loggers, cfg)
 
     metrics: dict[str, float] = {}
     if cfg.get("train", True):
-        trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(task, datamodule=datamodule, ckpt_path=_resume_from(trainer, cfg))
         metrics.update(_floats(trainer.callback_metrics))
     if cfg.get("test", False) and cfg.data.get("test_split") is not None:
         ckpt = _best_checkpoint(trainer) if cfg.get("train", True) else cfg.get("ckpt_path")
@@ -58,7 +62,22 @@ def run(cfg: DictConfig) -> dict[str, float]:
         atomic_write_text(output_dir / "metrics.json", json.dumps(metrics, indent=1,
                                                                     sort_keys=True))
         log.info("run folder: %s", output_dir)
+    finish(trainer.loggers)  # close this job's W&B run (the next job of a sweep opens its own)
     return metrics
+
+
+def _resume_from(trainer: L.Trainer, cfg: DictConfig) -> str | None:
+    """``ckpt_path``; ``last`` is this run's ``last.ckpt`` when there is one (a restarted
+    job of a sweep with fixed folders), else a fresh start."""
+    ckpt = cfg.get("ckpt_path")
+    if ckpt != "last":
+        return ckpt
+    cb = trainer.checkpoint_callback
+    last = Path(cb.dirpath) / "last.ckpt" if cb is not None and cb.dirpath else None
+    if last is not None and last.is_file():
+        log.info("resuming from %s", last)
+        return str(last)
+    return None
 
 
 def _best_checkpoint(trainer: L.Trainer) -> str | None:

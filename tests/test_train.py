@@ -40,7 +40,9 @@ def _compose(overrides: list[str], tmp_path: Path):
 
 
 def _options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    """Every option of a config group, nested ones as ``sub/name``."""
+    return sorted(p.relative_to(CONF / group).with_suffix("").as_posix()
+                  for p in (CONF / group).rglob("*.yaml"))
 
 
 @pytest.mark.parametrize("data", _options("data"))
@@ -143,7 +145,14 @@ def test_folder_config_reads_the_real_loveda_samples(tmp_path):
 
 @pytest.mark.parametrize("experiment", _options("experiment"))
 def test_every_experiment_composes_and_instantiates(experiment, tmp_path):
+    from omegaconf import OmegaConf
+
+    from sssi.train import instantiate_group
+
     cfg = _compose([f"+experiment={experiment}"], tmp_path)
+    if cfg.get("study"):  # study jobs start from stage 1's folders under study.dir
+        assert str(cfg.study.dir) in str(cfg.task.get("init") or cfg.study.dir)
+    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     dm = instantiate(cfg.data)
     if cfg.task.get("require_init"):
         from hydra.errors import InstantiationException
@@ -153,6 +162,17 @@ def test_every_experiment_composes_and_instantiates(experiment, tmp_path):
         cfg.task.init = str(tmp_path / "pretext.ckpt")  # loaded only when fitting starts
     task = instantiate(cfg.task)
     assert cfg.trainer.max_epochs > 0
+    # loggers and callbacks as configured; the trainer on this machine's CPU
+    with open_dict(cfg):
+        cfg.trainer.update(accelerator="cpu", devices=1, num_nodes=1, strategy="auto",
+                           precision="32-true", sync_batchnorm=False)
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer = instantiate(cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")),
+                          logger=loggers or False)
+    assert trainer.checkpoint_callback is not None
+    assert trainer.checkpoint_callback.save_last
+    if experiment.startswith("potsdam"):  # the full configs log to W&B (offline)
+        assert [type(lg).__name__ for lg in loggers] == ["WandbLogger"]
     if "pretrain" in experiment or "inpaint" in experiment:
         assert type(dm).__name__ == "PretextDataModule"
         assert (task.instructor is not None) == ("inpaint" not in experiment)

@@ -37,6 +37,7 @@ from sssi.data.splits import select_label_regions, write_split
 from sssi.data.stats import band_stats
 from sssi.data.transforms import train_transform
 from sssi.errors import ConfigError
+from sssi.scaling import accumulation, per_device_batch_size
 from sssi.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,10 @@ class TileDataModule(L.LightningDataModule):
         in_channels, num_classes: expected band and class counts; checked against the
             layout so that a model config and a data config can't silently disagree.
         crop_size, scale: training window size and zoom range.
+        batch_size: windows per batch on each device (per process).
+        global_batch_size: when set, samples per optimizer step over all devices; the
+            per-device batch becomes ``global_batch_size / (world size x accumulation)``
+            at set-up (see :mod:`sssi.scaling`), replacing ``batch_size``.
         samples_per_epoch: random windows per epoch (default: cover the area once).
         seed: seed of the training windows and their augmentation (``${seed}``).
         mean, std: per-band statistics in raw units; computed from the training tiles
@@ -72,6 +77,7 @@ class TileDataModule(L.LightningDataModule):
         scale: Sequence[float] | None = None,
         batch_size: int = 8,
         eval_batch_size: int | None = None,
+        global_batch_size: int | None = None,
         num_workers: int = 2,
         pin_memory: bool = True,
         persistent_workers: bool = True,
@@ -106,6 +112,8 @@ class TileDataModule(L.LightningDataModule):
         self.scale = tuple(scale) if scale else None
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
+        self._eval_batch_follows = not eval_batch_size
+        self.global_batch_size = global_batch_size
         self.num_workers = int(num_workers)
         self.pin_memory = bool(pin_memory)
         self.persistent_workers = bool(persistent_workers)
@@ -129,6 +137,24 @@ class TileDataModule(L.LightningDataModule):
         self.train_set: torch.utils.data.Dataset | None = None
         self.val_set: torch.utils.data.Dataset | None = None
         self.test_set: torch.utils.data.Dataset | None = None
+
+    def resolve_batch_size(self) -> int:
+        """The per-device batch: ``data.batch_size``, or derived from
+        ``data.global_batch_size`` and the attached trainer's world size and
+        accumulation (a clear error when they do not divide it)."""
+        if self.global_batch_size is None:
+            return self.batch_size
+        trainer = self.trainer
+        world = int(trainer.world_size) if trainer is not None else 1
+        acc = accumulation(trainer) if trainer is not None else 1
+        per_device = per_device_batch_size(self.global_batch_size, world, acc)
+        if per_device != self.batch_size:
+            log.info("data.global_batch_size=%d over %d devices x %d accumulation: %d windows "
+                     "per device batch", self.global_batch_size, world, acc, per_device)
+        self.batch_size = per_device
+        if self._eval_batch_follows:
+            self.eval_batch_size = per_device
+        return per_device
 
     # ---------------------------------------------------------------------------- layout
     @property
@@ -261,6 +287,7 @@ class PretextDataModule(TileDataModule):
     """
 
     def setup(self, stage: str | None = None) -> None:
+        self.resolve_batch_size()
         if stage in (None, "fit") and self.train_set is None:
             tiles, sizes = self._tiles(self.train_split, labels=False)
             self._ensure_stats(tiles)
@@ -291,6 +318,7 @@ class SegmentationDataModule(TileDataModule):
     """
 
     def setup(self, stage: str | None = None) -> None:
+        self.resolve_batch_size()
         if stage in (None, "fit") and self.train_set is None:
             tiles, sizes = self._tiles(self.train_split, labels=True)
             self._ensure_stats(tiles)

@@ -15,6 +15,14 @@ Schedules (``schedule.mode``):
   then ``instructor_steps`` instructor steps, repeated.
 When ``mask_policy`` is a plain policy (random blocks, random patches, centre hole)
 there is no instructor and the module trains the inpainting baselines.
+
+Gradient accumulation (``task.accumulate_grad_batches = k``; Lightning's
+``trainer.accumulate_grad_batches`` is refused under manual optimisation): each loss
+is divided by the micro-batches of its window, the optimizer steps on the last
+micro-batch of every k (and on the last batch of an epoch), so ``global_step`` counts
+optimizer steps and the phase, which depends on the epoch or ``global_step``, changes
+only between steps. Micro-batch ``i`` of a step draws from a generator seeded by
+``(seed, global_step, i)``.
 """
 
 from __future__ import annotations
@@ -22,18 +30,22 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.strategies import ParallelStrategy
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
 from sssi.config import to_plain
-from sssi.errors import SssiError
+from sssi.errors import ConfigError, SssiError
 from sssi.masking import mask_stats
 from sssi.models.inpainter import Inpainter
+from sssi.scaling import compile_in_place, compile_options, scale_learning_rates, scale_lr_options
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +112,22 @@ class Schedule:
         return self.warmup_epochs + self.rounds * (self.instructor_epochs + self.inpainter_epochs)
 
 
+def step_seed(seed: int, step: int, micro: int = 0) -> int:
+    """Seed of the random draws of micro-batch ``micro`` of optimizer step ``step``.
+
+    Micro-batch 0 keeps the historical ``seed * 1_000_003 + step``; the others mix all
+    three numbers (splitmix64) so that no two micro-batches share masks.
+    """
+    base = seed * 1_000_003 + step
+    if micro == 0:
+        return base
+    mask = (1 << 64) - 1
+    z = (base * 0x9E3779B97F4A7C15 + micro * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return (z ^ (z >> 31)) & ((1 << 63) - 1)
+
+
 class PretrainTask(L.LightningModule):
     """Inpainter (encoder + decoder) against an instructor, or inpainting baselines.
 
@@ -132,6 +160,9 @@ class PretrainTask(L.LightningModule):
         finite_check_every_n_steps: int = 1,
         image_every_n_steps: int = 0,
         channels_last: bool = False,
+        accumulate_grad_batches: int = 1,
+        compile: bool | Mapping = False,
+        scale_lr: Mapping | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -157,6 +188,12 @@ class PretrainTask(L.LightningModule):
             self.random_policy = policy
         self.criterion = instantiate(hp.loss)
         self.schedule = Schedule(**(hp.schedule or {}))
+        k = accumulate_grad_batches
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ConfigError(f"task.accumulate_grad_batches={k!r}: expected an integer >= 1")
+        self.accumulate_grad_batches = k
+        compile_options(compile)  # fail early on a bad task.compile
+        scale_lr_options(scale_lr)  # and on a bad task.scale_lr
         self.register_buffer("_first_bad", torch.full((2,), -1, dtype=torch.long),
                              persistent=False)
         self._visuals: dict[str, Tensor] | None = None
@@ -174,11 +211,26 @@ class PretrainTask(L.LightningModule):
     def _warmup_end_step(self) -> int:
         # steps per epoch are fixed for a run, so the step that ends the warm-up is known
         batches = self.trainer.num_training_batches if self._trainer is not None else 0
-        return int(self.schedule.warmup_epochs * (batches if batches != float("inf") else 0))
+        if batches == float("inf"):
+            return 0
+        steps = -(-int(batches) // self.accumulate_grad_batches)  # optimizer steps per epoch
+        return int(self.schedule.warmup_epochs * steps)
 
-    def _generator(self, device: torch.device) -> torch.Generator:
+    def _micro_batch(self, batch_idx: int) -> tuple[int, int]:
+        """``(index, size)`` of ``batch_idx``'s accumulation window: the optimizer steps
+        after micro-batch ``size - 1``; an epoch's last window may be shorter."""
+        k = self.accumulate_grad_batches
+        if k == 1:
+            return 0, 1
+        micro = batch_idx % k
+        batches = self.trainer.num_training_batches if self._trainer is not None else float("inf")
+        if batches == float("inf"):
+            return micro, k
+        return micro, min(k, int(batches) - (batch_idx - micro))
+
+    def _generator(self, device: torch.device, micro: int = 0) -> torch.Generator:
         g = torch.Generator(device=device)
-        g.manual_seed(int(self.hparams.seed) * 1_000_003 + int(self.global_step))
+        g.manual_seed(step_seed(int(self.hparams.seed), int(self.global_step), micro))
         return g
 
     def setup(self, stage: str) -> None:
@@ -188,6 +240,21 @@ class PretrainTask(L.LightningModule):
         kwargs = getattr(self.trainer.strategy, "_ddp_kwargs", None)
         if isinstance(kwargs, dict) and self.instructor is not None:
             kwargs.setdefault("find_unused_parameters", True)
+        if stage == "fit":  # in place: state-dict keys stay those of the plain modules
+            instructor_encoder = self.instructor.encoder if self.instructor is not None else None
+            compile_in_place([self.inpainter, instructor_encoder], self.hparams.compile)
+
+    def configure_callbacks(self):
+        # The first hook that sees the trainer, before Lightning refuses its own
+        # accumulation under manual optimisation with a message naming the Trainer.
+        trainer = self.trainer
+        if trainer.state.fn == TrainerFn.FITTING and trainer.accumulate_grad_batches != 1:
+            raise ConfigError(
+                f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches}: the game "
+                "uses manual optimisation, which Lightning cannot accumulate; set "
+                f"task.accumulate_grad_batches={trainer.accumulate_grad_batches} instead "
+                "(and leave trainer.accumulate_grad_batches=1)")
+        return []
 
     def on_fit_start(self) -> None:
         if self.hparams.channels_last:  # faster convolutions on tensor-core GPUs
@@ -219,27 +286,30 @@ class PretrainTask(L.LightningModule):
     # ------------------------------------------------------------------------ training
     def training_step(self, batch: dict, batch_idx: int) -> None:
         images = batch["image"]
-        phase = self.phase
-        g = self._generator(images.device)
+        phase = self.phase  # constant within an accumulation window (see the docstring)
+        window = self._micro_batch(batch_idx)
+        g = self._generator(images.device, window[0])
         if phase == INSTRUCTOR:
-            self._instructor_step(images, g)
+            self._instructor_step(images, g, window)
         else:
             if phase == WARMUP:
                 mask = self.random_policy(images, generator=g)
             else:
                 mask = self.instructor_masks(images, generator=g)
-            self._inpainter_step(images, mask)
+            self._inpainter_step(images, mask, window)
         self.log("train/phase", float(PHASES.index(phase)), on_step=True, on_epoch=False)
         every = int(self.hparams.finite_check_every_n_steps or 0)
-        if every and (self.global_step % every == 0):
+        stepped = window[0] == window[1] - 1
+        if every and stepped and (self.global_step % every == 0):
             self._raise_if_diverged()
 
-    def _inpainter_step(self, images: Tensor, mask: Tensor) -> None:
+    def _inpainter_step(self, images: Tensor, mask: Tensor,
+                        window: tuple[int, int] = (0, 1)) -> None:
         opt = self._optimizers()[0]
         self.inpainter.train()
         restored = self.inpainter(images * (1.0 - mask))
         loss, parts = self.criterion(restored, images, mask)
-        self._update(opt, loss, 0)
+        self._update(opt, loss, 0, window)
         bs = images.shape[0]
         self.log("train/inpainter_loss", loss, batch_size=bs)
         for k, v in parts.items():
@@ -247,7 +317,8 @@ class PretrainTask(L.LightningModule):
         self._log_mask(mask, bs)
         self._keep_visuals(images, mask, restored)
 
-    def _instructor_step(self, images: Tensor, g: torch.Generator) -> None:
+    def _instructor_step(self, images: Tensor, g: torch.Generator,
+                         window: tuple[int, int] = (0, 1)) -> None:
         assert self.instructor is not None
         opt = self._optimizers()[1]
         self.instructor.train()
@@ -262,7 +333,7 @@ class PretrainTask(L.LightningModule):
             err = self.criterion.error_map(restored, images)
         hole_error = (soft * err).sum() / soft.sum().clamp_min(1e-6)
         loss = 1.0 - hole_error + self.hparams.kl_weight * out.kl
-        self._update(opt, loss, 1)
+        self._update(opt, loss, 1, window)
         bs = images.shape[0]
         self.log("train/instructor_loss", loss, batch_size=bs)
         self.log("train/instructor_kl", out.kl, batch_size=bs)
@@ -271,12 +342,23 @@ class PretrainTask(L.LightningModule):
         self.log("mask/soft_entropy", mask_stats(soft.detach())["entropy"], batch_size=bs)
         self._keep_visuals(images, hard, restored)
 
-    def _update(self, opt, loss: Tensor, player: int) -> None:
-        """One optimizer step of ``player`` (0 inpainter, 1 instructor) on ``loss``."""
+    def _update(self, opt, loss: Tensor, player: int, window: tuple[int, int] = (0, 1)
+                ) -> None:
+        """Backward of ``player``'s (0 inpainter, 1 instructor) ``loss`` for micro-batch
+        ``window[0]`` of ``window[1]``; the optimizer steps after the last one. Gradients
+        are averaged over the window and synchronised across DDP ranks only once."""
+        micro, size = window
+        last = micro == size - 1
         self._watch(loss, player)
-        opt.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        opt.step()
+        if micro == 0:
+            opt.zero_grad(set_to_none=True)
+        strategy = self.trainer.strategy
+        no_sync = strategy.block_backward_sync() \
+            if not last and isinstance(strategy, ParallelStrategy) else nullcontext()
+        with no_sync:
+            self.manual_backward(loss / size if size > 1 else loss)
+        if last:
+            opt.step()
 
     def _log_mask(self, mask: Tensor, bs: int) -> None:
         for k, v in mask_stats(mask.detach()).items():
@@ -349,14 +431,16 @@ class PretrainTask(L.LightningModule):
         hp = self.hparams
         opt_inp = instantiate(hp.inpainter_optimizer)(params=self.inpainter.parameters())
         optimizers = [opt_inp]
+        if self.instructor is not None:
+            optimizers.append(
+                instantiate(hp.instructor_optimizer)(params=self.instructor.parameters()))
+        # both players' rates follow the global batch (before the schedulers read them)
+        scale_learning_rates(self.trainer, optimizers, hp.get("scale_lr"))
         schedulers = []
         if hp.inpainter_scheduler:
             schedulers.append(instantiate(hp.inpainter_scheduler)(optimizer=opt_inp))
-        if self.instructor is not None:
-            opt_ins = instantiate(hp.instructor_optimizer)(params=self.instructor.parameters())
-            optimizers.append(opt_ins)
-            if hp.instructor_scheduler:
-                schedulers.append(instantiate(hp.instructor_scheduler)(optimizer=opt_ins))
+        if self.instructor is not None and hp.instructor_scheduler:
+            schedulers.append(instantiate(hp.instructor_scheduler)(optimizer=optimizers[1]))
         return optimizers, schedulers
 
     # ------------------------------------------------------------------------ checkpoints

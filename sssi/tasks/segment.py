@@ -22,6 +22,7 @@ from sssi.data.palettes import IGNORE_INDEX
 from sssi.errors import ConfigError
 from sssi.metrics import evaluation_metrics
 from sssi.models.heads import Segmenter, build_head
+from sssi.scaling import compile_in_place, compile_options, scale_learning_rates, scale_lr_options
 
 
 class SegmentTask(L.LightningModule):
@@ -40,7 +41,8 @@ class SegmentTask(L.LightningModule):
                  optimizer: Mapping, scheduler: Mapping | None = None,
                  head: Mapping | None = None, freeze_encoder: bool = False,
                  init: str | None = None, require_init: bool = False,
-                 class_names: list[str] | None = None) -> None:
+                 class_names: list[str] | None = None, compile: bool | Mapping = False,
+                 scale_lr: Mapping | None = None) -> None:
         super().__init__()
         self.save_hyperparameters({
             "backbone": to_plain(backbone), "loss": to_plain(loss), "num_classes": num_classes,
@@ -48,7 +50,10 @@ class SegmentTask(L.LightningModule):
             "head": to_plain(head) or {"name": "fcn"}, "freeze_encoder": freeze_encoder,
             "init": str(init) if init else None, "require_init": require_init,
             "class_names": [str(c) for c in class_names] if class_names else None,
+            "compile": to_plain(compile), "scale_lr": to_plain(scale_lr),
         })
+        compile_options(compile)  # fail early on a bad task.compile or task.scale_lr
+        scale_lr_options(scale_lr)
         if require_init and not init:
             raise ConfigError("task.init is required by this experiment: give the encoder's "
                               "starting weights, task.init=PATH (a pretext checkpoint or a "
@@ -77,6 +82,8 @@ class SegmentTask(L.LightningModule):
         if stage == "fit" and self.hparams.init and not self._initialised:
             self.init_source = init_encoder(self.model.encoder, self.hparams.init)
             self._initialised = True
+        if stage == "fit":  # in place: state-dict keys stay those of the plain model
+            compile_in_place([self.model], self.hparams.get("compile"))
         # class names come from the data's palette unless the checkpoint already has them
         dm = getattr(self.trainer, "datamodule", None)
         layout = getattr(dm, "layout", None)
@@ -98,14 +105,33 @@ class SegmentTask(L.LightningModule):
             self.log(f"train/{name}", value, batch_size=bs)
         return loss
 
-    def _eval_step(self, batch: dict, confusion: MulticlassConfusionMatrix, prefix: str) -> None:
+    def _eval_step(self, batch: dict, confusion: MulticlassConfusionMatrix, prefix: str) -> Tensor:
         logits = self(batch["image"])
         loss, _ = self.criterion(logits, batch["label"])
         self.log(f"{prefix}/loss", loss, batch_size=batch["image"].shape[0], sync_dist=True)
-        confusion.update(logits.argmax(1), batch["label"])
+        predictions = logits.argmax(1)
+        confusion.update(predictions, batch["label"])
+        return predictions
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, self.val_confusion, "val")
+        predictions = self._eval_step(batch, self.val_confusion, "val")
+        if batch_idx == 0:
+            self._keep_predictions(batch, predictions)
+
+    # the prediction panel (sssi.callbacks.PredictionGrid): a few windows of the first
+    # validation batch, the same windows every epoch
+    _predictions: dict[str, Tensor] | None = None
+
+    def _keep_predictions(self, batch: dict, predictions: Tensor, n: int = 4) -> None:
+        n = min(n, predictions.shape[0])
+        self._predictions = {"image": batch["image"][:n].detach(),
+                             "label": batch["label"][:n].detach(),
+                             "prediction": predictions[:n].detach()}
+
+    def pop_predictions(self) -> dict[str, Tensor] | None:
+        """The windows kept for the prediction panel, once."""
+        v, self._predictions = self._predictions, None
+        return v
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, self.test_confusion, "test")
@@ -134,6 +160,7 @@ class SegmentTask(L.LightningModule):
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = instantiate(self.hparams.optimizer)(params=params)
+        scale_learning_rates(self.trainer, [optimizer], self.hparams.get("scale_lr"))
         if not self.hparams.scheduler:
             return optimizer
         scheduler = instantiate(self.hparams.scheduler)(optimizer=optimizer)

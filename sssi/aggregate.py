@@ -1,0 +1,319 @@
+"""Collect finished runs into one table: ``python -m sssi.aggregate RUNS_DIR [...]``.
+
+A run folder is any folder under ``RUNS_DIR`` with ``.hydra/config.yaml`` (written by
+every ``python -m sssi.train`` run) and a metrics file (``metrics.json`` by default;
+``--metrics-file evaluation/metrics.json`` reads what ``sssi.evaluate`` wrote inside
+the run). Runs are grouped by a method key (``study.method``, else ``task_name``) and
+the label fraction, and summarised as mean ± sample standard deviation over seeds:
+
+- ``results.md``   the table per method and fraction, and an mIoU grid (method x fraction)
+- ``results.csv``  the same numbers, one row per (method, fraction)
+- ``runs.csv``     one row per run, with its folder
+- ``<metric>_vs_label_fraction.png``  mean ± std against the fraction, one line per method
+
+It reads only what runs wrote to disk. Files go to a temporary name first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import math
+import sys
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import mean, stdev
+
+from omegaconf import OmegaConf
+
+from sssi.errors import ConfigError, DataError, SssiError
+from sssi.utils.io import atomic_write_bytes, atomic_write_text
+
+log = logging.getLogger("sssi.aggregate")
+
+DEFAULT_METRICS = ("mIoU", "mF1", "OA")
+METHOD_KEYS = ("study.method", "task_name")
+FRACTION_KEY = "data.label_fraction"
+SEED_KEY = "seed"
+
+
+@dataclass
+class Run:
+    """One finished run: where it is, what it was, what it scored."""
+
+    path: Path
+    method: str
+    fraction: float
+    seed: int | str
+    metrics: dict[str, float]
+
+
+@dataclass
+class Group:
+    """The runs of one (method, fraction): the seeds and each metric's values."""
+
+    method: str
+    fraction: float
+    seeds: list = field(default_factory=list)
+    values: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+
+    def stats(self, metric: str) -> tuple[float, float]:
+        """Mean and sample standard deviation (NaN with fewer than two values)."""
+        vals = [v for v in self.values.get(metric, []) if not math.isnan(v)]
+        if not vals:
+            return math.nan, math.nan
+        return mean(vals), (stdev(vals) if len(vals) > 1 else math.nan)
+
+
+# --------------------------------------------------------------------------- reading
+def _select(cfg, key: str):
+    """``cfg``'s plain value at dotted ``key``; None when absent or not resolvable here
+    (interpolations of Hydra's run-time resolvers)."""
+    value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
+    return None if OmegaConf.is_config(value) else value
+
+
+def read_run(path: Path, metrics_file: str = "metrics.json",
+             method_keys: Sequence[str] = METHOD_KEYS) -> Run | None:
+    """The run in folder ``path``, or None when it has not written its metrics yet."""
+    config_file = path / ".hydra" / "config.yaml"
+    metrics_path = path / metrics_file
+    if not metrics_path.is_file():
+        return None
+    try:
+        cfg = OmegaConf.load(config_file)
+    except Exception as err:
+        raise DataError(f"{config_file}: cannot read the run's config ({err})") from err
+    try:
+        metrics = json.loads(metrics_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise DataError(f"{metrics_path}: not a JSON file of metrics ({err})") from err
+    if not isinstance(metrics, dict):
+        raise DataError(f"{metrics_path}: expected a JSON object of metrics")
+    method = next((str(v) for k in method_keys if (v := _select(cfg, k)) not in (None, "")),
+                  "run")
+    fraction = _select(cfg, FRACTION_KEY)
+    seed = _select(cfg, SEED_KEY)
+    return Run(path=path, method=method,
+               fraction=float(fraction) if isinstance(fraction, (int, float)) else math.nan,
+               seed=seed if isinstance(seed, (int, str)) else "?",
+               metrics={k: float(v) for k, v in metrics.items()
+                        if isinstance(v, (int, float)) and not isinstance(v, bool)})
+
+
+def find_runs(roots: Iterable[Path], metrics_file: str = "metrics.json",
+              method_keys: Sequence[str] = METHOD_KEYS) -> tuple[list[Run], list[Path]]:
+    """Finished runs under ``roots`` and the run folders that have no metrics yet.
+
+    When the same (method, fraction, seed) was run twice, the newer metrics win.
+    """
+    runs: dict[tuple, Run] = {}
+    unfinished: list[Path] = []
+    for root in roots:
+        root = Path(root)
+        if not root.is_dir():
+            raise DataError(f"{root}: no such folder of runs")
+        for config in sorted(root.rglob(".hydra/config.yaml")):
+            folder = config.parent.parent
+            run = read_run(folder, metrics_file, method_keys)
+            if run is None:
+                unfinished.append(folder)
+                continue
+            key = (run.method, run.fraction, run.seed)
+            old = runs.get(key)
+            if old is not None:
+                newer = max((old, run), key=lambda r: (r.path / metrics_file).stat().st_mtime)
+                log.warning("%s and %s are the same job (%s); keeping %s", old.path, run.path,
+                            key, newer.path)
+                run = newer
+            runs[key] = run
+    return sorted(runs.values(), key=lambda r: (r.method, r.fraction, str(r.seed))), unfinished
+
+
+def metric_value(metrics: dict[str, float], name: str) -> float:
+    """``name`` as training wrote it (``test/mIoU``) or as evaluation did (``mIoU``)."""
+    for key in (name, f"test/{name}", f"val/{name}"):
+        if key in metrics:
+            return metrics[key]
+    return math.nan
+
+
+def group_runs(runs: Sequence[Run], metrics: Sequence[str]) -> list[Group]:
+    groups: dict[tuple[str, float], Group] = {}
+    for run in runs:
+        g = groups.setdefault((run.method, run.fraction), Group(run.method, run.fraction))
+        g.seeds.append(run.seed)
+        for m in metrics:
+            g.values[m].append(metric_value(run.metrics, m))
+    return sorted(groups.values(), key=lambda g: (_method_order(g.method), g.fraction))
+
+
+def _method_order(method: str) -> tuple[int, str]:
+    # pretext methods first (the game leading), then the baselines without pretraining
+    order = {"instructor": 0, "random_blocks": 1, "random_patches": 2, "imagenet": 8,
+             "scratch": 9}
+    return order.get(method, 5), method
+
+
+# --------------------------------------------------------------------------- writing
+def _pct(value: float) -> str:
+    return "–" if math.isnan(value) else f"{100 * value:.1f}"
+
+
+def _cell(g: Group, metric: str) -> str:
+    mu, sd = g.stats(metric)
+    if math.isnan(mu):
+        return "–"
+    return _pct(mu) if math.isnan(sd) else f"{_pct(mu)} ± {_pct(sd)}"
+
+
+def _fraction(f: float) -> str:
+    return "?" if math.isnan(f) else f"{100 * f:g} %"
+
+
+def markdown(groups: Sequence[Group], metrics: Sequence[str], grid_metric: str) -> str:
+    """The per-(method, fraction) table and a method x fraction grid of ``grid_metric``."""
+    head = ["method", "labels", "seeds", *metrics]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for g in groups:
+        cells = [g.method, _fraction(g.fraction), str(len(g.seeds)),
+                 *(_cell(g, m) for m in metrics)]
+        lines.append("| " + " | ".join(cells) + " |")
+    fractions = sorted({g.fraction for g in groups})
+    methods = sorted({g.method for g in groups}, key=_method_order)
+    by_key = {(g.method, g.fraction): g for g in groups}
+    lines += ["", f"{grid_metric} (%, mean ± std over seeds) by label fraction:", "",
+              "| method | " + " | ".join(_fraction(f) for f in fractions) + " |",
+              "|" + "---|" * (len(fractions) + 1)]
+    for m in methods:
+        cells = [_cell(by_key[(m, f)], grid_metric) if (m, f) in by_key else "–"
+                 for f in fractions]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _csv(rows: list[list]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    return buf.getvalue()
+
+
+def results_csv(groups: Sequence[Group], metrics: Sequence[str]) -> str:
+    rows: list[list] = [["method", "label_fraction", "n_seeds", "seeds",
+                         *(f"{m}_{s}" for m in metrics for s in ("mean", "std"))]]
+    for g in groups:
+        stats = [x for m in metrics for x in g.stats(m)]
+        rows.append([g.method, g.fraction, len(g.seeds), " ".join(map(str, g.seeds)),
+                     *(f"{x:.6f}" if not math.isnan(x) else "" for x in stats)])
+    return _csv(rows)
+
+
+def runs_csv(runs: Sequence[Run], metrics: Sequence[str]) -> str:
+    rows: list[list] = [["method", "label_fraction", "seed", *metrics, "path"]]
+    for r in runs:
+        vals = [metric_value(r.metrics, m) for m in metrics]
+        rows.append([r.method, r.fraction, r.seed,
+                     *(f"{v:.6f}" if not math.isnan(v) else "" for v in vals), str(r.path)])
+    return _csv(rows)
+
+
+def plot(groups: Sequence[Group], metric: str) -> bytes:
+    """PNG of ``metric`` (mean ± std over seeds) against the label fraction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for method in sorted({g.method for g in groups}, key=_method_order):
+        pts = sorted((g.fraction, *g.stats(metric)) for g in groups
+                     if g.method == method and not math.isnan(g.fraction))
+        pts = [p for p in pts if not math.isnan(p[1])]
+        if not pts:
+            continue
+        x = [100 * p[0] for p in pts]
+        y = [100 * p[1] for p in pts]
+        err = [0.0 if math.isnan(p[2]) else 100 * p[2] for p in pts]
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=method)
+    ax.set_xscale("log")
+    ax.set_xlabel("labelled training data (%)")
+    ax.set_ylabel(f"{metric} (%)")
+    ax.set_title(f"{metric} against label fraction (mean ± std over seeds)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def aggregate(roots: Sequence[Path], out: Path | None = None,
+              metrics: Sequence[str] = DEFAULT_METRICS, metrics_file: str = "metrics.json",
+              method_keys: Sequence[str] = METHOD_KEYS) -> dict[str, Path]:
+    """Write the tables and the plot for the runs under ``roots``; return their paths."""
+    if not metrics:
+        raise ConfigError("--metrics: give at least one metric name")
+    runs, unfinished = find_runs(roots, metrics_file, method_keys)
+    if not runs:
+        where = ", ".join(str(r) for r in roots)
+        raise DataError(f"{where}: no finished runs (folders with .hydra/config.yaml and "
+                        f"{metrics_file})")
+    for folder in unfinished:
+        log.warning("not finished (no %s): %s", metrics_file, folder)
+    out = Path(out or roots[0])
+    groups = group_runs(runs, metrics)
+    table = markdown(groups, metrics, metrics[0])
+    header = (f"# Results of {len(runs)} runs\n\nFrom {', '.join(str(r) for r in roots)} "
+              f"({metrics_file}); mean ± sample std over seeds, in %."
+              + (f" {len(unfinished)} run folders had no metrics and are left out."
+                 if unfinished else "") + "\n\n")
+    written = {
+        "markdown": out / "results.md",
+        "csv": out / "results.csv",
+        "runs": out / "runs.csv",
+        "plot": out / f"{metrics[0]}_vs_label_fraction.png",
+    }
+    atomic_write_text(written["markdown"], header + table)
+    atomic_write_text(written["csv"], results_csv(groups, metrics))
+    atomic_write_text(written["runs"], runs_csv(runs, metrics))
+    atomic_write_bytes(written["plot"], plot(groups, metrics[0]))
+    print(table, end="")
+    print(f"\n{len(runs)} runs, {len(groups)} groups -> {out}/")
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m sssi.aggregate",
+        description="Collect finished sssi runs into mean ± std tables and a plot.")
+    parser.add_argument("roots", nargs="+", type=Path, help="folders holding run folders")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where to write the tables and plot (default: the first root)")
+    parser.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS),
+                        help="metric names; the first is the grid and the plot "
+                             "(default: mIoU mF1 OA; e.g. mIoU_5 for ISPRS without clutter)")
+    parser.add_argument("--metrics-file", default="metrics.json",
+                        help="the metrics file inside each run folder "
+                             "(evaluation/metrics.json for sssi.evaluate's full-tile scores)")
+    parser.add_argument("--method-key", action="append", default=None,
+                        help="config key naming the method (repeatable; default: "
+                             "study.method, then task_name)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        aggregate(args.roots, args.out, args.metrics, args.metrics_file,
+                  tuple(args.method_key) if args.method_key else METHOD_KEYS)
+    except SssiError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

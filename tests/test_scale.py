@@ -1,0 +1,315 @@
+"""Scaling: global batch and lr rule, the game's gradient accumulation, torch.compile,
+SLURM trainer and sweep launcher configs. (bf16 and CPU DDP runs: tests/test_pretrain.py.)"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import open_dict
+from torch import nn
+
+from sssi.errors import ConfigError
+from sssi.scaling import (
+    compile_options,
+    global_batch_size,
+    lr_scale_factor,
+    per_device_batch_size,
+)
+from sssi.tasks.pretrain import step_seed
+from sssi.train import CONFIG_DIR, run
+
+
+class TinyEncoder(nn.Module):
+    """Four stride-2 conv layers (8-16 channels, reduction 16): the game's players in
+    kilobytes, so that whole fits and resumes take seconds on two CPU cores."""
+
+    def __init__(self, in_channels: int = 3, **_: object) -> None:
+        super().__init__()
+        widths = [8, 16, 16, 16]
+        self.out_channels, self.reductions = widths, [2, 4, 8, 16]
+        self.stages = nn.ModuleList()
+        for w in widths:
+            self.stages.append(nn.Sequential(nn.Conv2d(in_channels, w, 3, 2, 1, bias=False),
+                                             nn.BatchNorm2d(w), nn.ReLU()))
+            in_channels = w
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        out = []
+        for stage in self.stages:
+            x = stage(x)
+            out.append(x)
+        return out
+
+
+# the demo game, tiny: tiny players, 3 tiles of 256 px, 64 px crops, 4 batches of 4 per
+# epoch, no validation; 1 warm-up epoch, then 1 instructor epoch, then 1 inpainter epoch
+TINY = f"{__name__}.TinyEncoder"
+GAME = [
+    "+experiment=demo_pretrain", "data.synthetic.size=256", "data.synthetic.tiles=3",
+    "data.batch_size=4", "data.samples_per_epoch=16", "data.num_workers=0",
+    "+trainer.limit_val_batches=0", "trainer.log_every_n_steps=1", "logger=csv",
+    "trainer.enable_progress_bar=false", "task.image_every_n_steps=0",
+    f"backbone._target_={TINY}", f"task.instructor_backbone._target_={TINY}",
+    "task.decoder_channels=[16,8]", "task.schedule.warmup_epochs=1",
+    "task.schedule.instructor_epochs=1", "task.schedule.inpainter_epochs=1",
+    "task.inpainter_scheduler.milestones=[1]",
+]
+
+
+def _compose(overrides: list[str], out: Path | None = None, data_dir: Path | None = None,
+             hydra_node: bool = False):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+        if hydra_node:
+            return cfg
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            del cfg["hydra"]  # as in a real run: the app never sees the hydra node
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out or "unused")
+        cfg.paths.data_dir = str(data_dir or "unused")
+    return cfg
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one intra-op thread is ~10x faster than two on a busy 2-core box."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("data")
+
+
+def _ckpt(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu",
+                      weights_only=False)
+
+
+def _fake_trainer(module=None, world_size=1, accumulate=1, batch_size=8):
+    return SimpleNamespace(world_size=world_size, accumulate_grad_batches=accumulate,
+                           datamodule=SimpleNamespace(batch_size=batch_size),
+                           lightning_module=module, is_global_zero=True)
+
+
+# ----------------------------------------------------------------------- the rule
+
+
+def test_global_batch_and_lr_scale_rule():
+    assert global_batch_size(16, world_size=4, accumulation=2) == 128
+    assert per_device_batch_size(512, world_size=8, accumulation=2) == 32
+    with pytest.raises(ConfigError, match=r"data.global_batch_size=100 .* 8: use a multiple"):
+        per_device_batch_size(100, world_size=4, accumulation=2)
+    with pytest.raises(ConfigError, match=r"data.global_batch_size"):
+        per_device_batch_size(2, world_size=4)
+    assert lr_scale_factor(1024, 128) == 8.0
+    assert lr_scale_factor(64, 128) == 0.5
+    assert math.isclose(lr_scale_factor(1024, 128, "sqrt"), math.sqrt(8))
+    with pytest.raises(ConfigError, match=r"task.scale_lr.base_batch_size"):
+        lr_scale_factor(64, 0)
+    with pytest.raises(ConfigError, match=r"task.scale_lr.rule"):
+        lr_scale_factor(64, 16, "cubic")
+    assert compile_options(False) is None and compile_options(True) == {}
+    assert compile_options({"mode": "max-autotune"}) == {"mode": "max-autotune"}
+    with pytest.raises(ConfigError, match=r"task.compile"):
+        compile_options({"modee": "x"})
+
+
+def test_micro_batches_of_a_step_draw_different_masks():
+    assert step_seed(3, 17) == 3 * 1_000_003 + 17  # unchanged without accumulation
+    seeds = {step_seed(s, t, m) for s in range(3) for t in range(50) for m in range(4)}
+    assert len(seeds) == 3 * 50 * 4
+
+
+def test_scale_lr_multiplies_both_players_rates_by_global_over_base(caplog):
+    cfg = _compose(["+experiment=demo_pretrain", "task.accumulate_grad_batches=2",
+                    "task.scale_lr.enabled=true", "task.scale_lr.base_batch_size=32",
+                    "data.batch_size=8"])
+    task = instantiate(cfg.task)
+    task._trainer = _fake_trainer(task, world_size=4, accumulate=1, batch_size=8)
+    with caplog.at_level(logging.INFO, logger="sssi.scaling"):
+        (inp, ins), (sched,) = task.configure_optimizers()
+    # global batch 8 x 4 devices x 2 (the task's accumulation, not the trainer's) = 64
+    assert inp.param_groups[0]["lr"] == pytest.approx(cfg.task.inpainter_optimizer.lr * 2)
+    assert ins.param_groups[0]["lr"] == pytest.approx(cfg.task.instructor_optimizer.lr * 2)
+    assert sched.base_lrs == [pytest.approx(cfg.task.inpainter_optimizer.lr * 2)]
+    assert "global batch 64 = 8 per device x 4 devices x 2 accumulation" in caplog.text
+
+    seg_cfg = _compose(["task.scale_lr.enabled=true", "task.scale_lr.base_batch_size=16",
+                        "task.scale_lr.rule=sqrt"])
+    seg = instantiate(seg_cfg.task)
+    seg._trainer = _fake_trainer(seg, world_size=4, accumulate=4, batch_size=4)  # global 64
+    opt = seg.configure_optimizers()["optimizer"]
+    assert opt.param_groups[0]["lr"] == pytest.approx(seg_cfg.task.optimizer.lr * 2)
+
+
+def test_global_batch_size_sets_the_per_device_batch():
+    cfg = _compose(["++data.global_batch_size=64"])
+    dm = instantiate(cfg.data)
+    game = SimpleNamespace(automatic_optimization=False, accumulate_grad_batches=2)
+    dm.trainer = _fake_trainer(game, world_size=4, accumulate=1)
+    assert dm.resolve_batch_size() == 8 and dm.batch_size == dm.eval_batch_size == 8
+    seg = SimpleNamespace(automatic_optimization=True)
+    dm.trainer = _fake_trainer(seg, world_size=2, accumulate=8)
+    assert dm.resolve_batch_size() == 4
+    dm.trainer = _fake_trainer(seg, world_size=3, accumulate=1)
+    with pytest.raises(ConfigError, match=r"data.global_batch_size=64 is not divisible by"):
+        dm.resolve_batch_size()
+
+
+# ------------------------------------------------------------ the game's accumulation
+
+
+def test_trainer_accumulation_on_the_game_is_one_error_naming_the_task_key(tmp_path,
+                                                                         data_dir):
+    cfg = _compose([*GAME, "trainer.accumulate_grad_batches=2"], tmp_path / "run", data_dir)
+    with pytest.raises(ConfigError, match=r"set task.accumulate_grad_batches=2 instead"):
+        run(cfg)
+
+
+def test_game_accumulation_steps_every_k_batches_and_resumes_exactly(tmp_path, data_dir,
+                                                                     monkeypatch):
+    from sssi.masking import RandomBlocks
+
+    masks: list[torch.Tensor] = []
+    real_forward = RandomBlocks.forward
+
+    def recording(self, images, generator=None):
+        out = real_forward(self, images, generator=generator)
+        masks.append(out.clone())
+        return out
+
+    monkeypatch.setattr(RandomBlocks, "forward", recording)
+    acc = ["task.accumulate_grad_batches=2"]
+    # 2 epochs (warm-up, then the instructor) of 4 micro-batches: 4 optimizer steps
+    run(_compose([*GAME, *acc, "trainer.max_epochs=2"], tmp_path / "a", data_dir))
+    a = _ckpt(tmp_path / "a")
+    assert a["global_step"] == 4 and a["game"]["phase"] == "instructor"
+    # micro-batches 0 and 1 of the first step: same step, different holes
+    assert len(masks) >= 4 and not torch.equal(masks[0], masks[1])
+    # stop after the warm-up epoch, resume for the instructor epoch
+    run(_compose([*GAME, *acc, "trainer.max_epochs=1"], tmp_path / "b", data_dir))
+    assert _ckpt(tmp_path / "b")["global_step"] == 2
+    run(_compose([*GAME, *acc, "trainer.max_epochs=2",
+                  f"ckpt_path={tmp_path / 'b' / 'checkpoints' / 'last.ckpt'}"],
+                 tmp_path / "c", data_dir))
+    c = _ckpt(tmp_path / "c")
+    assert c["global_step"] == 4
+    assert any(k.startswith("instructor.") for k in a["state_dict"])
+    for k, v in a["state_dict"].items():
+        assert torch.equal(v, c["state_dict"][k]), k
+
+
+def test_nan_watch_reports_the_optimizer_step_under_accumulation(tmp_path, data_dir,
+                                                                 monkeypatch):
+    from sssi.losses import ReconstructionLoss
+    from sssi.tasks.pretrain import TrainingDivergedError
+
+    calls = {"n": 0}
+    real_forward = ReconstructionLoss.forward
+
+    def poisoned(self, restored, target, mask):
+        calls["n"] += 1
+        total, parts = real_forward(self, restored, target, mask)
+        return (total * float("nan") if calls["n"] == 3 else total), parts  # step 1, micro 0
+
+    monkeypatch.setattr(ReconstructionLoss, "forward", poisoned)
+    cfg = _compose([*GAME, "task.accumulate_grad_batches=2", "trainer.max_epochs=1"],
+                   tmp_path / "run", data_dir)
+    with pytest.raises(TrainingDivergedError, match=r"inpainter's loss is NaN .* step 1 "):
+        run(cfg)
+
+
+# ---------------------------------------------------------------------------- compile
+
+
+def test_compiled_game_trains_and_keeps_plain_checkpoint_keys(tmp_path, data_dir):
+    torch._dynamo.reset()
+    cfg = _compose([*GAME, "trainer.max_steps=2", "task.compile={backend: eager}"],
+                   tmp_path / "run", data_dir)
+    run(cfg)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # it did compile
+    ckpt = _ckpt(tmp_path / "run")
+    assert ckpt["global_step"] == 2
+    plain = instantiate(_compose([*GAME, "task.compile=false"]).task)
+    assert list(ckpt["state_dict"]) == list(plain.state_dict())  # no _orig_mod. prefixes
+    plain.load_state_dict(ckpt["state_dict"])  # strict: loads with compile off
+
+
+def test_segment_task_compiles_its_model_in_place():
+    cfg = _compose(["task.compile={backend: eager, dynamic: false}"])
+    task = instantiate(cfg.task)
+    keys = list(task.state_dict())
+    task._trainer = SimpleNamespace(datamodule=None)
+    task.setup("fit")
+    assert task.model._compiled_call_impl is not None
+    assert list(task.state_dict()) == keys
+    with pytest.raises(InstantiationException, match=r"task\.compile='fast'"):
+        instantiate(_compose(["task.compile=fast"]).task)
+
+
+# ------------------------------------------------------------------------------ SLURM
+
+
+def test_slurm_trainer_takes_nodes_and_devices_from_the_job(monkeypatch):
+    env = {"SLURM_NTASKS": "8", "SLURM_NTASKS_PER_NODE": "4", "SLURM_NNODES": "2",
+           "SLURM_JOB_NAME": "sssi", "SLURM_JOB_ID": "1234", "SLURM_PROCID": "5",
+           "SLURM_LOCALID": "1", "SLURM_NODEID": "1", "SLURM_NODELIST": "gpu[01-02]"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    cfg = _compose(["trainer=slurm", "trainer.accelerator=cpu", "trainer.precision=32-true",
+                    "trainer.sync_batchnorm=false"])
+    assert (cfg.trainer.devices, cfg.trainer.num_nodes) == (4, 2)
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    trainer = instantiate(cfg.trainer, default_root_dir=os.fspath(Path.cwd()))
+    cluster = trainer.strategy.cluster_environment
+    assert isinstance(cluster, SLURMEnvironment) and cluster.auto_requeue
+    assert (trainer.world_size, trainer.global_rank, trainer.local_rank) == (8, 5, 1)
+
+
+def test_slurm_sweep_launcher_asks_for_the_trainers_nodes_and_gpus(tmp_path, monkeypatch):
+    import submitit
+
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (fake_bin / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
+    cfg = _compose(["hydra/launcher=slurm", "+experiment=potsdam_finetune",
+                    "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2",
+                    f"hydra.sweep.dir={tmp_path / 'sweep'}"], hydra_node=True)
+    assert cfg.hydra.launcher._target_ == \
+        "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (cfg.hydra.launcher.nodes, cfg.hydra.launcher.tasks_per_node,
+            cfg.hydra.launcher.gpus_per_node) == (2, 4, 4)
+    launcher = instantiate(cfg.hydra.launcher)
+    launcher.config = cfg
+    seen = {}
+
+    def no_submit(executor, fn, *args):  # stop before sbatch; keep what would be sent
+        seen["script"] = executor._executor._make_submission_file_text("CMD", "0")
+        seen["jobs"] = len(args[0])
+        return []
+
+    monkeypatch.setattr(submitit.AutoExecutor, "map_array", no_submit)
+    launcher.launch([["seed=0"], ["seed=1"]], initial_job_idx=0)
+    script = seen["script"]
+    assert seen["jobs"] == 2
+    for line in ("--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4",
+                 f"--output={tmp_path / 'sweep'}/.submitit/%j"):
+        assert f"#SBATCH {line}" in script, line
