@@ -1,7 +1,8 @@
 """Collect finished runs into one table: ``python -m sssi.aggregate RUNS_DIR [...]``.
 
 A run folder is any folder under ``RUNS_DIR`` with ``.hydra/config.yaml`` (written by
-every ``python -m sssi.train`` run) and a metrics file (``metrics.json`` by default;
+every ``python -m sssi.train`` run; such folders inside a run, like the ``evaluation/``
+of ``sssi.evaluate``, belong to that run) and a metrics file (``metrics.json`` by default;
 ``--metrics-file evaluation/metrics.json`` reads what ``sssi.evaluate`` wrote inside
 the run). Runs are grouped by a method key (``study.method``, else ``task_name``) and
 the label fraction, and summarised as mean ± sample standard deviation over seeds:
@@ -118,8 +119,10 @@ def find_runs(roots: Iterable[Path], metrics_file: str = "metrics.json",
         root = Path(root)
         if not root.is_dir():
             raise DataError(f"{root}: no such folder of runs")
-        for config in sorted(root.rglob(".hydra/config.yaml")):
-            folder = config.parent.parent
+        folders = {c.parent.parent for c in root.rglob(".hydra/config.yaml")}
+        for folder in sorted(folders):
+            if any(parent in folders for parent in folder.parents):
+                continue  # inside a run (its evaluation/): part of that run
             run = read_run(folder, metrics_file, method_keys)
             if run is None:
                 unfinished.append(folder)

@@ -135,15 +135,19 @@ def _summary(out: Path, runs: dict[str, Path], maps: dict[str, Path], seconds: f
     print(f"   pretraining {'gains' if gain >= 0 else 'loses'} {abs(gain):.1f} mIoU points "
           "here (one seed, minutes of CPU training: see experiments/label_efficiency/ "
           "for the seeded study)")
-    print(f"""
-Where everything is:
-   {out / 'results.md'}                   the comparison table (also results.csv, plot)
-   {out / 'pretrain' / 'instructor'}      the game: checkpoints/, images/ (mask grids)
-   {runs['instructor']}   fine-tuned from the game
-   {runs['scratch']}      fine-tuned from scratch
-   <run>/evaluation/                      metrics.json, metrics.md, confusion.png, predictions/
-   {maps['instructor']}   label map (GeoTIFF, same CRS and transform as the input)
-   {maps['scratch']}""")
+    rows = [
+        (out / "results.md", "the comparison table (also results.csv and the plot)"),
+        (out / "pretrain" / "instructor", "the game: checkpoints/, images/ (mask grids)"),
+        (runs["instructor"], "fine-tuned from the game's encoder"),
+        (runs["scratch"], "fine-tuned from scratch"),
+        (Path("<run>") / "evaluation", "metrics.json, metrics.md, confusion.png, predictions/"),
+        *((maps[m], f"label map from the {m} run (GeoTIFF, the input's CRS and transform)")
+          for m in METHODS),
+    ]
+    width = max(len(str(p)) for p, _ in rows) + 2
+    print("\nWhere everything is:")
+    for path, what in rows:
+        print(f"   {path!s:<{width}}{what}")
 
 
 if __name__ == "__main__":

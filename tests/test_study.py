@@ -1,5 +1,7 @@
-"""The label-efficiency study: a real two-stage sweep in fixed folders, restart, and the
-aggregation of its run folders into tables and a plot."""
+"""The demo and the label-efficiency study: the whole story at toy size (a pretext run,
+a fine-tuning multirun of two jobs that start from it or from scratch, evaluation,
+table, maps), restart of a sweep with fixed folders, and the aggregation of real run
+folders into tables and a plot."""
 
 from __future__ import annotations
 
@@ -12,88 +14,118 @@ import sys
 from pathlib import Path
 from statistics import mean, stdev
 
+import numpy as np
 import pytest
+import yaml
 
 from sssi.aggregate import aggregate
 from sssi.config import study_init
 from sssi.errors import ConfigError
 from tests.test_train import TINY
 
-METHODS = ("random_blocks", "scratch")
-SEEDS = (0, 1)
+METHODS = ("instructor", "scratch")
+TRAIN = [*TINY, "trainer.max_steps=2"]
 
 
-def _module(module: str, args: list[str], cwd: Path, timeout: int = 600
+def _module(module: str, args: list[str], cwd: Path, timeout: int = 900
             ) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
-def _finetune_args(study_dir: Path, data_dir: Path) -> list[str]:
-    return ["-m", "+experiment=label_efficiency/demo_finetune", *TINY, "trainer.max_steps=2",
-            f"study.method={','.join(METHODS)}", "data.label_fraction=0.5",
-            f"seed={','.join(map(str, SEEDS))}", f"study.dir={study_dir}",
-            f"paths.data_dir={data_dir}"]
-
-
 @pytest.fixture(scope="module")
-def study(tmp_path_factory) -> Path:
-    """Stage 1 with one pretext method, stage 2 as one multirun of four jobs."""
-    base = tmp_path_factory.mktemp("study")
-    study_dir, data_dir = base / "study", base / "data"
-    proc = _module("sssi.train", [
-        "-m", "+experiment=label_efficiency/demo_pretrain", "mask_policy=random_blocks", *TINY,
-        "trainer.max_steps=2", f"study.dir={study_dir}", f"paths.data_dir={data_dir}"], base)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = _module("sssi.train", _finetune_args(study_dir, data_dir), base)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return study_dir
+def demo(tmp_path_factory) -> tuple[Path, Path, subprocess.CompletedProcess]:
+    """``python -m sssi.demo`` on 3 tiles of 256 px with two training steps per run."""
+    base = tmp_path_factory.mktemp("demo")
+    out, data = base / "demo", base / "data"
+    proc = _module("sssi.demo", ["--out", str(out), "--data-root", str(data), "--tiles", "3",
+                                 "--size", "256", *TRAIN], base)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, data, proc
 
 
-def _job(study_dir: Path, method: str, seed: int) -> Path:
-    return study_dir / "finetune" / method / "fraction_0.5" / f"seed_{seed}"
+def _job(out: Path, method: str) -> Path:
+    return out / "finetune" / method / "fraction_0.1" / "seed_0"
+
+
+def _test_tile(root: Path) -> Path:
+    tid = json.loads((root / "SYNTHETIC.json").read_text())["test_tiles"][0]
+    return next((root / "2_Ortho_RGB").glob(f"*_{tid}_RGB.tif"))
 
 
 @pytest.mark.slow
-def test_stage_two_starts_from_stage_one_in_fixed_folders(study):
-    assert (study / "pretrain" / "random_blocks" / "checkpoints" / "last.ckpt").is_file()
+def test_demo_tells_the_whole_story(demo):
+    import rasterio
+
+    out, data, proc = demo
+    for step in ("1/6", "2/6", "3/6", "4/6", "5/6", "6/6"):
+        assert f"== {step}" in proc.stdout
+    assert "$ python -m sssi.train +experiment=demo_pretrain" in proc.stdout
+    assert "Where everything is" in proc.stdout
+    table = (out / "results.md").read_text()
+    tile = _test_tile(data)
     for method in METHODS:
-        for seed in SEEDS:
-            job = _job(study, method, seed)
-            metrics = json.loads((job / "metrics.json").read_text())
-            assert 0.0 <= metrics["test/mIoU"] <= 1.0
-            log = (job / "label_efficiency.log").read_text()
-            pretext = "initialised from the pretext checkpoint" in log
-            assert pretext == (method == "random_blocks"), log[-2000:]
-    # the labelled crops follow the seed and are the same for both methods
-    split = {(m, s): json.loads((_job(study, m, s) / "label_split.json").read_text())
-             for m in METHODS for s in SEEDS}
-    assert split["random_blocks", 0]["regions"] == split["scratch", 0]["regions"]
-    assert split["random_blocks", 0]["regions"] != split["random_blocks", 1]["regions"]
+        score = json.loads((_job(out, method) / "evaluation" / "metrics.json").read_text())
+        assert f"| {method} | 10 % | 1 | {100 * score['mIoU']:.1f} |" in table
+        assert f"{100 * score['mIoU']:.1f}%" in proc.stdout  # the closing summary
+        with rasterio.open(out / "predictions" / f"{tile.stem}_{method}.tif") as dst, \
+                rasterio.open(tile) as src:
+            assert dst.crs == src.crs and dst.transform == src.transform
+            assert set(np.unique(dst.read(1)).tolist()) <= {*range(6), 255}
 
 
 @pytest.mark.slow
-def test_a_restarted_sweep_skips_finished_jobs(study):
-    stamps = {p: p.stat().st_mtime_ns for p in (study / "finetune").rglob("metrics.json")}
-    assert len(stamps) == len(METHODS) * len(SEEDS)
-    proc = _module("sssi.train", _finetune_args(study, study.parent / "data"), study.parent)
+def test_fine_tuning_jobs_start_from_stage_one_in_fixed_folders(demo):
+    out, _, _ = demo
+    assert (out / "pretrain" / "instructor" / "checkpoints" / "last.ckpt").is_file()
+    for method in METHODS:
+        job = _job(out, method)
+        assert 0.0 <= json.loads((job / "metrics.json").read_text())["test/mIoU"] <= 1.0
+        log = (job / "label_efficiency.log").read_text()
+        assert ("initialised from the pretext checkpoint" in log) == (method == "instructor")
+        cfg = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
+        assert cfg["data"]["split_seed"] == "${seed}"  # labelled crops follow the seed
+        assert cfg["callbacks"]["model_checkpoint"]["monitor"] is None  # no selection on test
+
+
+@pytest.mark.slow
+def test_a_restarted_sweep_skips_finished_jobs(demo):
+    out, data, _ = demo
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "finetune").rglob("metrics.json")}
+    assert len(stamps) == len(METHODS) * 2  # training and evaluation
+    proc = _module("sssi.train", [
+        "-m", "+experiment=label_efficiency/demo_finetune", f"data.root={data}",
+        f"study.dir={out}", f"study.method={','.join(METHODS)}", "data.label_fraction=0.1",
+        "seed=0", *TRAIN], out.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (proc.stdout + proc.stderr).count("skip_if_done=true") == len(stamps)
-    assert {p: p.stat().st_mtime_ns for p in (study / "finetune").rglob("metrics.json")} == stamps
+    assert (proc.stdout + proc.stderr).count("skip_if_done=true") == len(METHODS)
+    assert {p: p.stat().st_mtime_ns for p in (out / "finetune").rglob("metrics.json")} == stamps
 
 
 @pytest.mark.slow
-def test_aggregation_of_the_study_folders(study, tmp_path):
-    # an unfinished job (no metrics.json yet) is reported and left out
-    unfinished = study / "finetune" / "scratch" / "fraction_0.5" / "seed_9"
-    shutil.copytree(_job(study, "scratch", 0) / ".hydra", unfinished / ".hydra")
-    written = aggregate([study / "finetune"], out=tmp_path)
+def test_aggregation_of_real_run_folders(demo, tmp_path):
+    out, _, _ = demo
+    runs = tmp_path / "runs"
+    shutil.copytree(out / "finetune", runs / "finetune", ignore=shutil.ignore_patterns("*.ckpt"))
+    # a second seed of each method: the same run with another seed and score
+    for method in METHODS:
+        src, dst = _job(runs, method), _job(runs, method).with_name("seed_1")
+        shutil.copytree(src, dst)
+        cfg = (dst / ".hydra" / "config.yaml").read_text().replace("\nseed: 0\n", "\nseed: 1\n")
+        (dst / ".hydra" / "config.yaml").write_text(cfg)
+        metrics = json.loads((dst / "metrics.json").read_text())
+        metrics["test/mIoU"] = metrics["test/mIoU"] / 2 + 0.1
+        (dst / "metrics.json").write_text(json.dumps(metrics))
+    # a job that has not finished (no metrics.json yet) is reported and left out
+    shutil.copytree(_job(runs, "scratch") / ".hydra", _job(runs, "scratch").with_name(
+        "seed_9") / ".hydra")
+    written = aggregate([runs / "finetune"], out=tmp_path / "table")
 
     expected = {}
     for method in METHODS:
-        vals = [json.loads((_job(study, method, s) / "metrics.json").read_text())["test/mIoU"]
-                for s in SEEDS]
+        vals = [json.loads((_job(runs, method).with_name(s) / "metrics.json").read_text())
+                ["test/mIoU"] for s in ("seed_0", "seed_1")]
         expected[method] = (mean(vals), stdev(vals))
     with written["csv"].open() as fh:
         rows = {r["method"]: r for r in csv.DictReader(fh)}
@@ -101,14 +133,13 @@ def test_aggregation_of_the_study_folders(study, tmp_path):
     for method, (mu, sd) in expected.items():
         assert float(rows[method]["mIoU_mean"]) == pytest.approx(mu, abs=1e-6)
         assert float(rows[method]["mIoU_std"]) == pytest.approx(sd, abs=1e-6)
-        assert rows[method]["n_seeds"] == "2" and float(rows[method]["label_fraction"]) == 0.5
-
+        assert rows[method]["n_seeds"] == "2" and float(rows[method]["label_fraction"]) == 0.1
     table = written["markdown"].read_text()
     assert "1 run folders had no metrics" in table
     for method, (mu, sd) in expected.items():
-        assert f"| {method} | 50 % | 2 | {100 * mu:.1f} ± {100 * sd:.1f} |" in table
+        assert f"| {method} | 10 % | 2 | {100 * mu:.1f} ± {100 * sd:.1f} |" in table
     with written["runs"].open() as fh:
-        assert len(list(csv.DictReader(fh))) == len(METHODS) * len(SEEDS)
+        assert len(list(csv.DictReader(fh))) == 2 * len(METHODS)
     png = written["plot"].read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
@@ -123,7 +154,7 @@ def test_aggregate_without_runs_is_one_error_line_naming_the_folder(tmp_path):
     assert not list(empty.iterdir())  # nothing written
 
 
-def test_study_init_maps_methods_to_their_starting_weights(tmp_path):
+def test_study_init_maps_methods_to_their_starting_weights():
     assert study_init("scratch", "S/pretrain", None) is None
     assert study_init("instructor", "S/pretrain", None) == \
         "S/pretrain/instructor/checkpoints/last.ckpt"
