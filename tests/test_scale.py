@@ -275,7 +275,11 @@ def test_slurm_trainer_takes_nodes_and_devices_from_the_job(monkeypatch):
                     "trainer.sync_batchnorm=false"])
     assert (cfg.trainer.devices, cfg.trainer.num_nodes) == (4, 2)
     from lightning.pytorch.plugins.environments import SLURMEnvironment
+    from lightning.pytorch.utilities import rank_zero_only
 
+    # a Trainer sets the process-wide rank (5 here): restore it, or later tests stop
+    # writing the files that only rank 0 writes
+    monkeypatch.setattr(rank_zero_only, "rank", rank_zero_only.rank)
     trainer = instantiate(cfg.trainer, default_root_dir=os.fspath(Path.cwd()))
     cluster = trainer.strategy.cluster_environment
     assert isinstance(cluster, SLURMEnvironment) and cluster.auto_requeue

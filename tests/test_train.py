@@ -89,20 +89,6 @@ def test_main_job_runs_end_to_end_on_generated_synthetic_data(tmp_path):
     assert (out / "csv" / "metrics.csv").is_file()
 
 
-@pytest.mark.slow
-def test_multirun_gives_each_job_its_own_folder(tmp_path):
-    sweep = tmp_path / "sweep"
-    proc = _run(["-m", *TINY, "trainer.max_steps=1", "test=false",
-                 "data.label_fraction=0.25,0.5", f"paths.data_dir={tmp_path / 'data'}",
-                 f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    splits = [json.loads((sweep / str(i) / "label_split.json").read_text()) for i in (0, 1)]
-    assert [s["label_fraction"] for s in splits] == [0.25, 0.5]
-    assert splits[0]["regions_selected"] < splits[1]["regions_selected"]
-    for i in (0, 1):
-        assert (sweep / str(i) / "checkpoints" / "last.ckpt").is_file()
-
-
 def test_config_typo_is_a_clear_hydra_error(tmp_path):
     proc = _run(["data.roott=/x"], cwd=tmp_path, timeout=120)
     assert proc.returncode != 0
