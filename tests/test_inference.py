@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +26,7 @@ from sssi.inference import (
 from sssi.metrics import confusion_matrix, evaluation_metrics, markdown_table, scores
 from sssi.predict import predict_file
 from tests.conftest import real_sample
+from tests.helpers import run_module
 
 # one short real training run: 2 synthetic tiles of 256 px (one train, one test),
 # a single step, no validation; ~20 s on 2 cores
@@ -44,9 +43,7 @@ ADELAIDE = ("openearthmap", "adelaide_2.tif")
 
 def _cli(module: str, args: list[str], cwd: Path, timeout: int = 300
          ) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return run_module(module, args, cwd, timeout)
 
 
 @pytest.fixture(scope="session")

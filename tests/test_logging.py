@@ -17,24 +17,11 @@ from omegaconf import OmegaConf, open_dict
 from sssi.callbacks import WandbSummary, colorize, make_prediction_grid
 from sssi.loggers import flatten, read_offline_run, sweep_group
 from sssi.train import CONFIG_DIR, run
-
-# as tests/test_train.py: 3 tiles of 256 px, 64 px crops, one short epoch
-TINY = [
-    "data.synthetic.size=256", "data.synthetic.tiles=3", "data.crop_size=64",
-    "data.batch_size=4", "data.samples_per_epoch=8", "data.num_workers=0",
-    "data.region_size=128", "trainer.max_epochs=1", "trainer.log_every_n_steps=1",
-]
+from tests.helpers import TINY, compose_train
 
 
 def _compose(overrides: list[str], tmp_path: Path):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-        HydraConfig.instance().set_config(cfg)
-        with open_dict(cfg):
-            del cfg["hydra"]  # as in a real run: the app never sees the hydra node
-            cfg.paths.output_dir = str(tmp_path / "run")
-            cfg.paths.data_dir = str(tmp_path / "data")
-        return cfg
+    return compose_train(overrides, tmp_path / "run", tmp_path / "data")
 
 
 # fit (one epoch) and test, with a small validation set

@@ -11,9 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 
 from sssi.tasks.pretrain import (
     INPAINTER,
@@ -23,7 +20,8 @@ from sssi.tasks.pretrain import (
     Schedule,
     TrainingDivergedError,
 )
-from sssi.train import CONFIG_DIR, run
+from sssi.train import run
+from tests.helpers import compose_train, poison_reconstruction_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,15 +35,7 @@ SMALL = [
 
 
 def compose_cfg(overrides: list[str], out: Path, data_dir: Path):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-        HydraConfig.instance().set_config(cfg)
-        with open_dict(cfg):
-            del cfg["hydra"]  # as in a real run: the app never sees the hydra node
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out)
-        cfg.paths.data_dir = str(data_dir)
-    return cfg
+    return compose_train(overrides, out, data_dir)
 
 
 @pytest.fixture(scope="module")
@@ -130,19 +120,7 @@ def test_resume_mid_phase_gives_the_same_weights(tmp_path, data_dir):
 
 def test_nan_loss_stops_with_step_and_player_and_keeps_last_checkpoint(tmp_path, data_dir,
                                                                        monkeypatch):
-    from sssi.losses import ReconstructionLoss
-
-    calls = {"n": 0}
-    real_forward = ReconstructionLoss.forward
-
-    def poisoned(self, restored, target, mask):
-        calls["n"] += 1
-        total, parts = real_forward(self, restored, target, mask)
-        if calls["n"] == 6:  # the second step of epoch 1
-            total = total * float("nan")
-        return total, parts
-
-    monkeypatch.setattr(ReconstructionLoss, "forward", poisoned)
+    poison_reconstruction_loss(monkeypatch, 6)  # the second step of epoch 1
     cfg = compose_cfg([*SMALL, "trainer.max_epochs=3", "task.image_every_n_steps=0"],
                       tmp_path / "run", data_dir)
     with pytest.raises(TrainingDivergedError, match=r"inpainter's loss is NaN .* step 5") as err:

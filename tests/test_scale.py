@@ -11,11 +11,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import open_dict
 from torch import nn
 
 from sssi.errors import ConfigError
@@ -26,7 +23,8 @@ from sssi.scaling import (
     per_device_batch_size,
 )
 from sssi.tasks.pretrain import step_seed
-from sssi.train import CONFIG_DIR, run
+from sssi.train import run
+from tests.helpers import compose_train, poison_reconstruction_loss
 
 
 class TinyEncoder(nn.Module):
@@ -66,19 +64,7 @@ GAME = [
 ]
 
 
-def _compose(overrides: list[str], out: Path | None = None, data_dir: Path | None = None,
-             hydra_node: bool = False):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-        if hydra_node:
-            return cfg
-        HydraConfig.instance().set_config(cfg)
-        with open_dict(cfg):
-            del cfg["hydra"]  # as in a real run: the app never sees the hydra node
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out or "unused")
-        cfg.paths.data_dir = str(data_dir or "unused")
-    return cfg
+_compose = compose_train
 
 
 @pytest.fixture(autouse=True)
@@ -216,18 +202,9 @@ def test_game_accumulation_steps_every_k_batches_and_resumes_exactly(tmp_path, d
 
 def test_nan_watch_reports_the_optimizer_step_under_accumulation(tmp_path, data_dir,
                                                                  monkeypatch):
-    from sssi.losses import ReconstructionLoss
     from sssi.tasks.pretrain import TrainingDivergedError
 
-    calls = {"n": 0}
-    real_forward = ReconstructionLoss.forward
-
-    def poisoned(self, restored, target, mask):
-        calls["n"] += 1
-        total, parts = real_forward(self, restored, target, mask)
-        return (total * float("nan") if calls["n"] == 3 else total), parts  # step 1, micro 0
-
-    monkeypatch.setattr(ReconstructionLoss, "forward", poisoned)
+    poison_reconstruction_loss(monkeypatch, 3)  # step 1, micro-batch 0
     cfg = _compose([*GAME, "task.accumulate_grad_batches=2", "trainer.max_epochs=1"],
                    tmp_path / "run", data_dir)
     with pytest.raises(TrainingDivergedError, match=r"inpainter's loss is NaN .* step 1 "):

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from statistics import mean, stdev
 
@@ -21,17 +19,13 @@ import yaml
 from sssi.aggregate import aggregate
 from sssi.config import study_init
 from sssi.errors import ConfigError
-from tests.test_train import TINY
+from tests.helpers import TINY, run_module
 
 METHODS = ("instructor", "scratch")
 TRAIN = [*TINY, "trainer.max_steps=2"]
 
 
-def _module(module: str, args: list[str], cwd: Path, timeout: int = 900
-            ) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+_module = run_module
 
 
 @pytest.fixture(scope="module")

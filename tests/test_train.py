@@ -3,40 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
 from sssi.train import CONFIG_DIR
+from tests.helpers import TINY, compose_train, run_module
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = Path(CONFIG_DIR)
 
-# small enough for 2 CPU cores: 3 tiles of 256 px, 64 px crops, one short epoch
-TINY = [
-    "data.synthetic.size=256", "data.synthetic.tiles=3", "data.crop_size=64",
-    "data.batch_size=4", "data.samples_per_epoch=8", "data.num_workers=0",
-    "data.region_size=128", "trainer.max_epochs=1", "trainer.log_every_n_steps=1",
-]
-
-
 def _compose(overrides: list[str], tmp_path: Path):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-        HydraConfig.instance().set_config(cfg)
-        with open_dict(cfg):
-            del cfg["hydra"]  # as in a real run: the app never sees the hydra node
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(tmp_path / "run")
-            cfg.paths.data_dir = str(tmp_path / "data")
-        return cfg
+    return compose_train(overrides, tmp_path / "run", tmp_path / "data")
 
 
 def _options(group: str) -> list[str]:
@@ -68,9 +49,7 @@ def test_every_backbone_builds_a_task(backbone, tmp_path):
 
 
 def _run(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "sssi.train", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return run_module("sssi.train", args, cwd, timeout)
 
 
 @pytest.mark.slow
