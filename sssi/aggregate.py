@@ -38,7 +38,7 @@ from sssi.utils.io import atomic_write_bytes, atomic_write_text
 log = logging.getLogger("sssi.aggregate")
 
 DEFAULT_METRICS = ("mIoU", "mF1", "OA")
-METHOD_KEYS = ("study.method", "task_name")
+METHOD_KEYS = ("study.label", "study.method", "task_name")
 FRACTION_KEY = "data.label_fraction"
 SEED_KEY = "seed"
 
@@ -156,11 +156,13 @@ def group_runs(runs: Sequence[Run], metrics: Sequence[str]) -> list[Group]:
     return sorted(groups.values(), key=lambda g: (_method_order(g.method), g.fraction))
 
 
-def _method_order(method: str) -> tuple[int, str]:
-    # pretext methods first (the game leading), then the baselines without pretraining
+def _method_order(method: str) -> tuple[str, int, str]:
+    # by protocol (labels such as "instructor/probe"), then pretext methods first (the
+    # game leading), then the baselines without pretraining
+    base, _, protocol = method.partition("/")
     order = {"instructor": 0, "random_blocks": 1, "random_patches": 2, "imagenet": 8,
              "scratch": 9}
-    return order.get(method, 5), method
+    return protocol, order.get(base, 5), method
 
 
 # --------------------------------------------------------------------------- writing

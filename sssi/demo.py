@@ -133,8 +133,12 @@ def _summary(out: Path, runs: dict[str, Path], maps: dict[str, Path], seconds: f
               f"{100 * s['OA']:>7.1f}%")
     gain = 100 * (scores["instructor"]["mIoU"] - scores["scratch"]["mIoU"])
     print(f"   pretraining {'gains' if gain >= 0 else 'loses'} {abs(gain):.1f} mIoU points "
-          "here (one seed, minutes of CPU training: see experiments/label_efficiency/ "
-          "for the seeded study)")
+          "here: one seed, one labelled subset, minutes of CPU training on synthetic "
+          "tiles.\n   That is a smoke test of the pipeline, not evidence either way: "
+          "between seeds\n   (which regions are labelled) such runs differ by more than "
+          "this. The measured\n   comparison on real images, with seeds, both protocols "
+          "and the spread, is in\n   experiments/label_efficiency/results_dubai/ (README: "
+          "\"Real data\").")
     rows = [
         (out / "results.md", "the comparison table (also results.csv and the plot)"),
         (out / "pretrain" / "instructor", "the game: checkpoints/, images/ (mask grids)"),

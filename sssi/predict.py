@@ -19,6 +19,7 @@ import logging
 import os
 import time
 import uuid
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,13 +28,14 @@ import hydra
 import numpy as np
 import rasterio
 import rasterio.shutil
+from affine import Affine
 from omegaconf import DictConfig, ListConfig
 from rasterio.enums import MaskFlags
-from rasterio.errors import RasterioError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
 from sssi.cli import CONFIG_DIR, run_or_exit
-from sssi.data.raster import HandleCache, check_readable, read_window
+from sssi.data.raster import HandleCache, check_readable, open_raster, read_window
 from sssi.errors import ConfigError, DataError, first_line
 from sssi.evaluate import require
 from sssi.inference import BLENDS, LoadedModel, load_segmenter, predict_chunks, resolve_device
@@ -56,7 +58,9 @@ class CogWriter:
         self.cog = path.parent / f".{path.name}.{tag}.cog.tif"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.ds = rasterio.open(self.tmp, "w", **profile)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                self.ds = rasterio.open(self.tmp, "w", **profile)
         except (OSError, RasterioError) as exc:
             self.discard()
             raise DataError(f"{path}: cannot write here ({first_line(exc)})") from exc
@@ -68,7 +72,9 @@ class CogWriter:
         """Close the GTiff and translate it to a COG (overviews, compression)."""
         try:
             self.ds.close()
-            rasterio.shutil.copy(self.tmp, self.cog, driver="COG", **cog_options)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                rasterio.shutil.copy(self.tmp, self.cog, driver="COG", **cog_options)
         except RasterioError as exc:
             raise DataError(f"{self.path}: writing the Cloud-Optimized GeoTIFF failed "
                             f"({first_line(exc)})") from exc
@@ -128,7 +134,7 @@ def predict_file(loaded: LoadedModel, input_path: str | Path, output_path: str |
             raise ConfigError(f"{p}: output would overwrite the input")
     check_readable(src_path)  # missing, unreadable or truncated input: one clear line
     try:
-        src = rasterio.open(src_path)
+        src = open_raster(src_path)
     except RasterioError as exc:
         raise DataError(f"{src_path}: not a readable raster ({first_line(exc)})") from exc
     with src, contextlib.ExitStack() as stack:
@@ -136,8 +142,10 @@ def predict_file(loaded: LoadedModel, input_path: str | Path, output_path: str |
         masked = any(src.mask_flag_enums[i - 1] != [MaskFlags.all_valid] for i in indexes)
         handles = HandleCache()
         stack.callback(handles.close)
-        base = {"driver": "GTiff", "width": src.width, "height": src.height,
-                "crs": src.crs, "transform": src.transform, "tiled": True,
+        # an input without georeferencing (plain JPEG/PNG) gives an output without it
+        georef = {"crs": src.crs, "transform": src.transform} if _georeferenced(src) else {}
+        base = {"driver": "GTiff", "width": src.width, "height": src.height, **georef,
+                "tiled": True,
                 "blockxsize": BLOCK, "blockysize": BLOCK, "compress": "deflate",
                 "BIGTIFF": "IF_SAFER"}
         writers: list[CogWriter] = []
@@ -180,6 +188,10 @@ def predict_file(loaded: LoadedModel, input_path: str | Path, output_path: str |
     log.info("wrote %s (%dx%d, %d classes)", out_path, src.width, src.height,
              loaded.num_classes)
     return out_path
+
+
+def _georeferenced(src) -> bool:
+    return src.crs is not None or src.transform != Affine.identity() or bool(src.gcps[0])
 
 
 def _describe(labels, probs, loaded: LoadedModel, src_path: Path) -> None:

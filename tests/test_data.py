@@ -102,8 +102,11 @@ def test_folder_layout_reads_real_potsdam_crop():
 def test_potsdam_layout_split_and_labels(synthetic_root):
     layout = build_layout("potsdam", synthetic_root)
     train = layout.tiles("train", labels=True)
+    val = layout.tiles("val", labels=True)
     test = layout.tiles("test", labels=True)
-    assert [t.id for t in train] == ["2_10", "2_11", "2_12"]
+    # validation tiles are held out of the training tiles, never taken from the test ones
+    assert [t.id for t in train] == ["2_10", "2_12"]
+    assert [t.id for t in val] == ["2_11"]
     assert [t.id for t in test] == ["2_13"]
     t = test[0]
     assert t.label.name == "top_potsdam_2_13_label.tif"
@@ -178,11 +181,11 @@ def test_missing_root_and_folder_name_the_path(tmp_path):
 
 
 def test_truncated_geotiff_is_reported_with_its_name(potsdam_copy):
-    path = potsdam_copy / "2_Ortho_RGB" / "top_potsdam_2_11_RGB.tif"
+    path = potsdam_copy / "2_Ortho_RGB" / "top_potsdam_2_12_RGB.tif"
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     layout = build_layout("potsdam", potsdam_copy)
-    with pytest.raises(DataError, match=r"top_potsdam_2_11_RGB.tif") as err:
+    with pytest.raises(DataError, match=r"top_potsdam_2_12_RGB.tif") as err:
         layout.validate(layout.tiles("train"))
     assert "truncated or corrupt" in str(err.value) or "not a readable raster" in str(err.value)
 
@@ -220,10 +223,10 @@ def test_image_label_size_mismatch(potsdam_copy):
 
 
 def test_missing_label_and_missing_ndsm(potsdam_copy):
-    (potsdam_copy / "5_Labels_all" / "top_potsdam_2_11_label.tif").unlink()
+    (potsdam_copy / "5_Labels_all" / "top_potsdam_2_12_label.tif").unlink()
     layout = build_layout("potsdam", potsdam_copy)
     layout.tiles("train")  # images alone are fine (pretext data)
-    with pytest.raises(DataError, match=r"no label file for tiles \['2_11'\]"):
+    with pytest.raises(DataError, match=r"no label file for tiles \['2_12'\]"):
         layout.tiles("train", labels=True)
     (potsdam_copy / "1_DSM_normalisation" / "dsm_potsdam_02_12_normalized_lastools.tif").unlink()
     with pytest.raises(DataError, match="dsm_potsdam_02_12_normalized_lastools"):
@@ -279,7 +282,7 @@ def test_random_windows_stay_inside_their_region(synthetic_root):
     for i in range(20):
         s = ds[i]
         row, col, h, w = s["window"].tolist()
-        assert s["tile"] == "2_11"
+        assert s["tile"] == "2_12"
         assert s["image"].shape == (3, 64, 64) and s["label"].shape == (64, 64)
         assert row >= 64 and row + h <= 164 and col >= 32 and col + w <= 152
         assert 51 <= h <= 80
@@ -320,8 +323,10 @@ def test_segmentation_datamodule_batches_split_file_and_stats(synthetic_root, tm
     assert batch["label"].shape == (4, 64, 64) and batch["label"].dtype == torch.int64
     assert len(batch["tile"]) == 4
     split = json.loads((tmp_path / "run" / "label_split.json").read_text())
-    assert split["regions_total"] == 12 and split["regions_selected"] == 3
-    assert {r["tile"] for r in split["regions"]} <= {"2_10", "2_11", "2_12"}
+    # two training tiles (2_11 is the validation tile) of 4 regions each; 25 % of pixels
+    assert split["regions_total"] == 8 and split["regions_selected"] == 2
+    assert split["pixel_fraction"] == 0.25
+    assert {r["tile"] for r in split["regions"]} <= {"2_10", "2_12"}
     stats = json.loads((tmp_path / "run" / "norm_stats.json").read_text())
     assert stats["bands"] == ["R", "G", "B", "IR", "nDSM"] and len(stats["mean"]) == 5
     vbatch = next(iter(dm.val_dataloader()))
@@ -341,7 +346,7 @@ def test_off_palette_pixels_are_ignored_counted_and_reported(tmp_path):
     dm = _dm(SegmentationDataModule, root, tmp_path)
     dm.setup("fit")
     audit = json.loads((tmp_path / "run" / "label_audit.json").read_text())
-    assert audit["pixels"] == 2 * 256 * 256
+    assert audit["pixels"] == 256 * 256  # the one training tile (2_11 validates)
     assert 0.005 < audit["off_palette"] / audit["pixels"] < 0.02
     assert any(t["values"] for t in audit["tiles"].values())
     sample = dm.train_set[0]
@@ -357,7 +362,7 @@ def test_pretext_datamodule_needs_no_labels(potsdam_copy, tmp_path):
     batch = next(iter(dm.train_dataloader()))
     assert set(batch) == {"image", "tile", "window"}
     assert batch["image"].shape == (4, 3, 64, 64)
-    assert {t.id for t in dm.train_set.reader.tiles} == {"2_10", "2_11", "2_12"}
+    assert {t.id for t in dm.train_set.reader.tiles} == {"2_10", "2_12"}
 
 
 @pytest.mark.parametrize("name", [("rasterio", "RGB.byte.tif"),

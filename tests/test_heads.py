@@ -136,7 +136,7 @@ def test_unet_fuses_equal_reductions_without_upsampling():
 
 
 def test_registry_names_and_types():
-    assert set(HEADS) == {"fcn", "unet", "deeplabv3plus"}
+    assert set(HEADS) == {"linear", "fcn", "unet", "deeplabv3plus"}
     assert isinstance(build_head("fcn", [8, 16], [4, 8], 2, channels=8), FCNFusionHead)
     assert isinstance(build_head("unet", [8, 16], [4, 8], 2, channels=[8]), UNetHead)
 

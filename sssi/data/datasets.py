@@ -21,7 +21,7 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from sssi.data.layouts import Tile
 from sssi.data.palettes import DecodeResult, Palette
-from sssi.data.raster import HandleCache, read_window
+from sssi.data.raster import HandleCache, read_label_window, read_window
 from sssi.errors import DataError
 from sssi.utils.grid import grid_offsets
 
@@ -113,7 +113,7 @@ class TileReader:
         path = tile.eval_label if self.use_eval_labels else tile.label
         if path is None:
             raise DataError(f"tile {tile.id}: no label file")
-        raw = read_window(path, window, None, self._handles)
+        raw = read_label_window(path, window, self._handles)
         if raw.shape[0] == 4:  # colour labels saved with an alpha band
             raw = raw[:3]
         decoded = self.palette.decode(raw)

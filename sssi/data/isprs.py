@@ -20,6 +20,10 @@ POTSDAM_TEST_TILES: tuple[str, ...] = (
     "6_14", "6_15", "7_13",
 )
 
+#: Held out of the 24 training tiles for validation and model selection (sssi's choice:
+#: the benchmark defines no validation split, and selecting on test tiles is not allowed).
+POTSDAM_VAL_TILES: tuple[str, ...] = ("2_11", "7_12")
+
 #: The common Vaihingen split (16 training areas, 17 test areas).
 VAIHINGEN_TRAIN_TILES: tuple[str, ...] = tuple(
     str(n) for n in (1, 3, 5, 7, 11, 13, 15, 17, 21, 23, 26, 28, 30, 32, 34, 37)
@@ -31,6 +35,9 @@ VAIHINGEN_TEST_TILES: tuple[str, ...] = tuple(
 # --------------------------------------------------------------------------------------
 # Layouts: where each tile's bands and labels are, checked before anything is read.
 # --------------------------------------------------------------------------------------
+
+#: Held out of the 16 Vaihingen training areas for validation (sssi's choice).
+VAIHINGEN_VAL_TILES: tuple[str, ...] = ("3", "30")
 
 #: Potsdam image products: folder, file suffix and band names.
 POTSDAM_MODALITIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -61,6 +68,7 @@ class PotsdamLayout(Layout):
     name = "potsdam"
     palette = ISPRS
     train_tiles = POTSDAM_TRAIN_TILES
+    val_tiles = POTSDAM_VAL_TILES
     test_tiles = POTSDAM_TEST_TILES
 
     def __init__(self, root: str | Path, modality: str = "RGB", ndsm: bool = False) -> None:
@@ -128,6 +136,7 @@ class VaihingenLayout(Layout):
     name = "vaihingen"
     palette = ISPRS
     train_tiles = VAIHINGEN_TRAIN_TILES
+    val_tiles = VAIHINGEN_VAL_TILES
     test_tiles = VAIHINGEN_TEST_TILES
 
     def __init__(self, root: str | Path, modality: str = "IRRG", ndsm: bool = False) -> None:

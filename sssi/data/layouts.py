@@ -30,6 +30,7 @@ def register_layout(name: str) -> Callable[[type[Layout]], type[Layout]]:
 
 def build_layout(dataset: str, root: str | Path, **options) -> Layout:
     """Build the layout registered as ``dataset`` over ``root``."""
+    import sssi.data.dubai
     import sssi.data.isprs  # noqa: F401  (registers the ISPRS layouts)
 
     if dataset not in LAYOUTS:
@@ -83,6 +84,7 @@ class Layout:
     name = "layout"
     palette: Palette = ISPRS
     train_tiles: tuple[str, ...] = ()
+    val_tiles: tuple[str, ...] = ()  # held out of the training tiles for model selection
     test_tiles: tuple[str, ...] = ()
     label_bands = 3
 
@@ -111,32 +113,48 @@ class Layout:
             raise DataError(f"{folder}: folder not found (expected {what})")
         return folder
 
+    def expand(self, key: str, found: dict[str, Tile]) -> list[str] | None:
+        """Tile ids that one entry of a split list stands for, beyond a plain tile id
+        (a layout whose scenes come in groups, such as Dubai's numbered tiles of images,
+        maps a group name to its images here); None when ``key`` is no such name."""
+        return None
+
     def tiles(self, split: str | Sequence[str] = "all", labels: bool = False) -> list[Tile]:
-        """Tiles of ``split`` ('train', 'test', 'all' or a list of ids), sorted by id.
+        """Tiles of ``split`` ('train', 'val', 'test', 'all' or a list of ids), sorted by id.
 
         The standard split lists name all tiles of the full dataset; a copy that holds
         only some of them (a subset, or the synthetic stand-in) uses those it has, and
         an empty selection is an error. With ``labels=True`` every selected tile must
-        have a label file. Tiles outside both lists belong to 'train' (extra unlabelled
-        imagery is pretext data).
+        have a label file. Tiles outside the validation and test lists belong to 'train'
+        (extra unlabelled imagery is pretext data); 'val' is held out of the training
+        tiles, so model selection never sees a test tile.
         """
         found = self.find_tiles()
         if isinstance(split, str):
             if split == "all":
                 ids = sorted(found)
             elif split == "train":
-                ids = sorted(t for t in found if t not in self.test_tiles)
+                ids = sorted(t for t in found
+                             if t not in self.test_tiles and t not in self.val_tiles)
+            elif split == "val":
+                ids = sorted(t for t in found if t in self.val_tiles)
             elif split == "test":
                 ids = sorted(t for t in found if t in self.test_tiles)
             else:
-                raise ConfigError(f"data split {split!r}: expected 'train', 'test', 'all' "
-                                  "or a list of tile ids")
+                raise ConfigError(f"data split {split!r}: expected 'train', 'val', 'test', "
+                                  "'all' or a list of tile ids")
         else:
-            missing = [t for t in split if t not in found]
+            ids, missing = [], []
+            for key in (str(k) for k in split):
+                group = self.expand(key, found)
+                if group is None and key not in found:
+                    missing.append(key)
+                for t in group if group is not None else [key]:
+                    if t not in ids:
+                        ids.append(t)
             if missing:
                 raise DataError(f"{self.root}: tiles {missing} not found "
                                 f"(found {sorted(found)[:10]}{'...' if len(found) > 10 else ''})")
-            ids = list(split)
         if not ids:
             raise DataError(f"{self.root}: no {self.name} tiles for split {split!r} "
                             f"(found {len(found)} tiles in all)")
@@ -167,8 +185,8 @@ class Layout:
                 if lab is None:
                     continue
                 info = check_readable(lab)
-                if info.count != self.label_bands and not (self.label_bands == 3 and
-                                                           info.count == 4):
+                colour_ok = self.label_bands == 3 and (info.count == 4 or info.paletted)
+                if info.count != self.label_bands and not colour_ok:
                     raise DataError(f"{lab}: label has {info.count} bands, expected "
                                     f"{self.label_bands}")
                 ref = _same_size(ref, info, tile)

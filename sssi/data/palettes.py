@@ -176,7 +176,18 @@ LOVEDA = Palette(
     ignore_codes=(0,),
 )
 
-PALETTES: dict[str, Palette] = {p.name: p for p in (ISPRS, LOVEDA)}
+#: Dubai aerial imagery (Humans in the Loop / MBRSC): the colours the masks really use.
+#: The archive's classes.json gives road as #1BB3F5; every mask paints it #6EC1E4.
+#: Unlabeled (#9B9B9B) and black (no class) are ignored.
+DUBAI = Palette(
+    name="dubai",
+    classes=("building", "land", "road", "vegetation", "water"),
+    colors=((0x3C, 0x10, 0x98), (0x84, 0x29, 0xF6), (0x6E, 0xC1, 0xE4), (0xFE, 0xDD, 0x3A),
+            (0xE2, 0xA9, 0x29)),
+    ignore_colors=((0x9B, 0x9B, 0x9B), (0, 0, 0)),
+)
+
+PALETTES: dict[str, Palette] = {p.name: p for p in (ISPRS, LOVEDA, DUBAI)}
 
 
 def get_palette(name: str) -> Palette:

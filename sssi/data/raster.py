@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.errors import RasterioError
+from rasterio.enums import ColorInterp
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
 from sssi.errors import DataError, first_line
 
 log = logging.getLogger(__name__)
+
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,16 @@ class RasterInfo:
     height: int
     count: int
     dtype: str
+    paletted: bool = False  # one band of palette indexes with a colour table (PNG mode P)
+
+
+def open_raster(path: str | Path):
+    """``rasterio.open(path)`` without ``NotGeoreferencedWarning``: plain JPEG/PNG imagery
+    (the Dubai dataset, converted crops) has no geotransform, which is expected and not
+    worth a warning per file opened by every worker."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        return rasterio.open(path)
 
 
 def describe(path: str | Path) -> RasterInfo:
@@ -40,8 +53,9 @@ def describe(path: str | Path) -> RasterInfo:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        with rasterio.open(path) as ds:
-            return RasterInfo(path, ds.width, ds.height, ds.count, ds.dtypes[0])
+        with open_raster(path) as ds:
+            return RasterInfo(path, ds.width, ds.height, ds.count, ds.dtypes[0],
+                              _is_paletted(ds))
     except RasterioError as exc:
         raise DataError(f"{path}: not a readable raster ({first_line(exc)})") from exc
 
@@ -81,6 +95,42 @@ def read_window(path: str | Path, window: Window, bands: Sequence[int] | None = 
         ) from exc
 
 
+def read_label_window(path: str | Path, window: Window, handles: dict | None = None
+                      ) -> np.ndarray:
+    """Read a label window as stored, except that palette-mode files (a band of indexes
+    and a colour table, as some PNG masks are saved) come back as (3, h, w) RGB, so that
+    colour palettes decode them like any RGB label."""
+    path = Path(path)
+    raw = read_window(path, window, None, handles)
+    if raw.shape[0] != 1:
+        return raw
+    try:
+        if handles is None:
+            with open_raster(path) as ds:
+                table = _colour_table(ds) if _is_paletted(ds) else None
+        else:
+            ds = _open(path, handles)
+            table = _colour_table(ds) if _is_paletted(ds) else None
+    except RasterioError as exc:
+        raise DataError(f"{path}: failed to read the colour table ({first_line(exc)})") from exc
+    if table is None:
+        return raw
+    return table[raw[0]].transpose(2, 0, 1)
+
+
+def _is_paletted(ds) -> bool:
+    return ds.count == 1 and ds.colorinterp[0] == ColorInterp.palette
+
+
+def _colour_table(ds) -> np.ndarray:
+    """(256, 3) uint8 RGB of a paletted band; indexes without an entry map to black."""
+    table = np.zeros((256, 3), dtype=np.uint8)
+    for index, rgba in ds.colormap(1).items():
+        if 0 <= index < 256:
+            table[index] = rgba[:3]
+    return table
+
+
 def read_decimated(path: str | Path, max_side: int = 512) -> np.ndarray:
     """Read a whole raster downsampled so its longest side is at most ``max_side``.
 
@@ -89,7 +139,7 @@ def read_decimated(path: str | Path, max_side: int = 512) -> np.ndarray:
     """
     path = Path(path)
     try:
-        with rasterio.open(path) as ds:
+        with open_raster(path) as ds:
             scale = max(ds.width, ds.height) / max_side
             if scale <= 1:
                 return ds.read()
@@ -122,7 +172,7 @@ def _open(path: Path, handles: dict | None):
     if ds is None:
         if not path.is_file():
             raise DataError(f"{path}: file not found")
-        ds = rasterio.open(path)
+        ds = open_raster(path)
         handles[path] = ds
     return ds
 
@@ -142,5 +192,5 @@ class _OneShot:
         self.path = path
 
     def read(self, **kwargs) -> np.ndarray:
-        with rasterio.open(self.path) as ds:
+        with open_raster(self.path) as ds:
             return ds.read(**kwargs)

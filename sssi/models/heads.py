@@ -244,8 +244,33 @@ class DeepLabV3PlusHead(nn.Module):
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
+class LinearProbeHead(nn.Module):
+    """A linear classifier on the deepest feature only: the frozen-encoder probe.
+
+    A 1x1 conv on the deepest map, logits upsampled bilinearly. Nothing else can learn
+    features, so the score measures what the encoder's deepest level already separates
+    (a head that fuses shallow levels lets even random weights score well). A BatchNorm
+    without affine parameters first puts every encoder's features on one scale, as in
+    MAE's linear probe; it is linear at inference.
+    """
+
+    def __init__(self, in_channels: Sequence[int], reductions: Sequence[int], num_classes: int,
+                 level: int = -1) -> None:
+        super().__init__()
+        _check_levels(in_channels, reductions)
+        self.level = int(level)
+        width = int(in_channels[self.level])
+        self.norm = nn.BatchNorm2d(width, affine=False)
+        self.classifier = nn.Conv2d(width, num_classes, 1)
+
+    def forward(self, features: Sequence[Tensor], size: tuple[int, int]) -> Tensor:
+        logits = self.classifier(self.norm(features[self.level]))
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
 #: Heads by the name a config gives in ``task.head.name``.
 HEADS: dict[str, type[nn.Module]] = {
+    "linear": LinearProbeHead,
     "fcn": FCNFusionHead,
     "unet": UNetHead,
     "deeplabv3plus": DeepLabV3PlusHead,

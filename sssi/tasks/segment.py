@@ -31,7 +31,11 @@ class SegmentTask(L.LightningModule):
     ``init`` starts the encoder from a pretext checkpoint of the game, a segmentation
     checkpoint or a torchvision-style state dict (see :mod:`sssi.checkpoints`);
     ``backbone.weights`` is the other way to give ImageNet weights. ``freeze_encoder``
-    trains the head alone (linear-probe style evaluation of the features).
+    trains the head alone (with ``head.name=linear``: the linear probe that measures
+    what pretraining learned); the frozen encoder stays in eval mode, so its BatchNorm
+    statistics are those it was pretrained with. ``encoder_lr_scale`` multiplies the
+    learning rate of the encoder's parameters (a pretrained encoder usually wants a
+    smaller one than the freshly initialised head).
 
     Logs ``train/loss`` (and each loss term), ``val/mIoU``, ``val/mF1``, ``val/OA``
     and per-class IoU; the same under ``test/`` for the test split.
@@ -42,7 +46,7 @@ class SegmentTask(L.LightningModule):
                  head: Mapping | None = None, freeze_encoder: bool = False,
                  init: str | None = None, require_init: bool = False,
                  class_names: list[str] | None = None, compile: bool | Mapping = False,
-                 scale_lr: Mapping | None = None) -> None:
+                 scale_lr: Mapping | None = None, encoder_lr_scale: float = 1.0) -> None:
         super().__init__()
         self.save_hyperparameters({
             "backbone": to_plain(backbone), "loss": to_plain(loss), "num_classes": num_classes,
@@ -51,7 +55,11 @@ class SegmentTask(L.LightningModule):
             "init": str(init) if init else None, "require_init": require_init,
             "class_names": [str(c) for c in class_names] if class_names else None,
             "compile": to_plain(compile), "scale_lr": to_plain(scale_lr),
+            "encoder_lr_scale": float(encoder_lr_scale),
         })
+        if not float(encoder_lr_scale) > 0:
+            raise ConfigError(f"task.encoder_lr_scale={encoder_lr_scale!r}: expected a "
+                              "positive factor (task.freeze_encoder=true freezes the encoder)")
         compile_options(compile)  # fail early on a bad task.compile or task.scale_lr
         scale_lr_options(scale_lr)
         if require_init and not init:
@@ -92,6 +100,12 @@ class SegmentTask(L.LightningModule):
             if len(names) == self.hparams.num_classes:
                 self.hparams.class_names = names
                 self.class_names = names
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        # A frozen encoder keeps its BatchNorm statistics. Set before every batch: Lightning
+        # restores each submodule's own mode after validation, undoing a one-off eval().
+        if self.hparams.freeze_encoder and self.model.encoder.training:
+            self.model.encoder.eval()
 
     def forward(self, images: Tensor) -> Tensor:
         return self.model(images)
@@ -158,8 +172,15 @@ class SegmentTask(L.LightningModule):
         self._log_metrics(self.test_confusion, "test")
 
     def configure_optimizers(self):
+        scale = float(self.hparams.get("encoder_lr_scale", 1.0))
+        encoder = {id(p) for p in self.model.encoder.parameters()}
         params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = instantiate(self.hparams.optimizer)(params=params)
+        groups = [{"params": [p for p in params if id(p) not in encoder]},
+                  {"params": [p for p in params if id(p) in encoder]}]
+        groups = [g for g in groups if g["params"]]
+        optimizer = instantiate(self.hparams.optimizer)(params=groups)
+        if scale != 1.0 and len(groups) == 2:
+            optimizer.param_groups[1]["lr"] *= scale
         scale_learning_rates(self.trainer, [optimizer], self.hparams.get("scale_lr"))
         if not self.hparams.scheduler:
             return optimizer
