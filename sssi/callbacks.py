@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sssi.masking import cell_border_stats
 from sssi.utils.io import write_png
 
 log = logging.getLogger(__name__)
@@ -23,11 +24,20 @@ class ImageGrid(L.Callback):
     loggers that show images (W&B, TensorBoard). *result* is the input with the holes
     filled by the restoration. Images are shown with a per-band min-max stretch of
     the input, so standardised data looks natural.
+
+    After each validation (not the sanity check) it also writes
+    ``instructor_cells_epochNNN.png``: the mean instructor mask per cell position over
+    the validation set (the task's ``pop_cell_frequency()``) as a heat map, one
+    ``cell_px`` square per cell, colour scaled so the average frequency (the erased
+    ratio) is the middle of the ramp (see :func:`heat_map`). A bright outer ring is the
+    edge shortcut; its ``border_ratio`` is in the loggers' caption and ``val/border_ratio``.
     """
 
-    def __init__(self, dirpath: str, bands: tuple[int, int, int] = (0, 1, 2)) -> None:
+    def __init__(self, dirpath: str, bands: tuple[int, int, int] = (0, 1, 2),
+                 cell_px: int = 32) -> None:
         self.dirpath = Path(dirpath)
         self.bands = tuple(bands)
+        self.cell_px = int(cell_px)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            outputs, batch, batch_idx: int) -> None:
@@ -45,6 +55,50 @@ class ImageGrid(L.Callback):
                 lg.log_image(key="game/grid", images=[grid], step=step)
             elif hasattr(getattr(lg, "experiment", None), "add_image"):  # TensorBoard
                 lg.experiment.add_image("game/grid", grid, step, dataformats="HWC")
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # after the task's on_validation_epoch_end, which gathers the frequencies
+        pop = getattr(pl_module, "pop_cell_frequency", None)
+        frequency = pop() if pop is not None else None  # popped on every rank
+        if frequency is None or not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        ratio = float(cell_border_stats(frequency)["border_ratio"])
+        image = heat_map(frequency.float().cpu().numpy(), self.cell_px)
+        step, epoch = trainer.global_step, trainer.current_epoch
+        write_png(self.dirpath / f"instructor_cells_epoch{epoch:03d}.png",
+                  np.ascontiguousarray(image[:, :, ::-1]))
+        caption = f"instructor erase frequency per cell, epoch {epoch}, border_ratio {ratio:.2f}"
+        for lg in trainer.loggers:
+            if hasattr(lg, "log_image"):  # W&B
+                lg.log_image(key="val/instructor_cells", images=[image], step=step,
+                             caption=[caption])
+            elif hasattr(getattr(lg, "experiment", None), "add_image"):  # TensorBoard
+                lg.experiment.add_image("val/instructor_cells", image, step, dataformats="HWC")
+
+
+#: Viridis at 0, 1/4, 1/2, 3/4 and 1 (RGB), interpolated linearly by :func:`heat_map`.
+RAMP = np.array([(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)],
+                dtype=np.float64)
+
+
+def heat_map(values: np.ndarray, cell_px: int = 32, vmax: float | None = None) -> np.ndarray:
+    """A ``(h, w)`` grid of values >= 0 as a uint8 RGB ``(h * cell_px, w * cell_px, 3)``
+    picture, each value a ``cell_px`` square on a viridis-like ramp from 0 to ``vmax``.
+
+    ``vmax`` defaults to twice the mean (capped at 1 for frequencies): an unbiased
+    policy is uniformly mid-ramp, cells erased twice as often as average saturate, and
+    the scale stays fixed through a run (the mean is the erased ratio).
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 2:
+        raise ValueError(f"expected a (h, w) grid, got shape {v.shape}")
+    if vmax is None:
+        vmax = min(1.0, 2.0 * float(v.mean())) if v.max() <= 1.0 else 2.0 * float(v.mean())
+    t = np.clip(v / max(vmax, 1e-12), 0.0, 1.0)
+    anchors = np.linspace(0.0, 1.0, len(RAMP))
+    rgb = np.stack([np.interp(t, anchors, RAMP[:, c]) for c in range(3)], axis=-1)
+    rgb = rgb.round().astype(np.uint8)
+    return rgb.repeat(cell_px, axis=0).repeat(cell_px, axis=1)
 
 
 def make_grid(images: Tensor, masks: Tensor, restored: Tensor,

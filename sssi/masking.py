@@ -29,6 +29,8 @@ __all__ = [
     "MaskPolicy",
     "RandomBlocks",
     "RandomPatches",
+    "border_cell_grid",
+    "cell_border_stats",
     "check_ratio",
     "check_size",
     "count_holes",
@@ -323,3 +325,66 @@ def mask_stats(masks: Tensor) -> dict[str, Tensor]:
         "entropy": entropy.mean(),
         "coverage": cells.mean(),
     }
+
+
+def border_cell_grid(
+    height: int, width: int, border: int = 1, device: torch.device | str | None = None
+) -> Tensor:
+    """Bool ``(height, width)`` grid, True for the cells within ``border`` of the edge.
+
+    The crop's edge is where an inpainter has the least context; this ring is what
+    :func:`cell_border_stats` watches and ``Instructor(border_cells=...)`` excludes.
+    ``border=0`` marks no cell.
+    """
+    rows = torch.arange(height, device=device)
+    cols = torch.arange(width, device=device)
+    inner_rows = (rows >= border) & (rows < height - border)
+    inner_cols = (cols >= border) & (cols < width - border)
+    return ~(inner_rows[:, None] & inner_cols[None, :])
+
+
+#: Added to both frequencies of :func:`cell_border_stats` so the ratio stays finite.
+BORDER_RATIO_EPS = 1e-6
+
+
+@torch.no_grad()
+def cell_border_stats(cells: Tensor, cell_size: int = 1, border: int = 1) -> dict[str, Tensor]:
+    """How much more often the outer ring of the cell grid is erased than the inside.
+
+    An instructor can learn that the crop's edge, where the inpainter has the least
+    context, is hard to restore: a positional shortcut, not a content choice. This
+    measures it.
+
+    ``cells``: hard cell masks ``(B, 1, h, w)`` (1 = erased), or a ``(h, w)`` grid of
+    erase frequencies (any leading dimensions are averaged over). With ``cell_size > 1``
+    the input is a pixel mask, average-pooled to cells of that many pixels first (a
+    partial last row/column of cells is allowed). ``border``: width of the ring in
+    cells.
+
+    - ``border_freq``: mean erased fraction of the ring's cells;
+    - ``inner_freq``: the same for the other cells;
+    - ``border_ratio``: ``(border_freq + eps) / (inner_freq + eps)``, eps = 1e-6: 1.0 =
+      no positional bias, large when holes sit on the edge, finite even if the inner
+      cells are never erased (a mask without holes gives 1.0). A grid without inner
+      cells (a side of at most ``2 * border`` cells) has no contrast to measure:
+      ``inner_freq = border_freq`` and the ratio is 1.0.
+
+    Detached float32 scalars on the input's device (no host sync).
+    """
+    if cells.ndim < 2:
+        raise ValueError(f"expected cell masks (..., h, w), got {tuple(cells.shape)}")
+    c = cells.detach().float()
+    if cell_size > 1:
+        c = c.reshape(-1, 1, *c.shape[-2:])
+        c = F.avg_pool2d(c, cell_size, ceil_mode=True)
+    height, width = c.shape[-2:]
+    freq = c.reshape(-1, height, width).mean(dim=0)
+    ring = border_cell_grid(height, width, border, device=freq.device)
+    n_ring = int(height * width - max(height - 2 * border, 0) * max(width - 2 * border, 0))
+    border_freq = (freq * ring).sum() / max(n_ring, 1)
+    if n_ring == height * width:
+        inner_freq = border_freq
+    else:
+        inner_freq = (freq * ~ring).sum() / (height * width - n_ring)
+    ratio = (border_freq + BORDER_RATIO_EPS) / (inner_freq + BORDER_RATIO_EPS)
+    return {"border_freq": border_freq, "inner_freq": inner_freq, "border_ratio": ratio}

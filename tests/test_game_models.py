@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from sssi.errors import ConfigError
-from sssi.masking import mask_stats
+from sssi.masking import border_cell_grid, cell_border_stats, mask_stats
 from sssi.models import build_backbone
 from sssi.models.inpainter import Inpainter, decoder_plan
 from sssi.models.instructor import Instructor, InstructorOutput
@@ -272,6 +272,48 @@ def test_policy_generator_determinism_in_train_mode() -> None:
     assert torch.equal(model.policy(x, generator=gen(2)), model.policy(x, generator=gen(2)))
 
 
+@pytest.mark.parametrize("tied", [False, True])
+def test_border_cells_never_erased_and_still_k(tied: bool) -> None:
+    """border_cells=1: the 28 ring cells of an 8x8 grid are never chosen, even when they
+    score highest; still exactly k = 16 holes (25 % of all 64 cells) per image."""
+    model = Instructor(instructor_encoder(), latent_dim=4, ratio=0.25, border_cells=1)
+    ring = border_cell_grid(8, 8)
+    scores = torch.zeros(4, 1, 8, 8) if tied else torch.randn(4, 1, 8, 8)
+    scores[:, :, ring] += 10.0  # the ring is what a shortcut-taking instructor prefers
+    hard = model.hard_mask(scores)
+    assert (hard.sum(dim=(1, 2, 3)) == 16).all()
+    assert not hard[:, :, ring].any()
+    assert cell_border_stats(hard)["border_freq"].item() == 0.0
+    scores.requires_grad_(True)
+    soft = model.soft_mask(scores, alpha=1.0)
+    assert (soft[:, :, ring] == 0).all()
+    assert ((soft > 0.5).sum(dim=(1, 2, 3)) <= 16).all()
+    if not tied:
+        assert ((soft > 0.5).sum(dim=(1, 2, 3)) == 16).all()
+        assert torch.equal(model.soft_mask(scores.detach(), alpha=1e4).round(), hard)
+    soft.sum().backward()
+    assert (scores.grad[:, :, ring] == 0).all() and (scores.grad[:, :, ~ring] != 0).any()
+    # the pixel masks keep the erased fraction: 16 full cells of 64
+    x = torch.randn(2, 3, 128, 128)
+    masks = model.eval().masks(x)
+    assert (masks.mean(dim=(1, 2, 3)) == 0.25).all()
+    assert not masks[:, :, :16].any() and not masks[:, :, :, -16:].any()
+
+
+def test_border_cells_clamp_k_and_refuse_grids_without_candidates() -> None:
+    model = Instructor(instructor_encoder(), latent_dim=4, ratio=0.25, border_cells=1)
+    # 4x4 cells (64 px crops): 4 candidates; k = 4 is clamped to 3 (one stays visible)
+    hard = model.hard_mask(torch.randn(3, 1, 4, 4))
+    assert (hard.sum(dim=(1, 2, 3)) == 3).all() and not hard[:, :, border_cell_grid(4, 4)].any()
+    assert ((model.soft_mask(torch.randn(3, 1, 4, 4)) > 0.5).sum(dim=(1, 2, 3)) == 3).all()
+    with pytest.raises(ConfigError, match=r"mask_policy\.border_cells=1: .* 3x3 .* 1 candidate"):
+        model.hard_mask(torch.zeros(1, 1, 3, 3))
+    wide = Instructor(instructor_encoder(), latent_dim=4, border_cells=2)
+    with pytest.raises(ConfigError, match=r"mask_policy\.border_cells=2"):
+        wide.soft_mask(torch.zeros(1, 1, 4, 8))
+    assert wide.hard_mask(torch.randn(1, 1, 6, 6)).sum() == 3  # 2x2 candidates: k 9 -> 3
+
+
 def test_instructor_needs_two_cells(instructor: Instructor) -> None:
     with pytest.raises(ValueError, match="1 cell"):
         instructor.hard_mask(torch.zeros(1, 1, 1, 1))
@@ -283,6 +325,8 @@ def test_instructor_needs_two_cells(instructor: Instructor) -> None:
         ({"ratio": 1.0}, r"mask_policy\.ratio=1\.0"),
         ({"ratio": 0}, r"mask_policy\.ratio=0"),
         ({"latent_dim": 0}, r"mask_policy\.latent_dim=0"),
+        ({"border_cells": -1}, r"mask_policy\.border_cells=-1"),
+        ({"border_cells": 1.5}, r"mask_policy\.border_cells=1\.5"),
     ],
 )
 def test_instructor_bad_options(kwargs: dict, match: str) -> None:

@@ -163,9 +163,12 @@ def test_the_game_sends_its_grids_to_tensorboard_and_no_prediction_panel(tmp_pat
     (events,) = (out / "tensorboard").rglob("events.out.tfevents.*")
     tags = EventAccumulator(str(events.parent), size_guidance={"images": 0}).Reload().Tags()
     assert "game/grid" in tags["images"] and "val/predictions" not in tags["images"]
+    assert "val/instructor_cells" in tags["images"]  # where the instructor erases
     assert "train/inpainter_loss" in tags["scalars"]
+    assert "val/border_ratio" in tags["scalars"]
     pngs = [p.name for p in (out / "images").glob("*.png")]
-    assert pngs and all(name.startswith("game_step") for name in pngs)
+    assert pngs and all(name.startswith(("game_step", "instructor_cells_epoch"))
+                        for name in pngs)
 
 
 # ------------------------------------------------------------------------- unit level

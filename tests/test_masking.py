@@ -16,6 +16,8 @@ from sssi.masking import (
     MaskPolicy,
     RandomBlocks,
     RandomPatches,
+    border_cell_grid,
+    cell_border_stats,
     count_holes,
     mask_stats,
 )
@@ -244,6 +246,62 @@ def test_stats_of_policies() -> None:
     assert mask_stats(CenterHole(0.25)(images(2)))["coverage"].item() == 0.25
 
 
+def test_border_cell_grid() -> None:
+    assert border_cell_grid(4, 5).int().tolist() == [
+        [1, 1, 1, 1, 1], [1, 0, 0, 0, 1], [1, 0, 0, 0, 1], [1, 1, 1, 1, 1]]
+    assert border_cell_grid(6, 6, 2)[2:4, 2:4].logical_not().all()
+    assert border_cell_grid(6, 6, 2).sum() == 32
+    assert not border_cell_grid(3, 3, 0).any()
+    assert border_cell_grid(2, 7).all()
+
+
+def test_border_stats_on_hand_made_masks() -> None:
+    """The edge shortcut shows as a large ratio, the inside as a small one, 1 = none."""
+    edge = torch.zeros(4, 1, 8, 8)
+    edge[:, :, 0, :] = 1.0  # the top row: 8 of the 28 ring cells, no inner cell
+    stats = cell_border_stats(edge)
+    assert set(stats) == {"border_freq", "inner_freq", "border_ratio"}
+    assert all(v.ndim == 0 and v.dtype == torch.float32 for v in stats.values())
+    assert stats["border_freq"].item() == pytest.approx(8 / 28)
+    assert stats["inner_freq"].item() == 0.0
+    assert stats["border_ratio"].item() > 1e4 and math.isfinite(stats["border_ratio"].item())
+    inner = torch.zeros(4, 1, 8, 8)
+    inner[:, :, 3:5, 3:5] = 1.0
+    assert cell_border_stats(inner)["border_ratio"].item() < 1e-4
+    mixed = torch.zeros(2, 1, 8, 8)
+    mixed[0, :, 0, :2] = 1.0  # 2 ring cells
+    mixed[1, :, 4, 4] = 1.0  # 1 inner cell
+    stats = cell_border_stats(mixed)
+    assert stats["border_freq"].item() == pytest.approx(1 / 28)
+    assert stats["inner_freq"].item() == pytest.approx(0.5 / 36)
+    assert stats["border_ratio"].item() == pytest.approx(36 / 14, rel=1e-4)
+    # a frequency grid (h, w) gives the same numbers as the masks it averages
+    frequency = mixed.mean(dim=(0, 1))
+    assert all(torch.allclose(cell_border_stats(frequency)[k], v) for k, v in stats.items())
+    # pixel masks with the cell size: pooled to cells first
+    pixels = mixed.repeat_interleave(16, dim=2).repeat_interleave(16, dim=3)
+    assert torch.allclose(cell_border_stats(pixels, cell_size=16)["border_ratio"],
+                          stats["border_ratio"])
+
+
+def test_border_stats_degenerate_grids_stay_finite() -> None:
+    empty = cell_border_stats(torch.zeros(2, 1, 8, 8))  # no hole at all
+    assert empty["border_ratio"].item() == 1.0 and empty["inner_freq"].item() == 0.0
+    thin = torch.zeros(2, 1, 2, 6)
+    thin[:, :, 0, 0] = 1.0  # every cell is a ring cell: no contrast to measure
+    stats = cell_border_stats(thin)
+    assert stats["border_ratio"].item() == 1.0
+    assert stats["inner_freq"].item() == stats["border_freq"].item() == pytest.approx(1 / 12)
+
+
+def test_border_stats_of_uniform_random_cells_is_one() -> None:
+    masks = RandomPatches(0.25, 16)(images(512, 128, 128), generator=gen(0))
+    stats = cell_border_stats(masks, cell_size=16)
+    assert stats["border_freq"].item() == pytest.approx(0.25, abs=0.01)
+    assert stats["inner_freq"].item() == pytest.approx(0.25, abs=0.01)
+    assert stats["border_ratio"].item() == pytest.approx(1.0, abs=0.05)
+
+
 # --- validation and configs --------------------------------------------------------------------
 
 
@@ -301,4 +359,5 @@ def test_instructor_config() -> None:
     instructor = make(encoder=build_backbone("resnet18", stem_pool=False))
     assert isinstance(instructor, Instructor)
     assert instructor.ratio == 0.25 and instructor.latent_dim == 100
+    assert instructor.border_cells == 0  # off by default: the paper's policy
     assert instructor.cell_size == 16

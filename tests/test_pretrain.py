@@ -9,14 +9,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 
+from sssi.callbacks import RAMP, heat_map
+from sssi.errors import ConfigError
+from sssi.masking import border_cell_grid
 from sssi.tasks.pretrain import (
     INPAINTER,
     INSTRUCTOR,
     PHASES,
     WARMUP,
+    PositionBaseline,
     Schedule,
     TrainingDivergedError,
 )
@@ -63,6 +71,85 @@ def test_paper_schedule_phases_and_rounds():
         INPAINTER, INPAINTER, INSTRUCTOR, INPAINTER, INPAINTER, INSTRUCTOR]
 
 
+# ------------------------------------------------------------------ the edge shortcut
+
+
+def _task(*overrides: str):
+    return instantiate(compose_train(["+experiment=demo_pretrain", *overrides]).task)
+
+
+def test_position_baseline_moving_average_and_state():
+    baseline = PositionBaseline(momentum=0.5)
+    assert baseline.mean.shape == (0, 0)  # sized by the first use
+    assert torch.equal(baseline.value((2, 3), torch.device("cpu")), torch.zeros(2, 3))
+    baseline.update(torch.tensor([[2.0, 0, 0], [0, 0, 3]]), torch.tensor([[2.0, 0, 0],
+                                                                         [0, 0, 1]]))
+    # a first observation is taken as is, never-erased positions stay unseen (0)
+    assert baseline.value((2, 3), torch.device("cpu")).tolist() == [[1, 0, 0], [0, 0, 3]]
+    baseline.update(torch.tensor([[4.0, 0, 0], [0, 5, 0]]), torch.tensor([[1.0, 0, 0],
+                                                                         [0, 1, 0]]))
+    assert baseline.mean.tolist() == [[2.5, 0, 0], [0, 5, 3]]  # 0.5 * 1 + 0.5 * 4 at (0, 0)
+    assert baseline.seen.tolist() == [[True, False, False], [False, True, True]]
+    fresh = PositionBaseline(momentum=0.5)  # lazily sized from the checkpoint
+    fresh.load_state_dict(baseline.state_dict())
+    assert torch.equal(fresh.mean, baseline.mean) and torch.equal(fresh.seen, baseline.seen)
+    with pytest.raises(ConfigError, match=r"instructor_reward=relative: .* from 2x3 to 4x4"):
+        baseline.update(torch.zeros(4, 4), torch.ones(4, 4))
+    for momentum in (1.0, -0.1, "0.9"):
+        with pytest.raises(ConfigError, match=r"task\.reward_baseline_momentum="):
+            PositionBaseline(momentum)
+
+
+def test_relative_reward_ignores_what_a_position_always_costs():
+    """The edge is always harder to restore (error 1 vs 0.5 inside): the raw reward pulls
+    the instructor to the edge, the relative one is 0 for errors equal to their position's
+    baseline and pushes the soft mask off the edge towards a cell harder than usual."""
+    task = _task("task.instructor_reward=relative")
+    assert task.reward_baseline is not None and "reward_baseline.mean" in task.state_dict()
+    ring = border_cell_grid(4, 4)
+    per_position = torch.where(ring, 1.0, 0.5)
+    task.reward_baseline.update(3 * per_position, torch.full((4, 4), 3.0))
+    cell_err = per_position.expand(2, 1, 4, 4).clone()
+    soft = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    reward, hole_error = task.relative_reward(soft, cell_err)
+    assert abs(reward.item()) < 1e-6 and hole_error.item() > 0.5
+    reward.backward()
+    assert soft.grad.abs().max() < 1e-6  # no position is preferred for its own sake
+    cell_err[:, :, 1, 2] = 0.9  # content: an inner cell harder than inner cells usually are
+    soft = torch.full((2, 1, 4, 4), 0.5, requires_grad=True)
+    task.relative_reward(soft, cell_err)[0].backward()
+    assert (soft.grad[:, :, ring] < 0).all() and (soft.grad[:, :, 1, 2] > 0).all()
+    raw_soft = torch.full((2, 1, 4, 4), 0.5, requires_grad=True)
+    ((raw_soft * cell_err).sum() / raw_soft.sum()).backward()  # the paper's reward
+    assert (raw_soft.grad[:, :, ring] > raw_soft.grad[:, :, 1, 2, None]).all()
+
+
+def test_reward_option_defaults_and_errors():
+    raw = _task()
+    assert raw.hparams.instructor_reward == "raw" and raw.reward_baseline is None
+    assert not any("reward_baseline" in k for k in raw.state_dict())  # old checkpoints load
+    assert raw.instructor.border_cells == 0
+    blocks = instantiate(compose_train(["+experiment=demo_inpaint_blocks",
+                                        "task.instructor_reward=relative"]).task)
+    assert blocks.instructor is None and blocks.reward_baseline is None  # nothing to reward
+    with pytest.raises((ConfigError, InstantiationException),
+                       match=r"task\.instructor_reward='bogus'"):
+        _task("task.instructor_reward=bogus")
+
+
+def test_heat_map_colours():
+    uniform = heat_map(np.full((2, 3), 0.25), cell_px=4)
+    assert uniform.shape == (8, 12, 3) and uniform.dtype == np.uint8
+    assert (uniform == RAMP[2]).all()  # the average frequency is the middle of the ramp
+    edge = np.full((4, 4), 0.5)
+    edge[1:3, 1:3] = 0.0
+    picture = heat_map(edge, cell_px=2)  # mean 0.375: vmax 0.75
+    assert (picture[2:6, 2:6] == RAMP[0]).all()
+    two_thirds = [np.interp(2 / 3, np.linspace(0, 1, 5), RAMP[:, c]).round() for c in range(3)]
+    assert (picture[:2, :2] == two_thirds).all()  # 0.5 of 0.75, between ramp colours
+    assert (heat_map(np.array([[0.0, 1.0]]), cell_px=1)[0, 1] == RAMP[-1]).all()
+
+
 # ------------------------------------------------------------------------ the game works
 
 
@@ -90,17 +177,34 @@ def test_instructor_finds_regions_harder_than_random_masks(tmp_path, data_dir):
 
 @pytest.mark.slow
 def test_resume_mid_phase_gives_the_same_weights(tmp_path, data_dir):
-    """4 epochs straight == 2 epochs, stop inside the instructor phase, resume, 2 more."""
+    """4 epochs straight == 2 epochs, stop inside the instructor phase, resume, 2 more.
+
+    With the edge shortcut removed both ways (no edge cell erased, the relative reward),
+    so that the reward baseline's resume is checked too; each validation writes the
+    instructor's cell frequencies as a picture.
+    """
     game = ["task.schedule.warmup_epochs=1", "task.schedule.instructor_epochs=2",
             "task.schedule.inpainter_epochs=1", "task.inpainter_scheduler.milestones=[1,3]",
-            "task.image_every_n_steps=0", "trainer.num_sanity_val_steps=0"]
+            "task.image_every_n_steps=0", "trainer.num_sanity_val_steps=0",
+            "task.instructor_reward=relative", "mask_policy.border_cells=1"]
     straight = compose_cfg([*SMALL, *game, "trainer.max_epochs=4"], tmp_path / "a", data_dir)
-    run(straight)
+    metrics = run(straight)
+    # 64 px crops: 4x4 cells, the 12 edge cells never erased, k = 4 clamped to 3 of 4
+    for key in ("mask/border_freq", "val/border_freq", "val/border_ratio"):
+        assert metrics[key] < 1e-3, key
+    assert metrics["val/inner_freq"] == pytest.approx(0.75)
+    for epoch in range(4):
+        picture = cv2.imread(str(tmp_path / "a" / "images" /
+                                 f"instructor_cells_epoch{epoch:03d}.png"))
+        assert picture.shape == (4 * 32, 4 * 32, 3)
+        assert (picture[:32] == RAMP[0][::-1]).all()  # edge cells: never erased (BGR)
     first = compose_cfg([*SMALL, *game, "trainer.max_epochs=2"], tmp_path / "b", data_dir)
     run(first)
     ckpt = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["game"]["phase"] == INSTRUCTOR and ckpt["game"]["epoch"] == 1
     assert len(ckpt["optimizer_states"]) == 2 and len(ckpt["lr_schedulers"]) == 1
+    seen = ckpt["state_dict"]["reward_baseline.seen"]
+    assert seen.shape == (4, 4) and seen[1:3, 1:3].all() and not seen[0].any()
     resumed = compose_cfg([*SMALL, *game, "trainer.max_epochs=4",
                            f"ckpt_path={tmp_path / 'b' / 'checkpoints' / 'last.ckpt'}"],
                           tmp_path / "c", data_dir)

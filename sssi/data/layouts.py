@@ -120,7 +120,8 @@ class Layout:
         return None
 
     def tiles(self, split: str | Sequence[str] = "all", labels: bool = False) -> list[Tile]:
-        """Tiles of ``split`` ('train', 'val', 'test', 'all' or a list of ids), sorted by id.
+        """Tiles of ``split`` ('train', 'val', 'test', 'all' or a list of ids and of those
+        names), sorted by id.
 
         The standard split lists name all tiles of the full dataset; a copy that holds
         only some of them (a subset, or the synthetic stand-in) uses those it has, and
@@ -130,6 +131,14 @@ class Layout:
         tiles, so model selection never sees a test tile.
         """
         found = self.find_tiles()
+        if not isinstance(split, str) and any(str(k) in _SPLIT_NAMES for k in split):
+            # a list may join named splits (the pretext pool: [train, val]) and ids
+            ids = []
+            for key in split:
+                part = [key] if str(key) not in _SPLIT_NAMES else \
+                    [t.id for t in self.tiles(str(key))]
+                ids += [t for t in part if t not in ids]
+            return self.tiles(ids, labels=labels)
         if isinstance(split, str):
             if split == "all":
                 ids = sorted(found)
@@ -252,4 +261,5 @@ class FolderLayout(Layout):
         return tiles
 
 
+_SPLIT_NAMES = ("train", "val", "test", "all")
 _RASTER_SUFFIXES = {".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2"}

@@ -4,6 +4,9 @@ It scores every cell of its encoder's deepest feature map (16x16 pixels for a Re
 without the stem max-pool) through a per-location VAE latent, and erases the top-k
 cells, k = ``ratio`` of them. While it trains, a soft mask ``sigmoid(alpha * (score -
 t))`` lets the inpainter's error reach the scores; when it instructs, the mask is hard.
+With ``border_cells > 0`` the cells near the crop's edge are never chosen, so every
+hole has context around it and the instructor cannot win by erasing the edge, where any
+inpainter has the least context (a shortcut it learns otherwise).
 
 Unlike the authors' code, the hard mask erases exactly k cells even when scores tie,
 the instructor never reseeds a global RNG (randomness comes from an optional
@@ -18,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from sssi.errors import ConfigError
-from sssi.masking import check_ratio, count_holes, sample_normal
+from sssi.masking import border_cell_grid, check_ratio, count_holes, sample_normal
 from sssi.models.registry import Encoder
 
 __all__ = ["Instructor", "InstructorOutput"]
@@ -46,17 +49,29 @@ class Instructor(nn.Module):
             paper: ``build_backbone("resnet18", stem_pool=False)``, reduction 16).
         latent_dim: channels of the latent ``z`` at each cell (the paper: 100).
         ratio: fraction of cells erased, ``k = count_holes(ratio, h * w)`` per image.
+        border_cells: cells within this many cells of the grid's edge are never erased
+            (0: any cell may be). k is still counted over all ``h * w`` cells, so the
+            erased pixel fraction is unchanged, but it is clamped to the number of
+            candidate cells minus one (one candidate stays visible, as
+            :func:`~sssi.masking.count_holes` keeps one cell visible, and the soft
+            mask's threshold needs the (k+1)-th candidate); a grid with fewer than two
+            candidates raises :class:`ConfigError`.
 
     In training mode ``z = mu + eps * exp(logvar / 2)`` with ``eps`` from the optional
     generator (else the global RNG); in eval mode ``z = mu``, so the masks are a
     deterministic function of the images.
     """
 
-    def __init__(self, encoder: Encoder, latent_dim: int = 100, ratio: float = 0.25) -> None:
+    def __init__(self, encoder: Encoder, latent_dim: int = 100, ratio: float = 0.25,
+                 border_cells: int = 0) -> None:
         super().__init__()
         if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
             raise ConfigError(f"mask_policy.latent_dim={latent_dim!r}: expected a positive integer")
+        if isinstance(border_cells, bool) or not isinstance(border_cells, int) or border_cells < 0:
+            raise ConfigError(f"mask_policy.border_cells={border_cells!r}: expected an integer "
+                              ">= 0 (cells next to the crop's edge that are never erased)")
         self.ratio = check_ratio(ratio)
+        self.border_cells = border_cells
         self.latent_dim = latent_dim
         self.encoder = encoder
         self.cell_size = int(encoder.reductions[-1])
@@ -66,7 +81,8 @@ class Instructor(nn.Module):
         self.to_score = nn.Conv2d(latent_dim, 1, 1)
 
     def extra_repr(self) -> str:
-        return f"latent_dim={self.latent_dim}, ratio={self.ratio}, cell_size={self.cell_size}"
+        return (f"latent_dim={self.latent_dim}, ratio={self.ratio}, cell_size={self.cell_size}, "
+                f"border_cells={self.border_cells}")
 
     # ------------------------------------------------------------------------ network
 
@@ -98,30 +114,54 @@ class Instructor(nn.Module):
             )
         return count_holes(self.ratio, n_cells)
 
+    def _candidates(self, scores: Tensor) -> tuple[int, Tensor | None]:
+        """k for ``scores``' grid and the bool ``(h, w)`` grid of cells that may be erased
+        (None: all may). Shapes only, no host sync."""
+        h, w = scores.shape[-2:]
+        k = self.holes_per_image(h * w)
+        b = self.border_cells
+        if b == 0:
+            return k, None
+        n = max(h - 2 * b, 0) * max(w - 2 * b, 0)
+        if n < 2:
+            raise ConfigError(
+                f"mask_policy.border_cells={b}: the instructor's {h}x{w} cell grid "
+                f"({self.cell_size} px cells) keeps {n} candidate cell(s) once {b} ring(s) "
+                "of edge cells are excluded; at least 2 are needed: lower "
+                "mask_policy.border_cells or use larger crops")
+        return min(k, n - 1), ~border_cell_grid(h, w, b, device=scores.device)
+
     def soft_mask(self, scores: Tensor, alpha: float = 1.0) -> Tensor:
         """``sigmoid(alpha * (scores - t))`` per cell, ``(B, 1, h, w)``, differentiable.
 
         ``t`` is each image's midpoint between its k-th and (k+1)-th largest score, so
         (without ties) exactly k cells lie above 0.5. ``t`` is detached: the gradient
-        reaches the scores only through their distance to the threshold.
+        reaches the scores only through their distance to the threshold. With
+        ``border_cells`` the excluded cells neither set ``t`` nor get any mask (0, no
+        gradient).
         """
         batch = scores.shape[0]
-        flat = scores.reshape(batch, -1)
-        k = self.holes_per_image(flat.shape[1])
-        top = flat.detach().topk(k + 1, dim=1).values
+        k, candidates = self._candidates(scores)
+        flat = scores.detach()
+        if candidates is not None:
+            flat = flat.masked_fill(~candidates, float("-inf"))
+        top = flat.reshape(batch, -1).topk(k + 1, dim=1).values
         threshold = 0.5 * (top[:, k - 1] + top[:, k])
-        return torch.sigmoid(alpha * (scores - threshold.view(batch, 1, 1, 1)))
+        soft = torch.sigmoid(alpha * (scores - threshold.view(batch, 1, 1, 1)))
+        return soft if candidates is None else soft * candidates
 
     @torch.no_grad()
     def hard_mask(self, scores: Tensor) -> Tensor:
         """Exactly k cells per image set to 1 (the top-k scores), float ``(B, 1, h, w)``.
 
         topk indices + scatter rather than ``scores >= kth``: ties can then never erase
-        an extra cell.
+        an extra cell. With ``border_cells`` only candidate cells are ranked.
         """
         batch = scores.shape[0]
+        k, candidates = self._candidates(scores)
+        if candidates is not None:
+            scores = scores.masked_fill(~candidates, float("-inf"))
         flat = scores.reshape(batch, -1)
-        k = self.holes_per_image(flat.shape[1])
         cells = torch.zeros(flat.shape, dtype=torch.float32, device=scores.device)
         cells.scatter_(1, flat.topk(k, dim=1).indices, 1.0)
         return cells.view(scores.shape)

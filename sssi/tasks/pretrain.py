@@ -23,6 +23,14 @@ micro-batch of every k (and on the last batch of an epoch), so ``global_step`` c
 optimizer steps and the phase, which depends on the epoch or ``global_step``, changes
 only between steps. Micro-batch ``i`` of a step draws from a generator seeded by
 ``(seed, global_step, i)``.
+
+Positional shortcut: the crop's edge, where the inpainter has the least context, is
+always hard to restore, so an instructor rewarded with the raw error learns to erase
+edge cells. ``mask/border_ratio`` and ``val/border_ratio`` (edge vs inner erase
+frequency, 1 = unbiased) and ``images/instructor_cells_epochNNN.png`` (the mean
+instructor mask per cell) show it; ``mask_policy.border_cells`` and
+``task.instructor_reward=relative`` (reward = error minus a per-position baseline,
+:class:`PositionBaseline`) remove it.
 """
 
 from __future__ import annotations
@@ -39,11 +47,12 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.strategies import ParallelStrategy
 from lightning.pytorch.trainer.states import TrainerFn
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn import functional as F
 
 from sssi.config import to_plain
 from sssi.errors import ConfigError, SssiError
-from sssi.masking import mask_stats
+from sssi.masking import cell_border_stats, mask_stats
 from sssi.models.inpainter import Inpainter
 from sssi.scaling import compile_in_place, compile_options, scale_learning_rates, scale_lr_options
 
@@ -51,6 +60,7 @@ log = logging.getLogger(__name__)
 
 WARMUP, INSTRUCTOR, INPAINTER = "warmup", "instructor", "inpainter"
 PHASES = (WARMUP, INSTRUCTOR, INPAINTER)
+REWARDS = ("raw", "relative")
 
 
 class TrainingDivergedError(SssiError):
@@ -112,6 +122,80 @@ class Schedule:
         return self.warmup_epochs + self.rounds * (self.instructor_epochs + self.inpainter_epochs)
 
 
+class PositionBaseline(nn.Module):
+    """Exponential moving average of the inpainter's hole error per cell position.
+
+    The relative instructor reward subtracts it, so that a cell pays only for being
+    harder than what the inpainter usually gets wrong *at that position* (the crop's
+    edge is always hard: a positional, not a content, signal). Buffers, so that
+    checkpoints resume exactly: ``mean`` ``(h, w)`` float32 and ``seen`` ``(h, w)``
+    bool. The grid is sized on the first update (or by the checkpoint loaded): it is
+    the instructor's cell grid, fixed for a run (zoomed crops are resized back to the
+    crop size); a different grid later raises :class:`ConfigError`. A position takes
+    its first observation as is, later ones with ``momentum``; unseen positions have
+    baseline 0 (the raw reward), which also draws the instructor to explore them.
+    """
+
+    def __init__(self, momentum: float = 0.9) -> None:
+        super().__init__()
+        if isinstance(momentum, bool) or not isinstance(momentum, int | float) or \
+                not 0.0 <= float(momentum) < 1.0:
+            raise ConfigError(f"task.reward_baseline_momentum={momentum!r}: expected a number "
+                              "in [0, 1) (the weight of the old baseline in the moving average)")
+        self.momentum = float(momentum)
+        self.register_buffer("mean", torch.zeros(0, 0))
+        self.register_buffer("seen", torch.zeros(0, 0, dtype=torch.bool))
+        self.register_load_state_dict_pre_hook(self._resize_to_checkpoint)
+
+    def extra_repr(self) -> str:
+        return f"momentum={self.momentum}, grid={tuple(self.mean.shape)}"
+
+    @staticmethod
+    def _resize_to_checkpoint(module: PositionBaseline, state_dict: Mapping, prefix: str,
+                              *args: Any) -> None:
+        # lazily sized: take the checkpoint's grid before load_state_dict copies into it
+        for name in ("mean", "seen"):
+            value = state_dict.get(prefix + name)
+            current = getattr(module, name)
+            if value is not None and value.shape != current.shape:
+                setattr(module, name, torch.zeros(value.shape, dtype=current.dtype,
+                                                  device=current.device))
+
+    def _check_grid(self, grid: tuple[int, int], device: torch.device) -> None:
+        if self.mean.numel() == 0:
+            self.mean = torch.zeros(grid, device=device)
+            self.seen = torch.zeros(grid, dtype=torch.bool, device=device)
+        elif tuple(self.mean.shape) != tuple(grid):
+            h, w = self.mean.shape
+            raise ConfigError(
+                f"task.instructor_reward=relative: the instructor's cell grid changed from "
+                f"{h}x{w} to {grid[0]}x{grid[1]} during the run; the per-position reward "
+                "baseline needs one crop size (data.crop_size) for the whole run")
+
+    def value(self, grid: tuple[int, int], device: torch.device) -> Tensor:
+        """The baseline ``(h, w)``: the moving average where seen, else 0."""
+        self._check_grid(grid, device)
+        return torch.where(self.seen, self.mean, torch.zeros_like(self.mean))
+
+    @torch.no_grad()
+    def update(self, sums: Tensor, counts: Tensor) -> None:
+        """Fold in one batch: ``sums`` ``(h, w)`` of per-cell mean hole errors over the
+        images that erased that cell, ``counts`` ``(h, w)`` how many did. Positions not
+        erased (count 0) keep their value."""
+        self._check_grid(tuple(sums.shape), sums.device)
+        erased = counts > 0
+        batch_mean = sums / counts.clamp_min(1)
+        ema = self.momentum * self.mean + (1.0 - self.momentum) * batch_mean
+        new = torch.where(self.seen, ema, batch_mean)
+        self.mean = torch.where(erased, new, self.mean)
+        self.seen = self.seen | erased
+
+
+def cell_errors(err: Tensor, grid: tuple[int, int] | torch.Size) -> Tensor:
+    """Per-pixel error ``(B, 1, H, W)`` -> mean error of each cell ``(B, 1, h, w)``."""
+    return F.adaptive_avg_pool2d(err.float(), tuple(grid))
+
+
 def step_seed(seed: int, step: int, micro: int = 0) -> int:
     """Seed of the random draws of micro-batch ``micro`` of optimizer step ``step``.
 
@@ -134,9 +218,19 @@ class PretrainTask(L.LightningModule):
     Logs per step: ``train/inpainter_loss`` (and its ``hole``/``context``/``ssim``
     parts), ``train/instructor_loss``, ``train/instructor_kl``, ``train/hole_error``,
     mask statistics (``mask/ratio``, ``mask/entropy``, ``mask/coverage``) and the phase
-    index. Validation reports the hole error on random masks and, when there is an
-    instructor, on instructor masks (``val/hole_error_random``,
-    ``val/hole_error_instructor``): the game works when the latter is higher.
+    index; with an instructor's masks also ``mask/border_freq``, ``mask/inner_freq``
+    and ``mask/border_ratio`` (edge vs inner erase frequency of its cells, 1 = no
+    positional bias). Validation reports the hole error on random masks and, when there
+    is an instructor, on instructor masks (``val/hole_error_random``,
+    ``val/hole_error_instructor``): the game works when the latter is higher; and
+    ``val/border_ratio`` (with ``val/border_freq``, ``val/inner_freq``) of the mean
+    instructor mask per cell over the whole validation set, which
+    :meth:`pop_cell_frequency` hands to the image callback.
+
+    ``instructor_reward``: ``raw`` (the paper) weights the soft mask with the
+    inpainter's error; ``relative`` with the error minus :class:`PositionBaseline`
+    (``reward_baseline_momentum``), updated from every instructor mask the inpainter
+    fills after the warm-up. Ignored without an instructor.
     """
 
     def __init__(
@@ -163,11 +257,17 @@ class PretrainTask(L.LightningModule):
         accumulate_grad_batches: int = 1,
         compile: bool | Mapping = False,
         scale_lr: Mapping | None = None,
+        instructor_reward: str = "raw",
+        reward_baseline_momentum: float = 0.9,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
         self.save_hyperparameters({k: to_plain(v) for k, v in locals().items()
                                    if k not in ("self", "__class__")})
+        if instructor_reward not in REWARDS:
+            raise ConfigError(f"task.instructor_reward={instructor_reward!r}: expected raw "
+                              "(the inpainter's error) or relative (minus its per-position "
+                              "moving average)")
         hp = self.hparams
         self.inpainter = Inpainter(instantiate(hp.backbone), in_channels,
                                    tuple(decoder_channels), output=output)
@@ -197,6 +297,11 @@ class PretrainTask(L.LightningModule):
         self.register_buffer("_first_bad", torch.full((2,), -1, dtype=torch.long),
                              persistent=False)
         self._visuals: dict[str, Tensor] | None = None
+        # only then in the state dict, so checkpoints of raw runs keep their keys
+        self.reward_baseline = PositionBaseline(reward_baseline_momentum) \
+            if instructor_reward == "relative" and self.instructor is not None else None
+        self._val_cells: list[Tensor] | None = None  # [sum of hard cells (h, w), count]
+        self._cell_frequency: Tensor | None = None
 
     # ------------------------------------------------------------------------ schedule
     @property
@@ -274,10 +379,17 @@ class PretrainTask(L.LightningModule):
                          ) -> Tensor:
         """Binary holes the instructor would make now (it is put in eval mode)."""
         assert self.instructor is not None
+        cells = self.instructor_cells(images, generator)
+        return self.instructor.upsample(cells, images.shape[-2:])
+
+    def instructor_cells(self, images: Tensor, generator: torch.Generator | None = None
+                         ) -> Tensor:
+        """The instructor's hard cell mask ``(B, 1, h, w)`` now (it is put in eval mode)."""
+        assert self.instructor is not None
         self.instructor.eval()
         with torch.no_grad():
             # hard top-k cells: the paper's alpha = 100 sigmoid, binarised, is the same
-            return self.instructor.masks(images, hard=True, generator=generator)
+            return self.instructor.hard_mask(self.instructor(images, generator=generator).scores)
 
     def _optimizers(self) -> list:
         opts = self.optimizers()
@@ -292,11 +404,13 @@ class PretrainTask(L.LightningModule):
         if phase == INSTRUCTOR:
             self._instructor_step(images, g, window)
         else:
+            cells = None
             if phase == WARMUP:
                 mask = self.random_policy(images, generator=g)
             else:
-                mask = self.instructor_masks(images, generator=g)
-            self._inpainter_step(images, mask, window)
+                cells = self.instructor_cells(images, generator=g)
+                mask = self.instructor.upsample(cells, images.shape[-2:])
+            self._inpainter_step(images, mask, window, cells)
         self.log("train/phase", float(PHASES.index(phase)), on_step=True, on_epoch=False)
         every = int(self.hparams.finite_check_every_n_steps or 0)
         stepped = window[0] == window[1] - 1
@@ -304,7 +418,8 @@ class PretrainTask(L.LightningModule):
             self._raise_if_diverged()
 
     def _inpainter_step(self, images: Tensor, mask: Tensor,
-                        window: tuple[int, int] = (0, 1)) -> None:
+                        window: tuple[int, int] = (0, 1), cells: Tensor | None = None) -> None:
+        """``cells``: the instructor's cell mask behind ``mask`` (None for random masks)."""
         opt = self._optimizers()[0]
         self.inpainter.train()
         restored = self.inpainter(images * (1.0 - mask))
@@ -314,7 +429,11 @@ class PretrainTask(L.LightningModule):
         self.log("train/inpainter_loss", loss, batch_size=bs)
         for k, v in parts.items():
             self.log(f"train/inpainter_{k}", v, batch_size=bs)
-        self._log_mask(mask, bs)
+        self._log_mask(mask, bs, cells)
+        if cells is not None and self.reward_baseline is not None:
+            with torch.no_grad():
+                err = self.criterion.error_map(restored.detach(), images)
+            self._update_baseline(cell_errors(err, cells.shape[-2:]), cells)
         self._keep_visuals(images, mask, restored)
 
     def _instructor_step(self, images: Tensor, g: torch.Generator,
@@ -325,20 +444,30 @@ class PretrainTask(L.LightningModule):
         self.inpainter.eval()
         out = self.instructor(images, generator=g)
         size = images.shape[-2:]
-        soft = self.instructor.upsample(
-            self.instructor.soft_mask(out.scores, alpha=self.hparams.instructor_alpha_train), size)
-        hard = self.instructor.upsample(self.instructor.hard_mask(out.scores.detach()), size)
+        soft_cells = self.instructor.soft_mask(out.scores,
+                                               alpha=self.hparams.instructor_alpha_train)
+        soft = self.instructor.upsample(soft_cells, size)
+        hard_cells = self.instructor.hard_mask(out.scores.detach())
+        hard = self.instructor.upsample(hard_cells, size)
         with torch.no_grad():  # the frozen inpainter needs no autograd graph
             restored = self.inpainter(images * (1.0 - hard))
             err = self.criterion.error_map(restored, images)
-        hole_error = (soft * err).sum() / soft.sum().clamp_min(1e-6)
-        loss = 1.0 - hole_error + self.hparams.kl_weight * out.kl
+        if self.reward_baseline is None:  # the paper: the raw error in the soft holes
+            hole_error = (soft * err).sum() / soft.sum().clamp_min(1e-6)
+            reward = hole_error
+        else:  # per cell: the error minus what the inpainter gets wrong at that position
+            cell_err = cell_errors(err, soft_cells.shape[-2:])
+            reward, hole_error = self.relative_reward(soft_cells.float(), cell_err)
+            self._update_baseline(cell_err, hard_cells)  # after use: no batch sees itself
+        loss = 1.0 - reward + self.hparams.kl_weight * out.kl
         self._update(opt, loss, 1, window)
         bs = images.shape[0]
         self.log("train/instructor_loss", loss, batch_size=bs)
         self.log("train/instructor_kl", out.kl, batch_size=bs)
         self.log("train/hole_error", hole_error, batch_size=bs)
-        self._log_mask(hard, bs)
+        if self.reward_baseline is not None:
+            self.log("train/instructor_reward", reward, batch_size=bs)
+        self._log_mask(hard, bs, hard_cells)
         self.log("mask/soft_entropy", mask_stats(soft.detach())["entropy"], batch_size=bs)
         self._keep_visuals(images, hard, restored)
 
@@ -360,9 +489,37 @@ class PretrainTask(L.LightningModule):
         if last:
             opt.step()
 
-    def _log_mask(self, mask: Tensor, bs: int) -> None:
+    def relative_reward(self, soft_cells: Tensor, cell_err: Tensor) -> tuple[Tensor, Tensor]:
+        """``(reward, hole_error)`` of soft cell masks ``(B, 1, h, w)`` over the per-cell
+        errors ``cell_err``: the soft-mask-weighted mean of ``cell_err - baseline`` (0
+        when every cell's error is its position's baseline) and of ``cell_err`` (the raw
+        reward, for the logs). Does not update the baseline."""
+        assert self.reward_baseline is not None
+        grid = tuple(cell_err.shape[-2:])
+        baseline = self.reward_baseline.value(grid, cell_err.device)
+        total = soft_cells.sum().clamp_min(1e-6)
+        reward = (soft_cells * (cell_err - baseline)).sum() / total
+        hole_error = (soft_cells.detach() * cell_err).sum() / total.detach()
+        return reward, hole_error
+
+    @torch.no_grad()
+    def _update_baseline(self, cell_err: Tensor, hard_cells: Tensor) -> None:
+        """Fold the batch's hole error per cell position into the reward baseline; the
+        sums are added over DDP ranks first so every rank keeps the same baseline."""
+        assert self.reward_baseline is not None
+        holes = hard_cells.float()
+        stacked = torch.stack([(cell_err.float() * holes).sum(dim=(0, 1)),
+                               holes.sum(dim=(0, 1))])
+        if self._trainer is not None and self.trainer.world_size > 1:
+            stacked = self.trainer.strategy.reduce(stacked, reduce_op="sum")
+        self.reward_baseline.update(stacked[0], stacked[1])
+
+    def _log_mask(self, mask: Tensor, bs: int, cells: Tensor | None = None) -> None:
         for k, v in mask_stats(mask.detach()).items():
             self.log(f"mask/{k}", v, batch_size=bs)
+        if cells is not None:  # the instructor's cells: watch for the edge shortcut
+            for k, v in cell_border_stats(cells).items():
+                self.log(f"mask/{k}", v, batch_size=bs)
 
     def _keep_visuals(self, images: Tensor, mask: Tensor, restored: Tensor) -> None:
         every = int(self.hparams.image_every_n_steps or 0)
@@ -414,17 +571,55 @@ class PretrainTask(L.LightningModule):
         log.debug("epoch %d: phase %s", self.current_epoch, self.phase)
 
     # ---------------------------------------------------------------------- validation
+    def on_validation_epoch_start(self) -> None:
+        self._val_cells = None
+        self._cell_frequency = None
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         images = batch["image"]
         g = torch.Generator(device=images.device)
         g.manual_seed(int(self.hparams.seed) + batch_idx)  # same masks every validation
         masks = {"random": self.random_policy(images, generator=g)}
         if self.instructor is not None:
-            masks["instructor"] = self.instructor_masks(images, generator=g)
+            cells = self.instructor_cells(images, generator=g)
+            masks["instructor"] = self.instructor.upsample(cells, images.shape[-2:])
+            self._accumulate_cells(cells)
         for name, mask in masks.items():
             err = self.criterion.error_map(self.inpainter(images * (1.0 - mask)), images)
             self.log(f"val/hole_error_{name}", (err * mask).sum() / mask.sum().clamp_min(1),
                      batch_size=images.shape[0], sync_dist=True)
+
+    def _accumulate_cells(self, cells: Tensor) -> None:
+        """Sum the hard cells per position over the validation set (on the device)."""
+        total = cells.float().sum(dim=(0, 1))
+        if self._val_cells is None:
+            self._val_cells = [total, torch.tensor(float(cells.shape[0]), device=total.device)]
+        elif self._val_cells[0].shape == total.shape:
+            self._val_cells[0] += total
+            self._val_cells[1] += cells.shape[0]
+        else:  # windows of another size: another grid, not comparable position by position
+            log.warning("validation: instructor grid %s differs from %s; batch left out of "
+                        "the cell frequencies", tuple(total.shape),
+                        tuple(self._val_cells[0].shape))
+
+    def on_validation_epoch_end(self) -> None:
+        if self._val_cells is None:
+            return
+        stacked = torch.cat([self._val_cells[0].flatten(), self._val_cells[1].view(1)])
+        if self.trainer.world_size > 1:  # every rank validated its share of the windows
+            stacked = self.trainer.strategy.reduce(stacked, reduce_op="sum")
+        grid = self._val_cells[0].shape
+        frequency = (stacked[:-1] / stacked[-1].clamp_min(1)).view(grid)
+        self._val_cells = None
+        self._cell_frequency = frequency
+        for k, v in cell_border_stats(frequency).items():
+            self.log(f"val/{k}", v, sync_dist=True)  # equal on all ranks already
+
+    def pop_cell_frequency(self) -> Tensor | None:
+        """The mean hard instructor mask per cell ``(h, w)`` of the last validation (the
+        erase frequency of each position), once; None without an instructor."""
+        frequency, self._cell_frequency = self._cell_frequency, None
+        return frequency
 
     # ------------------------------------------------------------------------ optimizers
     def configure_optimizers(self):
