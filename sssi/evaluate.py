@@ -146,7 +146,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         cm = np.zeros((k, k), dtype=np.int64)
         pred_tile = np.zeros((h, w), np.uint8) if cfg.save_predictions else None
         for win, probs in predict_chunks(
-                loaded.model, lambda window, t=t: reader.image(t, window), (h, w), k,
+                loaded.predictor(), lambda window, t=t: reader.image(t, window), (h, w), k,
                 loaded.normalize, chunk=int(cfg.chunk), window=int(cfg.window),
                 stride=int(cfg.stride), batch_size=int(cfg.batch_size), blend=cfg.blend,
                 flip_tta=bool(cfg.flip_tta), device=device):

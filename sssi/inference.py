@@ -70,6 +70,24 @@ class LoadedModel:
     num_classes: int
     palette_name: str | None
     path: Path
+    input_scale: float = 1.0  # the resampling the model was trained with (data.input_scale)
+
+    def predictor(self) -> ModelFn:
+        """The model as the sliding window calls it: windows at the input's resolution in,
+        logits at that resolution out. A model trained on resampled imagery sees each
+        window resampled by ``input_scale`` and its logits resized back (bilinear)."""
+        scale = self.input_scale
+        if scale == 1.0:
+            return self.model
+
+        def run(x: Tensor) -> Tensor:
+            size = x.shape[-2:]
+            small = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
+            mode = "area" if scale < 1 else "bilinear"
+            logits = self.model(F.interpolate(x, size=small, mode=mode))
+            return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+        return run
 
     @property
     def palette(self) -> Palette:
@@ -134,7 +152,8 @@ def load_segmenter(ckpt_path: str | Path, map_location: str | torch.device = "cp
         model=model, mean=[float(m) for m in data["mean"]],
         std=[float(s) for s in data["std"]], band_names=tuple(data["band_names"]),
         class_names=class_names, num_classes=num_classes,
-        palette_name=_palette_name(class_names, data.get("dataset")), path=path)
+        palette_name=_palette_name(class_names, data.get("dataset")), path=path,
+        input_scale=float(data.get("input_scale", 1.0)))
 
 
 def _palette_name(class_names: Sequence[str], dataset: str | None) -> str | None:

@@ -166,7 +166,7 @@ def predict_file(loaded: LoadedModel, input_path: str | Path, output_path: str |
         t0 = time.perf_counter()
         done = 0
         for win, probs in predict_chunks(
-                loaded.model, read, (src.height, src.width), loaded.num_classes,
+                loaded.predictor(), read, (src.height, src.width), loaded.num_classes,
                 loaded.normalize, chunk=chunk, window=window, stride=stride,
                 batch_size=batch_size, blend=blend, flip_tta=flip_tta, device=device):
             pred = probs.argmax(0).numpy().astype(np.uint8)

@@ -149,3 +149,35 @@ def test_datamodule_records_the_realised_pixel_fraction(root, tmp_path):
     assert {t.id[0] for t in dm.val_set.reader.tiles} == {"6"}
     dm.setup("test")
     assert {t.id for t in dm.test_set.reader.tiles} == {"7_001"}
+
+
+def test_input_scale_sees_more_ground_per_window_and_predicts_at_full_resolution(root,
+                                                                                tmp_path):
+    import torch
+
+    from sssi.inference import LoadedModel
+
+    dm = SegmentationDataModule(
+        dataset="dubai", root=str(root), num_classes=5, in_channels=3, crop_size=64,
+        batch_size=2, num_workers=0, samples_per_epoch=4, region_size=256, input_scale=0.5,
+        train_split=[2], val_split=[3], test_split=None, val_window=64, val_max_windows=4,
+        output_dir=str(tmp_path))
+    dm.setup("fit")
+    sample = dm.train_set[0]
+    assert sample["image"].shape == (3, 64, 64)
+    assert sample["window"].tolist()[2:] == [128, 128]  # 128 px of ground at 64 px
+    assert dm.val_set[0]["window"].tolist()[2:] == [128, 128]
+    assert dm.val_set[0]["image"].shape == (3, 64, 64)
+    assert dm.state_dict()["input_scale"] == 0.5
+
+    seen = []
+
+    def model(x):
+        seen.append(tuple(x.shape[-2:]))
+        return x[:, :2]
+
+    loaded = LoadedModel(model=model, mean=[0.0] * 3, std=[1.0] * 3, band_names=("R", "G", "B"),
+                         class_names=("a", "b"), num_classes=2, palette_name=None,
+                         path=tmp_path, input_scale=0.5)
+    out = loaded.predictor()(torch.ones(1, 3, 64, 48))
+    assert seen == [(32, 24)] and out.shape == (1, 2, 64, 48)

@@ -1,7 +1,7 @@
 """The real-data study at toy size: ``run.sh dubai`` on the shared Dubai images with one
 pretext run and two fine-tuning jobs (full fine-tuning and the frozen-encoder probe),
-scored on a test image by full-image evaluation, tabulated; then a label map of an
-ungeoreferenced JPEG from the probe's checkpoint."""
+scored on a test image by full-image evaluation (a window larger than the image), and
+tabulated; then a label map of an ungeoreferenced JPEG from the probe's checkpoint."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def study(tmp_path_factory) -> tuple[Path, Path, subprocess.CompletedProcess]:
             "mask_policy=instructor", "study.method=instructor", "data.label_fraction=0.1",
             "seed=0"]
     env = {**os.environ, "PYTHON": sys.executable, "STUDY_DIR": str(out),
-           "EVAL_ARGS": "window=256 stride=256", "PYTHONUNBUFFERED": "1"}
+           "EVAL_ARGS": "window=576 stride=512", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(["bash", str(REPO / "experiments/label_efficiency/run.sh"), "dubai",
                            *tiny], cwd=out.parent, env=env, capture_output=True, text=True,
                           timeout=900)

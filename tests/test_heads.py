@@ -155,3 +155,58 @@ def test_bad_head_options_are_config_errors():
         build_head("unet", [8, 16], [4, 8], 2, chanels=(8,))
     with pytest.raises(ConfigError, match="rates"):
         build_head("deeplabv3plus", [8, 16], [4, 8], 2, rates=(6, 0))
+
+
+# ------------------------------------------------------------------ the probe protocol
+def _task(**kw):
+    from sssi.tasks.segment import SegmentTask
+
+    return SegmentTask(backbone={"_target_": "sssi.models.build_backbone", "name": "resnet18",
+                                 "in_channels": 3},
+                       loss={"_target_": "sssi.losses.SegmentationLoss"}, num_classes=3,
+                       optimizer={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1},
+                       **kw)
+
+
+def test_linear_probe_head_sees_only_the_deepest_feature():
+    import torch
+
+    head = build_head("linear", [8, 16, 32], [4, 8, 16], 3)
+    feats = [torch.randn(2, 8, 16, 16), torch.randn(2, 16, 8, 8), torch.randn(2, 32, 4, 4)]
+    out = head(feats, (64, 64))
+    assert out.shape == (2, 3, 64, 64)
+    shallow = [torch.randn_like(feats[0]), torch.randn_like(feats[1]), feats[2]]
+    head.eval()
+    assert torch.equal(head(feats, (64, 64)), head(shallow, (64, 64)))
+    assert sum(p.numel() for p in head.parameters()) == 32 * 3 + 3  # a 1x1 conv, nothing else
+
+
+def test_frozen_encoder_keeps_or_updates_its_batchnorm_statistics():
+    import torch
+
+    batch = {"image": torch.randn(2, 3, 64, 64), "label": torch.zeros(2, 64, 64).long()}
+    for stats, changes in (("frozen", False), ("update", True)):
+        task = _task(freeze_encoder=True, head={"name": "linear"}, encoder_bn_stats=stats)
+        task.train()
+        before = task.model.encoder.bn1.running_mean.clone()
+        task.on_train_batch_start(batch, 0)
+        task.model(batch["image"])
+        changed = not torch.equal(before, task.model.encoder.bn1.running_mean)
+        assert changed == changes, stats
+        assert not any(p.requires_grad for p in task.model.encoder.parameters())
+    with pytest.raises(ConfigError, match="encoder_bn_stats"):
+        _task(freeze_encoder=True, encoder_bn_stats="sometimes")
+
+
+def test_encoder_learning_rate_scale_applies_to_the_encoder_only():
+    task = _task(encoder_lr_scale=0.1)
+    from unittest.mock import MagicMock
+
+    task.trainer = MagicMock()  # not consulted without task.scale_lr
+    opt = task.configure_optimizers()
+    head, encoder = opt.param_groups
+    assert head["lr"] == 0.1 and abs(encoder["lr"] - 0.01) < 1e-12
+    ids = {id(p) for p in task.model.encoder.parameters()}
+    assert {id(p) for p in encoder["params"]} == ids
+    with pytest.raises(ConfigError, match="encoder_lr_scale"):
+        _task(encoder_lr_scale=0)

@@ -52,6 +52,11 @@ class TileDataModule(L.LightningDataModule):
         in_channels, num_classes: expected band and class counts; checked against the
             layout so that a model config and a data config can't silently disagree.
         crop_size, scale: training window size and zoom range.
+        input_scale: resampling of the imagery before the network sees it (0.5: half
+            the pixels per side, e.g. 0.5 m imagery seen at 1 m): training and grid
+            windows cover ``1 / input_scale`` times more ground at the same size in
+            pixels. Saved in checkpoints; evaluation and prediction resample alike and
+            score and write at the input's full resolution.
         batch_size: windows per batch on each device (per process).
         global_batch_size: when set, samples per optimizer step over all devices; the
             per-device batch becomes ``global_batch_size / (world size x accumulation)``
@@ -75,6 +80,7 @@ class TileDataModule(L.LightningDataModule):
         layout_options: dict | None = None,
         crop_size: int = 256,
         scale: Sequence[float] | None = None,
+        input_scale: float = 1.0,
         batch_size: int = 8,
         eval_batch_size: int | None = None,
         global_batch_size: int | None = None,
@@ -110,6 +116,10 @@ class TileDataModule(L.LightningDataModule):
         self.layout_options = dict(layout_options or {})
         self.crop_size = int(crop_size)
         self.scale = tuple(scale) if scale else None
+        if not 0 < float(input_scale) <= 4:
+            raise ConfigError(f"data.input_scale={input_scale!r}: expected a factor in (0, 4] "
+                              "(0.5 = half the pixels per side)")
+        self.input_scale = float(input_scale)
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
         self._eval_batch_follows = not eval_batch_size
@@ -228,10 +238,18 @@ class TileDataModule(L.LightningDataModule):
         if self.samples_per_epoch:
             return int(self.samples_per_epoch)
         area = sum(r.height * r.width for r in regions)
-        return max(self.batch_size, round(area / self.crop_size**2))
+        return max(self.batch_size, round(area * self.input_scale**2 / self.crop_size**2))
+
+    @property
+    def window_scale(self) -> tuple[float, float] | None:
+        """The zoom range of training windows, ``data.scale`` times ``input_scale``."""
+        if self.scale is None:
+            return None if self.input_scale == 1 else (self.input_scale, self.input_scale)
+        return (self.scale[0] * self.input_scale, self.scale[1] * self.input_scale)
 
     def _eval_regions(self, sizes, max_windows: int | None) -> list[Region]:
-        regions = grid_regions(sizes, self.val_window, self.val_window)
+        ground = max(1, round(self.val_window / self.input_scale))  # resized to val_window
+        regions = grid_regions(sizes, ground, ground)
         if max_windows and len(regions) > max_windows:
             step = len(regions) / max_windows  # evenly spread, deterministic
             regions = [regions[int(i * step)] for i in range(max_windows)]
@@ -240,7 +258,8 @@ class TileDataModule(L.LightningDataModule):
     # ----------------------------------------------------------------------- state dict
     def state_dict(self) -> dict[str, Any]:
         return {"mean": self.mean, "std": self.std, "band_names": list(self.band_names),
-                "dataset": self.dataset, "num_classes": self.num_classes}
+                "dataset": self.dataset, "num_classes": self.num_classes,
+                "input_scale": self.input_scale}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.mean = state_dict.get("mean", self.mean)
@@ -295,7 +314,7 @@ class PretextDataModule(TileDataModule):
             reader = TileReader(tiles, self.layout.palette)
             self.train_set = RandomWindowDataset(
                 reader, regions, self.crop_size, self._epoch_length(regions), self.normalize(),
-                with_labels=False, transform=self._train_transform(), scale=self.scale,
+                with_labels=False, transform=self._train_transform(), scale=self.window_scale,
                 seed=self.seed)
             log.info("pretext: %d tiles, %d windows of %d px per epoch", len(tiles),
                      len(self.train_set), self.crop_size)
@@ -333,7 +352,7 @@ class SegmentationDataModule(TileDataModule):
             self._audit(reader, regions)
             self.train_set = RandomWindowDataset(
                 reader, regions, self.crop_size, self._epoch_length(regions), self.normalize(),
-                with_labels=True, transform=self._train_transform(), scale=self.scale,
+                with_labels=True, transform=self._train_transform(), scale=self.window_scale,
                 seed=self.seed)
             share = sum(r.height * r.width for r in regions) / sum(h * w for h, w in sizes)
             log.info("segmentation: %d of %d labelled regions of ~%d px (%.3g of the pixels; "

@@ -33,7 +33,9 @@ class SegmentTask(L.LightningModule):
     ``backbone.weights`` is the other way to give ImageNet weights. ``freeze_encoder``
     trains the head alone (with ``head.name=linear``: the linear probe that measures
     what pretraining learned); the frozen encoder stays in eval mode, so its BatchNorm
-    statistics are those it was pretrained with. ``encoder_lr_scale`` multiplies the
+    statistics are those it was pretrained with, unless ``encoder_bn_stats=update``
+    lets them follow the labelled images (the weights stay frozen; a pretext encoder
+    saw images with holes, whose statistics differ). ``encoder_lr_scale`` multiplies the
     learning rate of the encoder's parameters (a pretrained encoder usually wants a
     smaller one than the freshly initialised head).
 
@@ -46,7 +48,8 @@ class SegmentTask(L.LightningModule):
                  head: Mapping | None = None, freeze_encoder: bool = False,
                  init: str | None = None, require_init: bool = False,
                  class_names: list[str] | None = None, compile: bool | Mapping = False,
-                 scale_lr: Mapping | None = None, encoder_lr_scale: float = 1.0) -> None:
+                 scale_lr: Mapping | None = None, encoder_lr_scale: float = 1.0,
+                 encoder_bn_stats: str = "frozen") -> None:
         super().__init__()
         self.save_hyperparameters({
             "backbone": to_plain(backbone), "loss": to_plain(loss), "num_classes": num_classes,
@@ -55,8 +58,11 @@ class SegmentTask(L.LightningModule):
             "init": str(init) if init else None, "require_init": require_init,
             "class_names": [str(c) for c in class_names] if class_names else None,
             "compile": to_plain(compile), "scale_lr": to_plain(scale_lr),
-            "encoder_lr_scale": float(encoder_lr_scale),
+            "encoder_lr_scale": float(encoder_lr_scale), "encoder_bn_stats": encoder_bn_stats,
         })
+        if encoder_bn_stats not in ("frozen", "update"):
+            raise ConfigError(f"task.encoder_bn_stats={encoder_bn_stats!r}: expected frozen "
+                              "(a frozen encoder keeps its BatchNorm statistics) or update")
         if not float(encoder_lr_scale) > 0:
             raise ConfigError(f"task.encoder_lr_scale={encoder_lr_scale!r}: expected a "
                               "positive factor (task.freeze_encoder=true freezes the encoder)")
@@ -104,7 +110,8 @@ class SegmentTask(L.LightningModule):
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         # A frozen encoder keeps its BatchNorm statistics. Set before every batch: Lightning
         # restores each submodule's own mode after validation, undoing a one-off eval().
-        if self.hparams.freeze_encoder and self.model.encoder.training:
+        if self.hparams.freeze_encoder and self.model.encoder.training and \
+                self.hparams.get("encoder_bn_stats", "frozen") == "frozen":
             self.model.encoder.eval()
 
     def forward(self, images: Tensor) -> Tensor:
