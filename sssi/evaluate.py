@@ -131,7 +131,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     layout = dm.layout
     check_compatible(loaded, layout.band_names, layout.palette.classes,
                      f"data {dm.dataset} at {dm.root}")
-    split = list(cfg.split) if isinstance(cfg.split, ListConfig) else cfg.split
+    split = list(cfg.split) if isinstance(cfg.split, ListConfig) else cfg.split or "test"
     tiles = layout.tiles(split, labels=True)
     sizes = layout.validate(tiles)
     reader = TileReader(tiles, layout.palette, use_eval_labels=True)

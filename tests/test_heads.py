@@ -198,15 +198,15 @@ def test_frozen_encoder_keeps_or_updates_its_batchnorm_statistics():
         _task(freeze_encoder=True, encoder_bn_stats="sometimes")
 
 
-def test_encoder_learning_rate_scale_applies_to_the_encoder_only():
-    task = _task(encoder_lr_scale=0.1)
+def test_pretrained_encoder_learns_slower_than_the_head_and_scratch_does_not():
     from unittest.mock import MagicMock
 
-    task.trainer = MagicMock()  # not consulted without task.scale_lr
-    opt = task.configure_optimizers()
-    head, encoder = opt.param_groups
-    assert head["lr"] == 0.1 and abs(encoder["lr"] - 0.01) < 1e-12
-    ids = {id(p) for p in task.model.encoder.parameters()}
-    assert {id(p) for p in encoder["params"]} == ids
-    with pytest.raises(ConfigError, match="encoder_lr_scale"):
-        _task(encoder_lr_scale=0)
+    for init, expected in (("pretext.ckpt", 0.01), (None, 0.1)):
+        task = _task(pretrained_lr_scale=0.1, init=init)
+        task.trainer = MagicMock()  # not consulted without task.scale_lr
+        head, encoder = task.configure_optimizers().param_groups
+        assert head["lr"] == 0.1 and abs(encoder["lr"] - expected) < 1e-12, init
+        ids = {id(p) for p in task.model.encoder.parameters()}
+        assert {id(p) for p in encoder["params"]} == ids
+    with pytest.raises(ConfigError, match="pretrained_lr_scale"):
+        _task(pretrained_lr_scale=0)

@@ -48,10 +48,12 @@ def pretext_rows(folder: Path) -> list[list[str]]:
 
 
 def _fmt(values: dict[int, float]) -> str:
+    """``mean (seed s: value, ...)``, or the value and its seed for one run."""
     seeds = sorted(values)
-    mean = statistics.fmean(values.values())
-    each = ", ".join(f"{100 * values[s]:.1f}" for s in seeds)
-    return f"{100 * mean:.1f} ({each})" if len(seeds) > 1 else f"{100 * mean:.1f}"
+    each = ", ".join(f"s{s} {100 * values[s]:.1f}" for s in seeds)
+    if len(seeds) == 1:
+        return each.replace(f"s{seeds[0]} ", "") + f" (s{seeds[0]})"
+    return f"{100 * statistics.fmean(values.values()):.1f} ({each})"
 
 
 def table(out: Path) -> str:
@@ -61,13 +63,11 @@ def table(out: Path) -> str:
              "edge freq | inner freq | edge/inner |", "|---|---|---|---|---|---|---|"]
     lines += ["| " + " | ".join(r) + " |" for r in pretext_rows(out / "pretext")]
     probe, finetune = scores(out / "probe"), scores(out / "finetune")
-    lines += ["", "val/mIoU on tile 6 (%, mean (per seed)), 10 % of the labelled pixels:", "",
-              "| setting | probe | fine-tune | seeds |", "|---|---|---|---|"]
+    lines += ["", "val/mIoU on tile 6 (%, mean (seed: value)), 10 % of the labelled pixels:",
+              "", "| setting | probe | fine-tune |", "|---|---|---|"]
     for name in sorted(set(probe) | set(finetune)):
-        seeds = sorted(set(probe.get(name, {})) | set(finetune.get(name, {})))
         lines.append(f"| {name} | {_fmt(probe[name]) if name in probe else '–'} | "
-                     f"{_fmt(finetune[name]) if name in finetune else '–'} | "
-                     f"{','.join(map(str, seeds))} |")
+                     f"{_fmt(finetune[name]) if name in finetune else '–'} |")
     return "\n".join(lines) + "\n"
 
 

@@ -35,18 +35,19 @@ score() {  # PROTOCOL(probe|finetune) NAME INIT(none|ckpt) SEED [overrides]: val
 
 pretext blocks dubai_inpaint_blocks
 pretext game_relative dubai_pretrain task.instructor_reward=relative
-pretext game_raw dubai_pretrain task.instructor_reward=raw
+# the edge shortcut removed by construction: no edge cell may be erased (9 epochs)
+pretext game_border1 dubai_pretrain mask_policy.border_cells=1 trainer.max_epochs=9
 B="$out/pretext/blocks/checkpoints"
 G="$out/pretext/game_relative/checkpoints"
-R="$out/pretext/game_raw/checkpoints"
+E="$out/pretext/game_border1/checkpoints"
 for seed in 0 1; do
   score probe scratch none $seed
   score finetune scratch none $seed
 done
 # pretraining length: probe after 3, 6, 9 and 12 pretext epochs
 for e in 002 005 008 011; do score probe "blocks_e$e" "$B/epoch_$e.ckpt" 0; done
-for e in 002 005 011; do score probe "game_relative_e$e" "$G/epoch_$e.ckpt" 0; done
-score probe game_raw_e011 "$R/epoch_011.ckpt" 0
+for e in 002 005 008 011; do score probe "game_relative_e$e" "$G/epoch_$e.ckpt" 0; done
+score probe game_border1_e008 "$E/epoch_008.ckpt" 0
 score probe blocks_e011 "$B/epoch_011.ckpt" 1
 # BatchNorm statistics of the frozen encoder: as pretrained (on images with holes) or
 # following the labelled images
@@ -54,5 +55,7 @@ score probe blocks_e011_bn_update "$B/epoch_011.ckpt" 0 task.encoder_bn_stats=up
 score probe scratch_bn_update none 0 task.encoder_bn_stats=update
 # fine-tuning recipe: the encoder's learning rate
 score finetune blocks_e011 "$B/epoch_011.ckpt" 0
-score finetune blocks_e011_lr0.1 "$B/epoch_011.ckpt" 0 task.encoder_lr_scale=0.1
+for seed in 0 1; do
+  score finetune blocks_e011_lr0.1 "$B/epoch_011.ckpt" $seed task.pretrained_lr_scale=0.1
+done
 score finetune game_relative_e011 "$G/epoch_011.ckpt" 0

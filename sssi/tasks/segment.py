@@ -35,9 +35,11 @@ class SegmentTask(L.LightningModule):
     what pretraining learned); the frozen encoder stays in eval mode, so its BatchNorm
     statistics are those it was pretrained with, unless ``encoder_bn_stats=update``
     lets them follow the labelled images (the weights stay frozen; a pretext encoder
-    saw images with holes, whose statistics differ). ``encoder_lr_scale`` multiplies the
-    learning rate of the encoder's parameters (a pretrained encoder usually wants a
-    smaller one than the freshly initialised head).
+    saw images with holes, whose statistics differ). ``pretrained_lr_scale`` multiplies
+    the learning rate of an encoder that starts from pretrained weights (``init`` or
+    ``backbone.weights``): it should keep what it learned while the fresh head catches
+    up. An encoder from scratch always trains at the optimizer's rate, so a study can
+    give every method one config.
 
     Logs ``train/loss`` (and each loss term), ``val/mIoU``, ``val/mF1``, ``val/OA``
     and per-class IoU; the same under ``test/`` for the test split.
@@ -48,7 +50,7 @@ class SegmentTask(L.LightningModule):
                  head: Mapping | None = None, freeze_encoder: bool = False,
                  init: str | None = None, require_init: bool = False,
                  class_names: list[str] | None = None, compile: bool | Mapping = False,
-                 scale_lr: Mapping | None = None, encoder_lr_scale: float = 1.0,
+                 scale_lr: Mapping | None = None, pretrained_lr_scale: float = 1.0,
                  encoder_bn_stats: str = "frozen") -> None:
         super().__init__()
         self.save_hyperparameters({
@@ -58,13 +60,14 @@ class SegmentTask(L.LightningModule):
             "init": str(init) if init else None, "require_init": require_init,
             "class_names": [str(c) for c in class_names] if class_names else None,
             "compile": to_plain(compile), "scale_lr": to_plain(scale_lr),
-            "encoder_lr_scale": float(encoder_lr_scale), "encoder_bn_stats": encoder_bn_stats,
+            "pretrained_lr_scale": float(pretrained_lr_scale),
+            "encoder_bn_stats": encoder_bn_stats,
         })
         if encoder_bn_stats not in ("frozen", "update"):
             raise ConfigError(f"task.encoder_bn_stats={encoder_bn_stats!r}: expected frozen "
                               "(a frozen encoder keeps its BatchNorm statistics) or update")
-        if not float(encoder_lr_scale) > 0:
-            raise ConfigError(f"task.encoder_lr_scale={encoder_lr_scale!r}: expected a "
+        if not float(pretrained_lr_scale) > 0:
+            raise ConfigError(f"task.pretrained_lr_scale={pretrained_lr_scale!r}: expected a "
                               "positive factor (task.freeze_encoder=true freezes the encoder)")
         compile_options(compile)  # fail early on a bad task.compile or task.scale_lr
         scale_lr_options(scale_lr)
@@ -179,7 +182,8 @@ class SegmentTask(L.LightningModule):
         self._log_metrics(self.test_confusion, "test")
 
     def configure_optimizers(self):
-        scale = float(self.hparams.get("encoder_lr_scale", 1.0))
+        pretrained = bool(self.hparams.init or (self.hparams.backbone or {}).get("weights"))
+        scale = float(self.hparams.get("pretrained_lr_scale", 1.0)) if pretrained else 1.0
         encoder = {id(p) for p in self.model.encoder.parameters()}
         params = [p for p in self.parameters() if p.requires_grad]
         groups = [{"params": [p for p in params if id(p) not in encoder]},
