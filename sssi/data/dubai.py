@@ -25,7 +25,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from sssi.data.layouts import _RASTER_SUFFIXES, BandSource, Layout, Tile, register_layout
+from sssi.data.layouts import RASTER_SUFFIXES, BandSource, Layout, Tile, register_layout
 from sssi.data.palettes import DUBAI, Palette
 from sssi.errors import ConfigError, DataError
 
@@ -123,7 +123,7 @@ class DubaiLayout(Layout):
             labels = {p.stem: p for p in masks.iterdir() if p.is_file()} if masks.is_dir() \
                 else {}
             for path in sorted(images.iterdir()):
-                if not path.is_file() or path.suffix.lower() not in _RASTER_SUFFIXES:
+                if not path.is_file() or path.suffix.lower() not in RASTER_SUFFIXES:
                     continue
                 part = _PART.search(path.stem)
                 tid = f"{group}_{part.group(1) if part else path.stem}"

@@ -251,15 +251,15 @@ class FolderLayout(Layout):
         tiles = {}
         band_idx = tuple(range(1, len(self._bands) + 1))
         for path in sorted(folder.iterdir()):
-            if not path.is_file() or path.suffix.lower() not in _RASTER_SUFFIXES:
+            if not path.is_file() or path.suffix.lower() not in RASTER_SUFFIXES:
                 continue
             label = labels.get(path.stem)
             tiles[path.stem] = Tile(path.stem, (BandSource(path, band_idx, self._bands),),
                                     label, label)
         if not tiles:
-            raise DataError(f"{folder}: no image files ({', '.join(sorted(_RASTER_SUFFIXES))})")
+            raise DataError(f"{folder}: no image files ({', '.join(sorted(RASTER_SUFFIXES))})")
         return tiles
 
 
 _SPLIT_NAMES = ("train", "val", "test", "all")
-_RASTER_SUFFIXES = {".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2"}
+RASTER_SUFFIXES = {".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2"}
