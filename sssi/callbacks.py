@@ -50,11 +50,7 @@ class ImageGrid(L.Callback):
         self.dirpath.mkdir(parents=True, exist_ok=True)
         path = self.dirpath / f"game_step{step:07d}.png"
         write_png(path, grid[:, :, ::-1])
-        for lg in trainer.loggers:
-            if hasattr(lg, "log_image"):  # W&B
-                lg.log_image(key="game/grid", images=[grid], step=step)
-            elif hasattr(getattr(lg, "experiment", None), "add_image"):  # TensorBoard
-                lg.experiment.add_image("game/grid", grid, step, dataformats="HWC")
+        log_image(trainer, "game/grid", grid, step)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # after the task's on_validation_epoch_end, which gathers the frequencies
@@ -67,13 +63,20 @@ class ImageGrid(L.Callback):
         step, epoch = trainer.global_step, trainer.current_epoch
         write_png(self.dirpath / f"instructor_cells_epoch{epoch:03d}.png",
                   np.ascontiguousarray(image[:, :, ::-1]))
-        caption = f"instructor erase frequency per cell, epoch {epoch}, border_ratio {ratio:.2f}"
-        for lg in trainer.loggers:
-            if hasattr(lg, "log_image"):  # W&B
-                lg.log_image(key="val/instructor_cells", images=[image], step=step,
-                             caption=[caption])
-            elif hasattr(getattr(lg, "experiment", None), "add_image"):  # TensorBoard
-                lg.experiment.add_image("val/instructor_cells", image, step, dataformats="HWC")
+        log_image(trainer, "val/instructor_cells", image, step,
+                  f"instructor erase frequency per cell, epoch {epoch}, border_ratio {ratio:.2f}")
+
+
+def log_image(trainer: L.Trainer, key: str, image: np.ndarray, step: int,
+              caption: str | None = None) -> None:
+    """Send an (H, W, 3) uint8 picture to every logger that shows images: W&B (with the
+    caption) and TensorBoard; other loggers are skipped."""
+    for lg in trainer.loggers:
+        if hasattr(lg, "log_image"):  # W&B
+            lg.log_image(key=key, images=[image], step=step,
+                         **({"caption": [caption]} if caption else {}))
+        elif hasattr(getattr(lg, "experiment", None), "add_image"):  # TensorBoard
+            lg.experiment.add_image(key, image, step, dataformats="HWC")
 
 
 #: Viridis at 0, 1/4, 1/2, 3/4 and 1 (RGB), interpolated linearly by :func:`heat_map`.
@@ -316,12 +319,8 @@ class PredictionGrid(L.Callback):
         self.dirpath.mkdir(parents=True, exist_ok=True)
         write_png(self.dirpath / f"predictions_epoch{epoch:03d}.png",
                   np.ascontiguousarray(grid[:, :, ::-1]))
-        for lg in trainer.loggers:
-            if hasattr(lg, "log_image"):  # W&B
-                lg.log_image(key="val/predictions", images=[grid], step=step,
-                             caption=[f"image | label | prediction, epoch {epoch}"])
-            elif hasattr(getattr(lg, "experiment", None), "add_image"):  # TensorBoard
-                lg.experiment.add_image("val/predictions", grid, step, dataformats="HWC")
+        log_image(trainer, "val/predictions", grid, step,
+                  f"image | label | prediction, epoch {epoch}")
 
 
 def palette_colors(trainer: L.Trainer) -> np.ndarray:

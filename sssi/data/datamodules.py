@@ -343,18 +343,19 @@ class SegmentationDataModule(TileDataModule):
             self._ensure_stats(tiles)
             regions, total = select_label_regions(sizes, self.region_size, self.label_fraction,
                                                   self.split_seed)
+            total_pixels = sum(h * w for h, w in sizes)
             if self.output_dir is not None and rank_zero_only.rank == 0:
                 write_split(self.output_dir / "label_split.json", regions, tiles,
                             fraction=self.label_fraction, seed=self.split_seed,
                             region_size=self.region_size, total=total,
-                            total_pixels=sum(h * w for h, w in sizes))
+                            total_pixels=total_pixels)
             reader = TileReader(tiles, self.layout.palette)
             self._audit(reader, regions)
             self.train_set = RandomWindowDataset(
                 reader, regions, self.crop_size, self._epoch_length(regions), self.normalize(),
                 with_labels=True, transform=self._train_transform(), scale=self.window_scale,
                 seed=self.seed)
-            share = sum(r.height * r.width for r in regions) / sum(h * w for h, w in sizes)
+            share = sum(r.height * r.width for r in regions) / total_pixels
             log.info("segmentation: %d of %d labelled regions of ~%d px (%.3g of the pixels; "
                      "requested %.3g) from %d tiles, %d windows per epoch", len(regions), total,
                      self.region_size, share, self.label_fraction, len(tiles),

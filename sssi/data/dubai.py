@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 
 #: The folder the archive unpacks to; ``data.root`` may be it or its parent.
 ARCHIVE_FOLDER = "Semantic segmentation dataset"
-#: sssi's standard split of the groups: labels from 1-5, validation 6, test 7.
-DUBAI_TRAIN_GROUPS: tuple[str, ...] = ("1", "2", "3", "4", "5")
+#: sssi's standard split of the groups: validation 6, test 7; every other group is
+#: training imagery (``conf/data/dubai.yaml`` names the labelled ones, 1-5).
 DUBAI_VAL_GROUPS: tuple[str, ...] = ("6",)
 DUBAI_TEST_GROUPS: tuple[str, ...] = ("7",)
 

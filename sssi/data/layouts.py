@@ -30,7 +30,7 @@ def register_layout(name: str) -> Callable[[type[Layout]], type[Layout]]:
 
 def build_layout(dataset: str, root: str | Path, **options) -> Layout:
     """Build the layout registered as ``dataset`` over ``root``."""
-    import sssi.data.dubai
+    import sssi.data.dubai  # registers the Dubai layout
     import sssi.data.isprs  # noqa: F401  (registers the ISPRS layouts)
 
     if dataset not in LAYOUTS:
@@ -131,14 +131,6 @@ class Layout:
         tiles, so model selection never sees a test tile.
         """
         found = self.find_tiles()
-        if not isinstance(split, str) and any(str(k) in _SPLIT_NAMES for k in split):
-            # a list may join named splits (the pretext pool: [train, val]) and ids
-            ids = []
-            for key in split:
-                part = [key] if str(key) not in _SPLIT_NAMES else \
-                    [t.id for t in self.tiles(str(key))]
-                ids += [t for t in part if t not in ids]
-            return self.tiles(ids, labels=labels)
         if isinstance(split, str):
             if split == "all":
                 ids = sorted(found)
@@ -155,7 +147,9 @@ class Layout:
         else:
             ids, missing = [], []
             for key in (str(k) for k in split):
-                group = self.expand(key, found)
+                # a list may join named splits (the pretext pool: [train, val]) and ids
+                group = [t.id for t in self.tiles(key)] if key in _SPLIT_NAMES else \
+                    self.expand(key, found)
                 if group is None and key not in found:
                     missing.append(key)
                 for t in group if group is not None else [key]:

@@ -7,6 +7,7 @@ open handles (GDAL handles must not cross a ``fork``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
@@ -23,7 +24,6 @@ from rasterio.windows import Window
 from sssi.errors import DataError, first_line
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass(frozen=True)
@@ -105,11 +105,9 @@ def read_label_window(path: str | Path, window: Window, handles: dict | None = N
     if raw.shape[0] != 1:
         return raw
     try:
-        if handles is None:
-            with open_raster(path) as ds:
-                table = _colour_table(ds) if _is_paletted(ds) else None
-        else:
-            ds = _open(path, handles)
+        opened = open_raster(path) if handles is None else \
+            contextlib.nullcontext(_open(path, handles))  # a cached handle stays open
+        with opened as ds:
             table = _colour_table(ds) if _is_paletted(ds) else None
     except RasterioError as exc:
         raise DataError(f"{path}: failed to read the colour table ({first_line(exc)})") from exc
