@@ -15,9 +15,12 @@ case "$scale" in demo|dubai|potsdam) ;; *) echo "error: scale '$scale': expected
 PY="${PYTHON:-python}"
 study="${STUDY_DIR:-outputs/label_efficiency/$scale}"
 results="${RESULTS_DIR:-$study}"
+eval_args=()
 case "$scale" in
   demo) data_group=synthetic; stage2=(finetune) ;;
-  dubai) data_group=dubai; stage2=(finetune probe) ;;
+  # a test image (about 2100 x 1800 px) fits one window: the network sees it whole,
+  # at the study's half resolution
+  dubai) data_group=dubai; stage2=(finetune probe); eval_args=(window=2112 stride=2048) ;;
   potsdam) data_group=potsdam; stage2=(finetune) ;;
 esac
 data_args=()
@@ -31,15 +34,26 @@ for protocol in "${stage2[@]}"; do
   "$PY" -m sssi.train -m "+experiment=label_efficiency/${scale}_${protocol}" "study.dir=$study" "$@"
 done
 set +x
-# stage 3: every finished fine-tuning job, scored once on the full test images
-find "$study/finetune" -path '*/checkpoints/last.ckpt' | sort | while read -r ckpt; do
+# stage 3: every finished fine-tuning job not yet scored, all in one evaluation process
+# (a Hydra multirun over the jobs; each writes JOB/evaluation/)
+pending=()
+while read -r ckpt; do
   job="$(dirname "$(dirname "$ckpt")")"
   [ -f "$job/metrics.json" ] || continue                # training not finished
   [ -f "$job/evaluation/metrics.json" ] && continue     # already scored
-  echo "+ evaluate $job"
-  "$PY" -m sssi.evaluate "ckpt=$ckpt" "data=$data_group" "${data_args[@]}" \
-    "hydra.run.dir=$job/evaluation" save_predictions=false ${EVAL_ARGS:-} > "$job/evaluation.log" 2>&1 \
-    || { echo "error: evaluation of $job failed; see $job/evaluation.log" >&2; exit 1; }
-done
+  pending+=("'${job#"$study"/}'")
+done < <(find "$study/finetune" -path '*/checkpoints/last.ckpt' | sort)
+if [ "${#pending[@]}" -gt 0 ]; then
+  echo "+ evaluate ${#pending[@]} jobs on the test images"
+  study_abs="$(cd "$study" && pwd)"
+  jobs_csv="$(IFS=,; echo "${pending[*]}")"
+  # shellcheck disable=SC2016,SC2086  # ${...} are Hydra interpolations; EVAL_ARGS splits
+  "$PY" -m sssi.evaluate -m "+study_job=$jobs_csv" \
+    'ckpt=${hydra:sweep.dir}/${study_job}/checkpoints/last.ckpt' \
+    "data=$data_group" "${data_args[@]}" save_predictions=false "${eval_args[@]}" \
+    "hydra.sweep.dir=$study_abs" 'hydra.sweep.subdir=${study_job}/evaluation' \
+    ${EVAL_ARGS:-} > "$study/evaluation.log" 2>&1 \
+    || { echo "error: evaluation failed; see $study/evaluation.log" >&2; exit 1; }
+fi
 set -x
 "$PY" -m sssi.aggregate "$study/finetune" --metrics-file evaluation/metrics.json --out "$results"
