@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -10,6 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sssi.data.palettes import colorize
 from sssi.masking import cell_border_stats
 from sssi.utils.io import write_png
 
@@ -104,27 +106,35 @@ def heat_map(values: np.ndarray, cell_px: int = 32, vmax: float | None = None) -
     return rgb.repeat(cell_px, axis=0).repeat(cell_px, axis=1)
 
 
-def make_grid(images: Tensor, masks: Tensor, restored: Tensor,
-              bands: tuple[int, ...] = (0, 1, 2)) -> np.ndarray:
-    """Rows of [input, mask, masked input, restoration, input with holes filled] as one
-    uint8 (H, W, 3) array."""
+def band_stretch(images: Tensor, bands: tuple[int, ...] = (0, 1, 2)
+                 ) -> Callable[[Tensor], Tensor]:
+    """A display function for (N, C, H, W) tensors like ``images``: picks three
+    ``bands`` (repeating the last when there are fewer) and maps each band's min..max
+    over ``images`` to 0..1, so that a restoration is shown on its input's scale."""
     idx = [b for b in bands if b < images.shape[1]] or [0]
     while len(idx) < 3:
         idx.append(idx[-1])
     img = images[:, idx].float().cpu()
-    rec = restored[:, idx].float().cpu()
-    m = masks.float().cpu()
     lo = img.amin(dim=(0, 2, 3), keepdim=True)
     hi = img.amax(dim=(0, 2, 3), keepdim=True)
 
     def show(x: Tensor) -> Tensor:
-        return ((x - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1)
+        return ((x[:, idx].float().cpu() - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1)
+
+    return show
+
+
+def make_grid(images: Tensor, masks: Tensor, restored: Tensor,
+              bands: tuple[int, ...] = (0, 1, 2)) -> np.ndarray:
+    """Rows of [input, mask, masked input, restoration, input with holes filled] as one
+    uint8 (H, W, 3) array."""
+    stretch = band_stretch(images, bands)
+    img, rec = stretch(images), stretch(restored)
+    m = masks.float().cpu()
 
     rows = []
     for i in range(img.shape[0]):
-        a = show(img[i : i + 1])
-        hole = m[i : i + 1]
-        r = show(rec[i : i + 1])
+        a, hole, r = img[i : i + 1], m[i : i + 1], rec[i : i + 1]
         tiles = [a, hole.expand_as(a), a * (1 - hole), r, a * (1 - hole) + r * hole]
         rows.append(torch.cat(tiles, dim=3))
     grid = torch.cat(rows, dim=2)[0].permute(1, 2, 0)
@@ -280,15 +290,6 @@ class WandbSummary(L.Callback):
 
 
 # -------------------------------------------------------------------- prediction grid
-# ISPRS colours first, then distinct ones for larger label schemes
-FALLBACK_COLORS = np.array([
-    (255, 255, 255), (0, 0, 255), (0, 255, 255), (0, 255, 0), (255, 255, 0), (255, 0, 0),
-    (128, 0, 128), (255, 128, 0), (128, 128, 128), (0, 128, 128), (128, 64, 0),
-    (255, 0, 255), (0, 0, 128), (128, 128, 0), (0, 128, 0), (64, 64, 255),
-], dtype=np.uint8)
-IGNORE_COLOR = (0, 0, 0)
-
-
 class PredictionGrid(L.Callback):
     """After each validation epoch, a PNG of image | label | prediction for a few
     validation windows (labels in the palette's colours, ignored pixels black),
@@ -312,9 +313,8 @@ class PredictionGrid(L.Callback):
             return
         if trainer.current_epoch % self.every_n_epochs:
             return
-        colors = palette_colors(trainer)
         grid = make_prediction_grid(visuals["image"], visuals["label"], visuals["prediction"],
-                                    colors, self.bands)
+                                    palette_colors(trainer), self.bands)
         step, epoch = trainer.global_step, trainer.current_epoch
         self.dirpath.mkdir(parents=True, exist_ok=True)
         write_png(self.dirpath / f"predictions_epoch{epoch:03d}.png",
@@ -323,44 +323,22 @@ class PredictionGrid(L.Callback):
                   f"image | label | prediction, epoch {epoch}")
 
 
-def palette_colors(trainer: L.Trainer) -> np.ndarray:
-    """(num_classes, 3) uint8 colours of the datamodule's palette, or the fallback."""
-    layout = None
-    try:
-        layout = getattr(getattr(trainer, "datamodule", None), "layout", None)
-    except Exception:  # colours are not worth failing a run
-        layout = None
+def palette_colors(trainer: L.Trainer) -> np.ndarray | None:
+    """(num_classes, 3) uint8 colours of the datamodule's palette; None (generated
+    colours) when the datamodule has no layout."""
+    layout = getattr(getattr(trainer, "datamodule", None), "layout", None)
     palette = getattr(layout, "palette", None)
-    if palette is not None:
-        return palette.color_array()
-    return FALLBACK_COLORS
-
-
-def colorize(labels: Tensor | np.ndarray, colors: np.ndarray) -> np.ndarray:
-    """(H, W) class indices -> (H, W, 3) uint8; unknown indices (ignore) are black."""
-    idx = np.asarray(labels.cpu() if isinstance(labels, Tensor) else labels).astype(np.int64)
-    colors = np.asarray(colors, dtype=np.uint8)
-    if len(colors) < len(FALLBACK_COLORS):  # room for predictions beyond the palette
-        colors = np.concatenate([colors, FALLBACK_COLORS[len(colors):]])
-    table = np.zeros((256, 3), np.uint8)
-    table[:] = IGNORE_COLOR
-    table[: min(len(colors), 255)] = colors[:255]
-    return table[np.clip(idx, 0, 255)]
+    return None if palette is None else palette.color_array()
 
 
 def make_prediction_grid(images: Tensor, labels: Tensor, predictions: Tensor,
-                         colors: np.ndarray, bands: tuple[int, ...] = (0, 1, 2)) -> np.ndarray:
+                         colors: np.ndarray | None,
+                         bands: tuple[int, ...] = (0, 1, 2)) -> np.ndarray:
     """Rows of [image, label, prediction] as one uint8 (H, W, 3) RGB array; the image
     is shown with a per-band min-max stretch over the batch."""
-    idx = [b for b in bands if b < images.shape[1]] or [0]
-    while len(idx) < 3:
-        idx.append(idx[-1])
-    img = images[:, idx].float().cpu()
-    lo = img.amin(dim=(0, 2, 3), keepdim=True)
-    hi = img.amax(dim=(0, 2, 3), keepdim=True)
-    img = ((img - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1)
+    img = band_stretch(images, bands)(images)
     img = (img.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-    rows = [np.concatenate([img[i], colorize(labels[i], colors),
-                            colorize(predictions[i], colors)], axis=1)
+    rows = [np.concatenate([img[i], colorize(labels[i].cpu(), colors),
+                            colorize(predictions[i].cpu(), colors)], axis=1)
             for i in range(img.shape[0])]
     return np.concatenate(rows, axis=0)

@@ -19,7 +19,6 @@ its ``Window`` type, lazily, so the tensor code runs where rasterio is not insta
 
 from __future__ import annotations
 
-import colorsys
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -92,21 +91,19 @@ class LoadedModel:
     @property
     def palette(self) -> Palette:
         """The label scheme to colour predictions with (generated colours if unknown)."""
-        from sssi.data.palettes import PALETTES, Palette
+        from sssi.data.palettes import PALETTES, Palette, distinct_colors
 
         if self.palette_name in PALETTES:
             return PALETTES[self.palette_name]
         return Palette(name=self.palette_name or "checkpoint", classes=self.class_names,
-                       colors=_distinct_colors(self.num_classes))
+                       colors=distinct_colors(self.num_classes))
 
     def normalize(self, raw: np.ndarray) -> Tensor:
-        """(H, W, C) raw pixel values -> (C, H, W) float32 tensor, standardised per band."""
-        mean = np.asarray(self.mean, dtype=np.float32)[:, None, None]
-        std = np.asarray(self.std, dtype=np.float32)[:, None, None]
-        image = np.ascontiguousarray(raw.transpose(2, 0, 1), dtype=np.float32)
-        image -= mean
-        image /= std
-        return torch.from_numpy(image)
+        """(H, W, C) raw pixel values -> (C, H, W) float32 tensor, standardised per band
+        with the training run's statistics (the datasets' own normaliser)."""
+        from sssi.data.datasets import normalizer
+
+        return torch.from_numpy(normalizer(self.mean, self.std)(raw))
 
 
 def load_segmenter(ckpt_path: str | Path, map_location: str | torch.device = "cpu"
@@ -164,15 +161,6 @@ def _palette_name(class_names: Sequence[str], dataset: str | None) -> str | None
         if tuple(palette.classes) == tuple(class_names):
             return name
     return dataset if dataset in PALETTES else None
-
-
-def _distinct_colors(n: int) -> tuple[tuple[int, int, int], ...]:
-    """``n`` well separated colours (golden-ratio hues) for label schemes without any."""
-    out = []
-    for i in range(n):
-        r, g, b = colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.8, 0.95)
-        out.append((round(r * 255), round(g * 255), round(b * 255)))
-    return tuple(out)
 
 
 def resolve_device(name: str | None) -> torch.device:

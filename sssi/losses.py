@@ -1,6 +1,9 @@
-"""Losses of the segmentation task (the pretext losses live beside the game).
+"""Losses of both tasks: :class:`SegmentationLoss` (cross-entropy, the paper's patch
+SSIM term, soft Dice / IoU) for fine-tuning, and :class:`ReconstructionLoss` for the
+inpainter of the game.
 
-Every loss takes logits (B, K, H, W) and labels (B, H, W) with 255 = ignore.
+Segmentation losses take logits (B, K, H, W) and labels (B, H, W), where the ignore
+index (``sssi.data.palettes.IGNORE_INDEX``) marks pixels that take no part.
 """
 
 from __future__ import annotations

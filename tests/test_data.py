@@ -233,6 +233,18 @@ def test_missing_label_and_missing_ndsm(potsdam_copy):
         build_layout("potsdam", potsdam_copy, ndsm=True).tiles()
 
 
+def test_ndsm_as_shipped_jpg_is_found_and_world_files_are_not(potsdam_copy):
+    folder = potsdam_copy / "1_DSM_normalisation"
+    tif = folder / "dsm_potsdam_02_10_normalized_lastools.tif"
+    (folder / "dsm_potsdam_02_10_normalized_lastools.jgw").write_text("0.05\n")
+    tif.rename(tif.with_suffix(".jpg"))  # ISPRS ships the nDSMs as JPEG
+    layout = build_layout("potsdam", potsdam_copy, ndsm=True)
+    assert layout.paths("2_10")["nDSM"] == tif
+    tiles = {t.id: t for t in layout.tiles("all")}
+    assert tiles["2_10"].sources[1].path == tif.with_suffix(".jpg")
+    assert tiles["2_11"].sources[1].path.suffix == ".tif"
+
+
 def test_bad_modality_and_band_count_config(synthetic_root):
     with pytest.raises(ConfigError, match=r"data.modality"):
         build_layout("potsdam", synthetic_root, modality="RGBN")

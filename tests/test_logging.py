@@ -14,7 +14,8 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
-from sssi.callbacks import WandbSummary, colorize, make_prediction_grid
+from sssi.callbacks import WandbSummary, make_prediction_grid
+from sssi.data.palettes import colorize
 from sssi.loggers import flatten, read_offline_run, sweep_group
 from sssi.train import CONFIG_DIR, run
 from tests.helpers import TINY, compose_train

@@ -57,6 +57,22 @@ def _potsdam_id(stem: str, prefix: str, suffix: str) -> str | None:
     return f"{int(parts[0])}_{int(parts[1])}"
 
 
+#: World files and metadata that lie next to ISPRS rasters but are not rasters.
+_SIDECARS = (".tfw", ".jgw", ".xml", ".aux")
+
+
+def _with_any_extension(path: Path) -> Path | None:
+    """``path`` if it is a file, else a sibling with the same stem and another raster
+    extension (ISPRS ships the normalised DSMs as ``.jpg``), else None."""
+    if path.is_file():
+        return path
+    for other in sorted(path.parent.glob(f"{path.stem}.*")):
+        if other.stem == path.stem and other.suffix.lower() not in _SIDECARS \
+                and other.is_file():
+            return other
+    return None
+
+
 @register_layout("potsdam")
 class PotsdamLayout(Layout):
     """ISPRS Potsdam: ``2_Ortho_RGB/top_potsdam_{r}_{c}_RGB.tif`` and siblings.
@@ -85,6 +101,19 @@ class PotsdamLayout(Layout):
         names = POTSDAM_MODALITIES[self.modality][2]
         return (*names, "nDSM") if self.ndsm else names
 
+    def paths(self, tile_id: str) -> dict[str, Path]:
+        """Where each product of tile ``tile_id`` ('{r}_{c}') lies: the one place that
+        spells the Potsdam file names (the reader and the synthetic generator use it)."""
+        r, c = (int(p) for p in tile_id.split("_"))
+        out = {product: self.root / folder / f"top_potsdam_{tile_id}_{suffix}.tif"
+               for product, (folder, suffix, _) in POTSDAM_MODALITIES.items()}
+        out["nDSM"] = (self.root / "1_DSM_normalisation"
+                       / f"dsm_potsdam_{r:02d}_{c:02d}_normalized_lastools.tif")
+        out["label"] = self.root / "5_Labels_all" / f"top_potsdam_{tile_id}_label.tif"
+        out["label_noBoundary"] = (self.root / "5_Labels_all_noBoundary"
+                                   / f"top_potsdam_{tile_id}_label_noBoundary.tif")
+        return out
+
     def find_tiles(self) -> dict[str, Tile]:
         folder_name, suffix, names = POTSDAM_MODALITIES[self.modality]
         folder = self._require_dir(folder_name, f"top_potsdam_{{r}}_{{c}}_{suffix}.tif")
@@ -95,38 +124,22 @@ class PotsdamLayout(Layout):
                 images[tid] = path
         if not images:
             raise DataError(f"{folder}: no files named top_potsdam_{{r}}_{{c}}_{suffix}.tif")
-        labels = self._index("5_Labels_all", "top_potsdam_", "_label")
-        eval_labels = self._index("5_Labels_all_noBoundary", "top_potsdam_", "_label_noBoundary")
-        dsms = self._index("1_DSM_normalisation", "dsm_potsdam_", "_normalized_lastools",
-                           any_ext=True) if self.ndsm else {}
         tiles = {}
         for tid, path in images.items():
+            files = self.paths(tid)
             sources = [BandSource(path, tuple(range(1, len(names) + 1)), names)]
             if self.ndsm:
-                if tid not in dsms:
-                    r, c = tid.split("_")
+                dsm = _with_any_extension(files["nDSM"])
+                if dsm is None:
                     raise DataError(
-                        f"{self.root / '1_DSM_normalisation'}: no nDSM for tile {tid} (expected "
-                        f"dsm_potsdam_{int(r):02d}_{int(c):02d}_normalized_lastools.tif or .jpg)")
-                sources.append(BandSource(dsms[tid], (1,), ("nDSM",)))
-            label = labels.get(tid)
-            tiles[tid] = Tile(tid, tuple(sources), label, eval_labels.get(tid, label))
+                        f"{files['nDSM'].parent}: no nDSM for tile {tid} (expected "
+                        f"{files['nDSM'].name} or .jpg)")
+                sources.append(BandSource(dsm, (1,), ("nDSM",)))
+            label = files["label"] if files["label"].is_file() else None
+            eval_label = files["label_noBoundary"]
+            tiles[tid] = Tile(tid, tuple(sources), label,
+                              eval_label if eval_label.is_file() else label)
         return tiles
-
-    def _index(self, sub: str, prefix: str, suffix: str, any_ext: bool = False) -> dict[str, Path]:
-        folder = self.root / sub
-        if not folder.is_dir():
-            return {}
-        found = {}
-        for path in sorted(folder.iterdir()):
-            if not any_ext and path.suffix.lower() not in (".tif", ".tiff"):
-                continue
-            if path.suffix.lower() in (".tfw", ".jgw", ".xml", ".aux"):
-                continue
-            tid = _potsdam_id(path.stem, prefix, suffix)
-            if tid is not None:
-                found.setdefault(tid, path)
-        return found
 
 
 @register_layout("vaihingen")

@@ -14,12 +14,17 @@ the ignore index too, and is counted so that readers can report it.
 
 from __future__ import annotations
 
+import colorsys
 import functools
 from dataclasses import dataclass
 
 import numpy as np
 
+#: The class index of pixels that take no part in training or scoring. Losses, metrics
+#: and readers take it from here (configs do not repeat it).
 IGNORE_INDEX = 255
+#: How ignored pixels are drawn.
+IGNORE_COLOR = (0, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -102,10 +107,35 @@ class Palette:
 
     # -- encoding -----------------------------------------------------------------------
     def colorize(self, index: np.ndarray) -> np.ndarray:
-        """(H, W) class indices -> (H, W, 3) uint8 colours; ignore pixels are black."""
-        table = np.zeros((256, 3), dtype=np.uint8)
-        table[: self.num_classes] = self.color_array()
-        return table[index.astype(np.uint8)]
+        """(H, W) class indices -> (H, W, 3) uint8 colours (see :func:`colorize`)."""
+        return colorize(index, self.color_array())
+
+
+def distinct_colors(n: int) -> tuple[tuple[int, int, int], ...]:
+    """``n`` well separated colours (golden-ratio hues) for label schemes without any."""
+    out = []
+    for i in range(n):
+        r, g, b = colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.8, 0.95)
+        out.append((round(r * 255), round(g * 255), round(b * 255)))
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=1)
+def _generated_table() -> np.ndarray:
+    return np.array(distinct_colors(256), dtype=np.uint8)
+
+
+def colorize(index: np.ndarray, colors: np.ndarray | None = None) -> np.ndarray:
+    """(H, W) class indices -> (H, W, 3) uint8 colours: the first ``len(colors)`` classes
+    in ``colors``, any larger index (a prediction beyond the palette) in a distinct
+    generated colour, the ignore index black. The one colouriser of label maps, used
+    for label rasters, prediction PNGs and the logged image panels."""
+    table = _generated_table().copy()
+    if colors is not None:
+        colors = np.asarray(colors, dtype=np.uint8).reshape(-1, 3)[:IGNORE_INDEX]
+        table[: len(colors)] = colors
+    table[IGNORE_INDEX] = IGNORE_COLOR
+    return table[np.clip(np.asarray(index).astype(np.int64), 0, 255)]
 
 
 def _code_of(color: tuple[int, int, int]) -> int:
