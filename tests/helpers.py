@@ -103,3 +103,30 @@ class RecordValMetrics(L.Callback):
         self.history.append({k: float(v) for k, v in trainer.callback_metrics.items()
                              if k.startswith("val/")})
         self.path.write_text(json.dumps(self.history))
+
+
+LEGACY = Path(__file__).resolve().parent / "data" / "legacy"
+
+
+def legacy_checkpoint(kind: str, path: Path, seed: int = 0) -> Path:
+    """Rebuild a checkpoint written by an earlier sssi (``tests/data/legacy/KIND_*.json``:
+    everything the file held but the tensors, which are stored as shapes and refilled
+    with seeded random values) at ``path``. Keeps the old format's keys and hyper-
+    parameters exactly, so loaders can be tested against it without 100 MB of weights."""
+    (skeleton,) = sorted(LEGACY.glob(f"{kind}_*.json"))
+    ckpt = json.loads(skeleton.read_text())
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, (shape, dtype) in ckpt["state_dict"].items():
+        dt = getattr(torch, dtype)
+        if dt.is_floating_point:
+            value = torch.randn(shape, generator=g, dtype=dt) * 0.05
+            if key.endswith("running_var"):
+                value = value.abs() + 1.0
+        else:
+            value = torch.zeros(shape, dtype=dt)
+        state[key] = value
+    ckpt["state_dict"] = state
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ckpt, path)
+    return path
