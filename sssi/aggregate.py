@@ -11,6 +11,11 @@ the label fraction, and summarised as mean ± sample standard deviation over see
 - ``results.csv``  the same numbers, one row per (method, fraction)
 - ``runs.csv``     one row per run, with its folder
 - ``<metric>_vs_label_fraction.png``  mean ± std against the fraction, one line per method
+  (one panel per protocol when methods are labelled ``method/protocol``)
+- ``paired.md``, ``paired.csv`` (with ``--versus BASELINE``) every method against the
+  baseline of the same protocol, run for run at the same fraction and seed (a seed also
+  fixes which regions are labelled): the mean paired difference, each seed's, and
+  whether the mean gap exceeds the spread over seeds of either method
 
 It reads only what runs wrote to disk. Files go to a temporary name first.
 """
@@ -227,30 +232,41 @@ def runs_csv(runs: Sequence[Run], metrics: Sequence[str]) -> str:
     return _csv(rows)
 
 
+def _protocol(method: str) -> str:
+    return method.partition("/")[2]
+
+
 def plot(groups: Sequence[Group], metric: str) -> bytes:
-    """PNG of ``metric`` (mean ± std over seeds) against the label fraction."""
+    """PNG of ``metric`` (mean ± std over seeds) against the label fraction; one panel
+    per protocol (the part after ``/`` of a method label) when there are several."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    for method in sorted({g.method for g in groups}, key=_method_order):
-        pts = sorted((g.fraction, *g.stats(metric)) for g in groups
-                     if g.method == method and not math.isnan(g.fraction))
-        pts = [p for p in pts if not math.isnan(p[1])]
-        if not pts:
-            continue
-        x = [100 * p[0] for p in pts]
-        y = [100 * p[1] for p in pts]
-        err = [0.0 if math.isnan(p[2]) else 100 * p[2] for p in pts]
-        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=method)
-    ax.set_xscale("log")
-    ax.set_xlabel("labelled training data (%)")
-    ax.set_ylabel(f"{metric} (%)")
-    ax.set_title(f"{metric} against label fraction (mean ± std over seeds)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    protocols = sorted({_protocol(g.method) for g in groups})
+    fig, axes = plt.subplots(1, len(protocols), figsize=(6.4 * len(protocols), 4.2), dpi=120,
+                             sharey=True, squeeze=False)
+    for ax, protocol in zip(axes[0], protocols, strict=True):
+        methods = sorted({g.method for g in groups if _protocol(g.method) == protocol},
+                         key=_method_order)
+        for method in methods:
+            pts = sorted((g.fraction, *g.stats(metric)) for g in groups
+                         if g.method == method and not math.isnan(g.fraction))
+            pts = [p for p in pts if not math.isnan(p[1])]
+            if not pts:
+                continue
+            x = [100 * p[0] for p in pts]
+            y = [100 * p[1] for p in pts]
+            err = [0.0 if math.isnan(p[2]) else 100 * p[2] for p in pts]
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=method)
+        ax.set_xscale("log")
+        ax.set_xlabel("labelled training data (%)")
+        ax.set_ylabel(f"{metric} (%)")
+        title = f"{metric} against label fraction (mean ± std over seeds)"
+        ax.set_title(f"{protocol}: {title}" if protocol else title, fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
@@ -258,10 +274,95 @@ def plot(groups: Sequence[Group], metric: str) -> bytes:
     return buf.getvalue()
 
 
+@dataclass
+class Paired:
+    """One method against a baseline at one fraction, paired by seed."""
+
+    method: str
+    baseline: str
+    fraction: float
+    seeds: list
+    differences: list[float]  # method - baseline, per seed
+    spread: float  # the larger of the two methods' standard deviations over seeds
+
+    @property
+    def mean(self) -> float:
+        return mean(self.differences) if self.differences else math.nan
+
+    @property
+    def beyond_spread(self) -> bool:
+        """The mean gain is larger than the spread over seeds of either method."""
+        return bool(self.differences) and not math.isnan(self.spread) and \
+            self.mean > self.spread
+
+
+def paired_differences(runs: Sequence[Run], groups: Sequence[Group], metric: str,
+                       baselines: Sequence[str]) -> list[Paired]:
+    """Every method against each baseline of the same protocol, paired by fraction and
+    seed (methods labelled ``name/protocol`` are compared within their protocol)."""
+    value = {(r.method, r.fraction, r.seed): metric_value(r.metrics, metric) for r in runs}
+    std = {(g.method, g.fraction): g.stats(metric)[1] for g in groups}
+    methods = sorted({g.method for g in groups}, key=_method_order)
+    out = []
+    for i, base_name in enumerate(baselines):
+        earlier = {b.partition("/")[0] for b in baselines[:i + 1]}
+        for method in methods:
+            if method.partition("/")[0] in earlier:  # itself, or compared already
+                continue
+            protocol = _protocol(method)
+            base_of_method = f"{base_name}/{protocol}" if protocol and "/" not in base_name \
+                else base_name
+            if _protocol(base_of_method) != protocol:
+                continue
+            for g in (g for g in groups if g.method == method):
+                seeds, diffs = [], []
+                for seed in g.seeds:
+                    a = value.get((method, g.fraction, seed), math.nan)
+                    b = value.get((base_of_method, g.fraction, seed), math.nan)
+                    if not (math.isnan(a) or math.isnan(b)):
+                        seeds.append(seed)
+                        diffs.append(a - b)
+                if diffs:
+                    spreads = [v for v in (std.get((method, g.fraction), math.nan),
+                                           std.get((base_of_method, g.fraction), math.nan))
+                               if not math.isnan(v)]
+                    out.append(Paired(method, base_of_method, g.fraction, seeds, diffs,
+                                      max(spreads) if spreads else math.nan))
+    return out
+
+
+def paired_markdown(pairs: Sequence[Paired], metric: str) -> str:
+    lines = [f"{metric}: method minus baseline, paired by label fraction and seed (points "
+             "of %). 'beyond spread': the mean gain exceeds both methods' standard "
+             "deviation over seeds.", "",
+             "| method | baseline | labels | seeds | mean difference | per seed | "
+             "beyond spread |", "|---|---|---|---|---|---|---|"]
+    for p in pairs:
+        per_seed = ", ".join(f"{s}: {100 * d:+.1f}" for s, d in zip(p.seeds, p.differences,
+                                                                   strict=True))
+        lines.append(f"| {p.method} | {p.baseline} | {_fraction(p.fraction)} | "
+                     f"{len(p.seeds)} | {100 * p.mean:+.1f} | {per_seed} | "
+                     f"{'yes' if p.beyond_spread else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+def paired_csv(pairs: Sequence[Paired]) -> str:
+    rows: list[list] = [["method", "baseline", "label_fraction", "seeds", "differences",
+                         "mean_difference", "spread", "beyond_spread"]]
+    for p in pairs:
+        rows.append([p.method, p.baseline, p.fraction, " ".join(map(str, p.seeds)),
+                     " ".join(f"{d:.6f}" for d in p.differences), f"{p.mean:.6f}",
+                     "" if math.isnan(p.spread) else f"{p.spread:.6f}",
+                     "yes" if p.beyond_spread else "no"])
+    return _csv(rows)
+
+
 def aggregate(roots: Sequence[Path], out: Path | None = None,
               metrics: Sequence[str] = DEFAULT_METRICS, metrics_file: str = "metrics.json",
-              method_keys: Sequence[str] = METHOD_KEYS) -> dict[str, Path]:
-    """Write the tables and the plot for the runs under ``roots``; return their paths."""
+              method_keys: Sequence[str] = METHOD_KEYS, versus: Sequence[str] = ()
+              ) -> dict[str, Path]:
+    """Write the tables and the plot for the runs under ``roots`` (and the paired
+    comparisons against each baseline in ``versus``); return their paths."""
     if not metrics:
         raise ConfigError("--metrics: give at least one metric name")
     runs, unfinished = find_runs(roots, metrics_file, method_keys)
@@ -288,6 +389,12 @@ def aggregate(roots: Sequence[Path], out: Path | None = None,
     atomic_write_text(written["csv"], results_csv(groups, metrics))
     atomic_write_text(written["runs"], runs_csv(runs, metrics))
     atomic_write_bytes(written["plot"], plot(groups, metrics[0]))
+    if versus:
+        pairs = paired_differences(runs, groups, metrics[0], versus)
+        written["paired"] = out / "paired.md"
+        written["paired_csv"] = out / "paired.csv"
+        atomic_write_text(written["paired"], paired_markdown(pairs, metrics[0]))
+        atomic_write_text(written["paired_csv"], paired_csv(pairs))
     print(table, end="")
     print(f"\n{len(runs)} runs, {len(groups)} groups -> {out}/")
     return written
@@ -309,11 +416,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--method-key", action="append", default=None,
                         help="config key naming the method (repeatable; default: "
                              "study.method, then task_name)")
+    parser.add_argument("--versus", action="append", default=[], metavar="BASELINE",
+                        help="compare every method with this baseline method (e.g. "
+                             "scratch), run for run (repeatable): paired.md, paired.csv")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         aggregate(args.roots, args.out, args.metrics, args.metrics_file,
-                  tuple(args.method_key) if args.method_key else METHOD_KEYS)
+                  tuple(args.method_key) if args.method_key else METHOD_KEYS, args.versus)
     except SssiError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

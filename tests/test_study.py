@@ -163,3 +163,40 @@ def test_study_init_maps_methods_to_their_starting_weights():
         study_init("imagenet", "S/pretrain", None)
     with pytest.raises(ConfigError, match=r"study.method"):
         study_init("a/b", "S/pretrain", None)
+
+
+def test_paired_differences_compare_within_a_protocol_seed_by_seed():
+    from sssi.aggregate import Run, group_runs, paired_differences, paired_markdown
+
+    scores = {  # (method, seed) -> mIoU at 10 % labels
+        ("instructor/finetune", 0): 0.40, ("instructor/finetune", 1): 0.44,
+        ("instructor/finetune", 2): 0.42,
+        ("scratch/finetune", 0): 0.30, ("scratch/finetune", 1): 0.36,
+        ("scratch/finetune", 2): 0.33,
+        ("random_blocks/finetune", 0): 0.41, ("random_blocks/finetune", 1): 0.40,
+        ("random_blocks/finetune", 2): 0.47,
+        ("instructor/probe", 0): 0.20, ("instructor/probe", 1): 0.22,
+        ("scratch/probe", 0): 0.25, ("scratch/probe", 1): 0.21,
+    }
+    runs = [Run(Path(f"{m}/{s}"), m, 0.1, s, {"mIoU": v}) for (m, s), v in scores.items()]
+    pairs = paired_differences(runs, group_runs(runs, ["mIoU"]), "mIoU",
+                               ["scratch", "random_blocks"])
+    found = {(p.method, p.baseline): p for p in pairs}
+    # each method against each baseline of its own protocol; the baselines once
+    assert set(found) == {("instructor/finetune", "scratch/finetune"),
+                          ("random_blocks/finetune", "scratch/finetune"),
+                          ("instructor/probe", "scratch/probe"),
+                          ("instructor/finetune", "random_blocks/finetune")}
+    game = found[("instructor/finetune", "scratch/finetune")]
+    assert game.seeds == [0, 1, 2]
+    assert game.differences == pytest.approx([0.10, 0.08, 0.09])
+    assert game.spread == pytest.approx(stdev([0.30, 0.36, 0.33]))  # the larger std
+    assert game.beyond_spread  # +9 points against a 3-point spread
+    versus_blocks = found[("instructor/finetune", "random_blocks/finetune")]
+    assert versus_blocks.differences == pytest.approx([-0.01, 0.04, -0.05])
+    assert not versus_blocks.beyond_spread
+    probe = found[("instructor/probe", "scratch/probe")]
+    assert probe.differences == pytest.approx([-0.05, 0.01]) and not probe.beyond_spread
+    table = paired_markdown(pairs, "mIoU")
+    assert "| instructor/finetune | scratch/finetune | 10 % | 3 | +9.0 | 0: +10.0, 1: +8.0, " \
+           "2: +9.0 | yes |" in table

@@ -56,4 +56,5 @@ if [ "${#pending[@]}" -gt 0 ]; then
     || { echo "error: evaluation failed; see $study/evaluation.log" >&2; exit 1; }
 fi
 set -x
-"$PY" -m sssi.aggregate "$study/finetune" --metrics-file evaluation/metrics.json --out "$results"
+"$PY" -m sssi.aggregate "$study/finetune" --metrics-file evaluation/metrics.json --out "$results" \
+  --versus scratch --versus random_blocks
