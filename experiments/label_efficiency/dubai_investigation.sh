@@ -7,9 +7,13 @@
 # Restartable: finished runs (metrics.json present) are skipped. PYTHON picks the
 # interpreter (default: python). The table:
 #   python experiments/label_efficiency/collect_investigation.py OUT
+# A third argument picks the rows: full (the first rows, at full resolution, 12 pretext
+# epochs), study (the settings of the recorded study: half resolution, 6 pretext epochs,
+# 3 fine-tuning epochs; names start with study_) or all (default).
 set -euo pipefail
-root="${1:?usage: dubai_investigation.sh DATA_ROOT [OUT]}"
+root="${1:?usage: dubai_investigation.sh DATA_ROOT [OUT] [full|study|all]}"
 out="${2:-outputs/dubai_investigation}"
+rows="${3:-all}"
 PY="${PYTHON:-python}"
 common=("data.root=$root" "data.num_workers=1")
 
@@ -32,6 +36,60 @@ score() {  # PROTOCOL(probe|finetune) NAME INIT(none|ckpt) SEED [overrides]: val
     "data.split_seed=$seed" trainer.check_val_every_n_epoch=6 test=false \
     callbacks.model_checkpoint.monitor=null "hydra.run.dir=$dir" "$@"
 }
+
+study_rows() {
+  # At the study's scale (label_efficiency/dubai_*: half resolution, 6 pretext epochs of
+  # 512 crops, 3 fine-tuning / probe epochs of 256 crops, tile 6 scored at the end), one
+  # change per row against the study's game (relative reward, 25 % of 16 px cells, 2
+  # warm-up epochs, 2 rounds, instructor Adam 1e-3).
+  spre() {  # NAME [overrides]
+    local name=$1; shift
+    [ -f "$out/pretext/$name/metrics.json" ] && return 0
+    "$PY" -m sssi.train +experiment=label_efficiency/dubai_pretrain mask_policy=instructor \
+      "${common[@]}" "hydra.run.dir=$out/pretext/$name" "$@"
+  }
+  sscore() {  # PROTOCOL NAME INIT SEED [overrides]
+    local protocol=$1 name=$2 init=$3 seed=$4; shift 4
+    local dir="$out/$protocol/$name/seed_$seed"
+    [ -f "$dir/metrics.json" ] && return 0
+    local start=("task.init=$init")
+    [ "$init" = none ] && start=(task.init=null)
+    "$PY" -m sssi.train "+experiment=label_efficiency/dubai_$protocol" "${common[@]}" \
+      "${start[@]}" "seed=$seed" "hydra.run.dir=$dir" "$@"
+  }
+  both() {  # NAME INIT SEED [overrides]: the probe and full fine-tuning
+    sscore probe "$@"
+    sscore finetune "$@"
+  }
+  spre study_game
+  both study_game "$out/pretext/study_game/checkpoints/last.ckpt" 0
+  both study_scratch none 0
+  # epochs per fraction: 6 fine-tuning epochs instead of 3 at 10 % labels
+  sscore finetune study_game_ft6 "$out/pretext/study_game/checkpoints/last.ckpt" 0 \
+    trainer.max_epochs=6 trainer.check_val_every_n_epoch=6
+  sscore finetune study_scratch_ft6 none 0 trainer.max_epochs=6 \
+    trainer.check_val_every_n_epoch=6
+  # the paper's raw reward instead of the relative one
+  spre study_game_raw task.instructor_reward=raw
+  both study_game_raw "$out/pretext/study_game_raw/checkpoints/last.ckpt" 0
+  # mask ratio 50 % (warm-up blocks and instructor cells alike)
+  spre study_game_ratio50 mask_policy.ratio=0.5 task.warmup_policy.ratio=0.5
+  both study_game_ratio50 "$out/pretext/study_game_ratio50/checkpoints/last.ckpt" 0
+  # 32 px cells (the instructor's encoder keeps its stem pool: 4 x 4 cells per crop)
+  spre study_game_cell32 task.instructor_backbone.stem_pool=true \
+    task.warmup_policy.block_size=32
+  both study_game_cell32 "$out/pretext/study_game_cell32/checkpoints/last.ckpt" 0
+  # a longer warm-up: 4 epochs, then one round
+  spre study_game_warmup4 task.schedule.warmup_epochs=4 task.schedule.rounds=1
+  both study_game_warmup4 "$out/pretext/study_game_warmup4/checkpoints/last.ckpt" 0
+  # the instructor's learning rate 1e-4 instead of 1e-3
+  spre study_game_ilr1e-4 task.instructor_optimizer.lr=1.0e-4
+  both study_game_ilr1e-4 "$out/pretext/study_game_ilr1e-4/checkpoints/last.ckpt" 0
+}
+
+[ "$rows" = study ] && { study_rows; exit 0; }
+case "$rows" in full|all) ;; *) echo "error: rows '$rows': expected full, study or all" >&2
+  exit 2;; esac
 
 pretext blocks dubai_inpaint_blocks
 pretext game_relative dubai_pretrain task.instructor_reward=relative
@@ -59,3 +117,5 @@ for seed in 0 1; do
   score finetune blocks_e011_lr0.1 "$B/epoch_011.ckpt" $seed task.pretrained_lr_scale=0.1
 done
 score finetune game_relative_e011 "$G/epoch_011.ckpt" 0
+[ "$rows" = all ] && study_rows
+exit 0
