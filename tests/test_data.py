@@ -180,6 +180,14 @@ def test_missing_root_and_folder_name_the_path(tmp_path):
         build_layout("potsdam", tmp_path / "empty").tiles()
 
 
+def test_palette_typo_is_one_config_error_naming_the_key_and_the_choices(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        build_layout("folder", tmp_path, palette="isprss")
+    message = str(err.value)
+    assert "\n" not in message and "data.layout_options.palette='isprss'" in message
+    assert "'dubai'" in message and "'isprs'" in message and "'loveda'" in message
+
+
 def test_truncated_geotiff_is_reported_with_its_name(potsdam_copy):
     path = potsdam_copy / "2_Ortho_RGB" / "top_potsdam_2_12_RGB.tif"
     data = path.read_bytes()

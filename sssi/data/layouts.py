@@ -227,7 +227,7 @@ class FolderLayout(Layout):
                               "image files instead")
         self.images = images
         self.labels = labels
-        self.palette = get_palette(palette)
+        self.palette = get_palette(palette, key="data.layout_options.palette")
         self.label_bands = 1 if self.palette.codes is not None else 3
         self._bands = tuple(bands)
         self.test_tiles = tuple(str(t) for t in test_ids)

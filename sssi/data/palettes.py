@@ -220,9 +220,13 @@ DUBAI = Palette(
 PALETTES: dict[str, Palette] = {p.name: p for p in (ISPRS, LOVEDA, DUBAI)}
 
 
-def get_palette(name: str) -> Palette:
-    """Look a palette up by name, with an error that lists the known ones."""
+def get_palette(name: str, key: str = "palette") -> Palette:
+    """Look a palette up by name; an unknown name is a :class:`ConfigError` naming the
+    config ``key`` it came from and the known palettes."""
     try:
         return PALETTES[name]
-    except KeyError:
-        raise KeyError(f"unknown palette {name!r}; known: {sorted(PALETTES)}") from None
+    except (KeyError, TypeError):
+        from sssi.errors import ConfigError
+
+        raise ConfigError(f"{key}={name!r}: unknown palette; expected one of "
+                          f"{sorted(PALETTES)}") from None
