@@ -34,7 +34,15 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 import sssi.config  # noqa: F401  (registers the ${sssi.*} resolvers)
 from sssi.cli import CONFIG_DIR, run_or_exit
 from sssi.errors import ConfigError
-from sssi.inference import BLENDS, LoadedModel, load_segmenter, predict_chunks, resolve_device
+from sssi.inference import (
+    BLENDS,
+    LoadedModel,
+    load_segmenter,
+    predict_chunks,
+    progress_bar,
+    resolve_device,
+    window_count,
+)
 from sssi.metrics import (
     confusion_matrix,
     evaluation_metrics,
@@ -140,6 +148,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     total = np.zeros((k, k), dtype=np.int64)
     per_tile: list[dict[str, Any]] = []
     start = time.perf_counter()
+    bar = progress_bar(sum(window_count(sizes[tile.id], int(cfg.chunk), int(cfg.window),
+                                        int(cfg.stride)) for tile in tiles),
+                       "evaluate", cfg.get("progress", True))
     for t, tile in enumerate(tiles):
         t0 = time.perf_counter()
         h, w = sizes[tile.id]
@@ -149,7 +160,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 loaded.predictor(), lambda window, t=t: reader.image(t, window), (h, w), k,
                 loaded.normalize, chunk=int(cfg.chunk), window=int(cfg.window),
                 stride=int(cfg.stride), batch_size=int(cfg.batch_size), blend=cfg.blend,
-                flip_tta=bool(cfg.flip_tta), device=device):
+                flip_tta=bool(cfg.flip_tta), device=device, progress=bar.update):
             pred = probs.argmax(0).numpy().astype(np.uint8)
             cm += confusion_matrix(reader.label(t, win), pred, k)
             if pred_tile is not None:
@@ -166,6 +177,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if pred_tile is not None:
             write_png(output_dir / "predictions" / f"{tile.id}.png",
                       palette.colorize(pred_tile)[:, :, ::-1])
+    bar.close()
     reader.close()
     if reader.off_palette:
         log.warning("%d off-palette label pixels were ignored", reader.off_palette)

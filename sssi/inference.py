@@ -232,8 +232,10 @@ def _softmax_tta(model_fn: ModelFn, batch: Tensor, flip_tta: bool) -> Tensor:
 
 def _accumulate(model_fn: ModelFn, image: Tensor, rows: Sequence[int], cols: Sequence[int],
                 window: int, weight: Tensor, num_classes: int, batch_size: int,
-                flip_tta: bool, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Weighted sums of window probabilities over ``image`` (C, H, W) and of weights."""
+                flip_tta: bool, device: torch.device,
+                progress: Callable[[int], object] | None = None) -> tuple[Tensor, Tensor]:
+    """Weighted sums of window probabilities over ``image`` (C, H, W) and of weights;
+    ``progress(n)`` is told each batch of ``n`` windows done."""
     _, h, w = image.shape
     acc = torch.zeros(num_classes, h, w, dtype=torch.float32, device=device)
     wsum = torch.zeros(h, w, dtype=torch.float32, device=device)
@@ -249,6 +251,8 @@ def _accumulate(model_fn: ModelFn, image: Tensor, rows: Sequence[int], cols: Seq
         for p, (r, c) in zip(probs, part, strict=True):
             acc[:, r: r + window, c: c + window] += p * weight
             wsum[r: r + window, c: c + window] += weight
+        if progress is not None:
+            progress(len(part))
     return acc, wsum
 
 
@@ -279,12 +283,45 @@ def predict_probabilities(model_fn: ModelFn, image: Tensor, num_classes: int,
 
 
 # ------------------------------------------------------------------- chunked driver
+def _chunk_grid(size: tuple[int, int], chunk: int, window: int, stride: int
+                ) -> Iterator[tuple[tuple[int, int, list[int]], tuple[int, int, list[int]]]]:
+    """Per chunk core, row-major: ``(r0, r1, window rows)`` and ``(c0, c1, window
+    cols)``: the core's extent and the offsets of the global grid's windows touching it."""
+    height, width = size
+    grid_r = grid_offsets(max(height, window), window, stride)
+    grid_c = grid_offsets(max(width, window), window, stride)
+    for r0 in range(0, height, chunk):
+        r1 = min(r0 + chunk, height)
+        rows = [s for s in grid_r if s < r1 and s + window > r0]
+        for c0 in range(0, width, chunk):
+            c1 = min(c0 + chunk, width)
+            yield (r0, r1, rows), (c0, c1, [s for s in grid_c if s < c1 and s + window > c0])
+
+
+def progress_bar(total: int, desc: str, enabled: bool = True) -> Any:
+    """A tqdm bar over ``total`` windows with rate and ETA on stderr (``update(n)``);
+    a silent one when not ``enabled`` (``progress=false``)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="window", disable=not enabled,
+                dynamic_ncols=True, mininterval=0.5)
+
+
+def window_count(size: tuple[int, int], chunk: int = 2048, window: int = 512,
+                 stride: int = 384) -> int:
+    """How many windows :func:`predict_chunks` predicts for a raster of ``size`` (a
+    window touching several chunk cores counts once per core)."""
+    return sum(len(rows) * len(cols)
+               for (_, _, rows), (_, _, cols) in _chunk_grid(size, chunk, window, stride))
+
+
 def predict_chunks(model_fn: ModelFn, read: Callable[[Window], np.ndarray],
                    size: tuple[int, int], num_classes: int,
                    normalize: Callable[[np.ndarray], Tensor], chunk: int = 2048,
                    window: int = 512, stride: int = 384, batch_size: int = 4,
                    blend: str = "gaussian", flip_tta: bool = False,
-                   device: str | torch.device | None = None
+                   device: str | torch.device | None = None,
+                   progress: Callable[[int], object] | None = None
                    ) -> Iterator[tuple[Window, Tensor]]:
     """Probabilities of a (height, width) raster, one ``chunk`` x ``chunk`` core at a time.
 
@@ -296,6 +333,8 @@ def predict_chunks(model_fn: ModelFn, read: Callable[[Window], np.ndarray],
     pass, whatever ``chunk`` is. ``read(window)`` returns the raw
     (h, w, C) pixels of a rasterio ``Window``; ``normalize`` turns them into a
     (C, h, w) float tensor. Peak memory is about (chunk + 2 window)^2 x (K + C) floats.
+    ``progress(n)`` is told every batch of ``n`` windows predicted (a progress bar over
+    :func:`window_count` windows).
     """
     from rasterio.windows import Window
 
@@ -305,24 +344,17 @@ def predict_chunks(model_fn: ModelFn, read: Callable[[Window], np.ndarray],
     height, width = size
     dev = torch.device(device) if device is not None else torch.device("cpu")
     weight = blend_weights(window, blend)
-    grid_r = grid_offsets(max(height, window), window, stride)
-    grid_c = grid_offsets(max(width, window), window, stride)
-    for r0 in range(0, height, chunk):
-        r1 = min(r0 + chunk, height)
-        rows = [s for s in grid_r if s < r1 and s + window > r0]
-        for c0 in range(0, width, chunk):
-            c1 = min(c0 + chunk, width)
-            cols = [s for s in grid_c if s < c1 and s + window > c0]
-            top, left = rows[0], cols[0]
-            bottom, right = rows[-1] + window, cols[-1] + window  # may pass a small edge
-            raw = read(Window(left, top, min(right, width) - left, min(bottom, height) - top))
-            image = _pad_to(normalize(raw), bottom - top, right - left)
-            acc, wsum = _accumulate(model_fn, image, [s - top for s in rows],
-                                    [s - left for s in cols], window, weight, num_classes,
-                                    batch_size, flip_tta, dev)
-            core = (slice(r0 - top, r1 - top), slice(c0 - left, c1 - left))
-            probs = acc[:, core[0], core[1]] / wsum[core[0], core[1]]
-            yield Window(c0, r0, c1 - c0, r1 - r0), probs.cpu()
+    for (r0, r1, rows), (c0, c1, cols) in _chunk_grid(size, chunk, window, stride):
+        top, left = rows[0], cols[0]
+        bottom, right = rows[-1] + window, cols[-1] + window  # may pass a small edge
+        raw = read(Window(left, top, min(right, width) - left, min(bottom, height) - top))
+        image = _pad_to(normalize(raw), bottom - top, right - left)
+        acc, wsum = _accumulate(model_fn, image, [s - top for s in rows],
+                                [s - left for s in cols], window, weight, num_classes,
+                                batch_size, flip_tta, dev, progress)
+        core = (slice(r0 - top, r1 - top), slice(c0 - left, c1 - left))
+        probs = acc[:, core[0], core[1]] / wsum[core[0], core[1]]
+        yield Window(c0, r0, c1 - c0, r1 - r0), probs.cpu()
 
 
 def predict_region(model_fn: ModelFn, read: Callable[[Window], np.ndarray],

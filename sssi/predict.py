@@ -38,7 +38,15 @@ from sssi.cli import CONFIG_DIR, run_or_exit
 from sssi.data.raster import HandleCache, check_readable, open_raster, read_window
 from sssi.errors import ConfigError, DataError, first_line
 from sssi.evaluate import require
-from sssi.inference import BLENDS, LoadedModel, load_segmenter, predict_chunks, resolve_device
+from sssi.inference import (
+    BLENDS,
+    LoadedModel,
+    load_segmenter,
+    predict_chunks,
+    progress_bar,
+    resolve_device,
+    window_count,
+)
 
 log = logging.getLogger("sssi.predict")
 
@@ -119,8 +127,9 @@ def predict_file(loaded: LoadedModel, input_path: str | Path, output_path: str |
                  bands: Sequence[int] | None = None, probabilities: str | Path | None = None,
                  probabilities_dtype: str = "uint8", chunk: int = 2048, window: int = 512,
                  stride: int = 384, batch_size: int = 4, blend: str = "gaussian",
-                 flip_tta: bool = False, device: Any = "cpu") -> Path:
-    """Write the label COG of ``input_path`` (and optionally its probabilities)."""
+                 flip_tta: bool = False, device: Any = "cpu", progress: bool = False) -> Path:
+    """Write the label COG of ``input_path`` (and optionally its probabilities);
+    ``progress`` shows a bar over the windows on stderr."""
     src_path = Path(input_path).expanduser()
     out_path = Path(output_path).expanduser()
     prob_path = Path(probabilities).expanduser() if probabilities else None
@@ -165,10 +174,14 @@ def predict_file(loaded: LoadedModel, input_path: str | Path, output_path: str |
 
         t0 = time.perf_counter()
         done = 0
+        size = (src.height, src.width)
+        bar = stack.enter_context(progress_bar(window_count(size, chunk, window, stride),
+                                               src_path.name, progress))
         for win, probs in predict_chunks(
-                loaded.predictor(), read, (src.height, src.width), loaded.num_classes,
+                loaded.predictor(), read, size, loaded.num_classes,
                 loaded.normalize, chunk=chunk, window=window, stride=stride,
-                batch_size=batch_size, blend=blend, flip_tta=flip_tta, device=device):
+                batch_size=batch_size, blend=blend, flip_tta=flip_tta, device=device,
+                progress=bar.update):
             pred = probs.argmax(0).numpy().astype(np.uint8)
             valid = _valid(src, src_path, indexes, win) if masked else None
             if valid is not None:
@@ -178,7 +191,7 @@ def predict_file(loaded: LoadedModel, input_path: str | Path, output_path: str |
                 probs_out.write(_probability_bands(probs.numpy(), valid, probabilities_dtype),
                                 win)
             done += pred.size
-            log.info("%s: %.1f %% (%.1f s)", src_path.name,
+            log.debug("%s: %.1f %% (%.1f s)", src_path.name,
                      100 * done / (src.width * src.height), time.perf_counter() - t0)
         for w in writers:
             resampling = "NEAREST" if w is labels else "AVERAGE"
@@ -249,8 +262,7 @@ def run(cfg: DictConfig) -> Path:
         probabilities=cfg.probabilities, probabilities_dtype=cfg.probabilities_dtype,
         chunk=int(cfg.chunk), window=int(cfg.window), stride=int(cfg.stride),
         batch_size=int(cfg.batch_size), blend=cfg.blend, flip_tta=bool(cfg.flip_tta),
-        device=device)
-
+        device=device, progress=bool(cfg.get("progress", True)))
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")

@@ -22,6 +22,7 @@ from sssi.inference import (
     predict_chunks,
     predict_probabilities,
     predict_region,
+    window_count,
 )
 from sssi.metrics import confusion_matrix, evaluation_metrics, markdown_table, scores
 from sssi.predict import predict_file
@@ -126,10 +127,16 @@ def test_chunked_driver_equals_unchunked_and_tiles_the_raster_once():
     whole = predict_probabilities(model, normalize(raw), 5, window=64, stride=48)
     for chunk in (41, 100, 1000):
         seen = np.zeros(raw.shape[:2], int)
+        done: list[int] = []  # the progress callback's counts of windows
         for win, _ in predict_chunks(model, read, raw.shape[:2], 5, normalize, chunk=chunk,
-                                     window=64, stride=48):
+                                     window=64, stride=48, batch_size=3,
+                                     progress=done.append):
             seen[win.toslices()] += 1
         assert (seen == 1).all()
+        # the progress bar's total is exactly what the driver predicts
+        assert sum(done) == window_count(raw.shape[:2], chunk, 64, 48) and max(done) <= 3
+        if chunk == 1000:  # one chunk: the plain grid, 3 x 4 windows of 64 px every 48
+            assert sum(done) == 3 * 4  # rows 0, 48, 86; columns 0, 48, 96, 139
         got = predict_region(model, read, raw.shape[:2], 5, normalize, chunk=chunk,
                              window=64, stride=48)
         torch.testing.assert_close(got, whole, atol=1e-5, rtol=0)
@@ -218,6 +225,7 @@ def test_evaluate_writes_metrics_table_and_figures(trained, tmp_path):
     import cv2
 
     assert cv2.imread(str(out / "confusion.png")) is not None
+    assert "evaluate: 100%" in proc.stderr and "window/s" in proc.stderr  # the bar
     pred = cv2.imread(str(out / "predictions" / "2_13.png"))
     assert pred.shape == (256, 256, 3)
     palette_bgr = {tuple(c[::-1]) for c in ISPRS.colors}
@@ -313,7 +321,8 @@ def test_predict_cli_with_a_real_checkpoint(trained, tmp_path):
     out, probs = tmp_path / "out" / "labels.tif", tmp_path / "out" / "probs.tif"
     proc = _cli("sssi.predict", [f"ckpt={trained['ckpt']}", f"input={crop}", f"output={out}",
                                  f"probabilities={probs}", "window=128", "stride=96",
-                                 f"paths.log_dir={tmp_path / 'logs'}"], cwd=tmp_path)
+                                 "progress=false", f"paths.log_dir={tmp_path / 'logs'}"],
+                cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with rasterio.open(out) as dst, rasterio.open(probs) as p:
         assert (dst.width, dst.height) == (200, 160)
@@ -321,6 +330,7 @@ def test_predict_cli_with_a_real_checkpoint(trained, tmp_path):
         assert p.count == 6 and p.dtypes[0] == "uint8"
         assert (np.abs(p.read().astype(int).sum(0) - 255) <= 6).all()
     assert (tmp_path / "logs" / "predict").is_dir()  # Hydra's files: not beside the output
+    assert "crop.tif: 100%" not in proc.stderr  # progress=false: no bar
     assert sorted(q.name for q in out.parent.iterdir()) == ["labels.tif", "probs.tif"]
 
 

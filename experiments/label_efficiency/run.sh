@@ -50,7 +50,7 @@ if [ "${#pending[@]}" -gt 0 ]; then
   # shellcheck disable=SC2016,SC2086  # ${...} are Hydra interpolations; EVAL_ARGS splits
   "$PY" -m sssi.evaluate -m "+study_job=$jobs_csv" \
     'ckpt=${hydra:sweep.dir}/${study_job}/checkpoints/last.ckpt' \
-    "data=$data_group" "${data_args[@]}" save_predictions=false "${eval_args[@]}" \
+    "data=$data_group" "${data_args[@]}" save_predictions=false progress=false "${eval_args[@]}" \
     "hydra.sweep.dir=$study_abs" 'hydra.sweep.subdir=${study_job}/evaluation' \
     ${EVAL_ARGS:-} > "$study/evaluation.log" 2>&1 \
     || { echo "error: evaluation failed; see $study/evaluation.log" >&2; exit 1; }
