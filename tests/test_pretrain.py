@@ -19,14 +19,15 @@ from hydra.utils import instantiate
 from sssi.callbacks import RAMP, heat_map
 from sssi.errors import ConfigError
 from sssi.masking import border_cell_grid
-from sssi.tasks.pretrain import (
+from sssi.tasks.pretrain import PositionBaseline, TrainingDivergedError
+from sssi.tasks.schedule import (
     INPAINTER,
     INSTRUCTOR,
     PHASES,
     WARMUP,
-    PositionBaseline,
     Schedule,
-    TrainingDivergedError,
+    accumulation_window,
+    warmup_end_step,
 )
 from sssi.train import run
 from tests.helpers import compose_train, poison_reconstruction_loss
@@ -69,6 +70,16 @@ def test_paper_schedule_phases_and_rounds():
     alt = Schedule(mode="alternate", warmup_epochs=1, inpainter_steps=2, instructor_steps=1)
     assert [alt.phase(1, step, 10) for step in range(10, 16)] == [
         INPAINTER, INPAINTER, INSTRUCTOR, INPAINTER, INPAINTER, INSTRUCTOR]
+
+
+def test_accumulation_windows_and_the_end_of_the_warmup():
+    # 7 batches in windows of 3: [0 1 2] [3 4 5] [6], the last one shorter
+    assert [accumulation_window(i, 3, 7) for i in range(7)] == [
+        (0, 3), (1, 3), (2, 3), (0, 3), (1, 3), (2, 3), (0, 1)]
+    assert accumulation_window(5, 1, 7) == (0, 1)
+    assert accumulation_window(4, 3) == (1, 3)  # an endless epoch: full windows
+    assert warmup_end_step(2, 7, 3) == 6  # 3 optimizer steps per epoch
+    assert warmup_end_step(2, 7) == 14 and warmup_end_step(2, float("inf"), 3) == 0
 
 
 # ------------------------------------------------------------------ the edge shortcut

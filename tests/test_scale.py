@@ -22,7 +22,7 @@ from sssi.scaling import (
     lr_scale_factor,
     per_device_batch_size,
 )
-from sssi.tasks.pretrain import step_seed
+from sssi.tasks.schedule import step_seed
 from sssi.train import run
 from tests.helpers import compose_train, poison_reconstruction_loss
 

@@ -39,7 +39,6 @@ import functools
 import logging
 from collections.abc import Mapping
 from contextlib import nullcontext
-from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -55,71 +54,23 @@ from sssi.errors import ConfigError, SssiError
 from sssi.masking import cell_border_stats, mask_stats
 from sssi.models.inpainter import Inpainter
 from sssi.scaling import compile_in_place, compile_options, scale_learning_rates, scale_lr_options
+from sssi.tasks.schedule import (
+    INSTRUCTOR,
+    PHASES,
+    WARMUP,
+    Schedule,
+    accumulation_window,
+    step_seed,
+    warmup_end_step,
+)
 
 log = logging.getLogger(__name__)
 
-WARMUP, INSTRUCTOR, INPAINTER = "warmup", "instructor", "inpainter"
-PHASES = (WARMUP, INSTRUCTOR, INPAINTER)
 REWARDS = ("raw", "relative")
 
 
 class TrainingDivergedError(SssiError):
     """A player's loss became NaN or infinite."""
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """Who plays when. See the module docstring."""
-
-    mode: str = "phases"
-    warmup_epochs: int = 100
-    rounds: int = 10
-    instructor_epochs: int = 30
-    inpainter_epochs: int = 30
-    inpainter_steps: int = 5
-    instructor_steps: int = 1
-    reset_optimizers_each_round: bool = True
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("phases", "alternate"):
-            raise SssiError(f"task.schedule.mode={self.mode!r}: expected 'phases' or 'alternate'")
-        for key in ("instructor_epochs", "inpainter_epochs", "inpainter_steps",
-                    "instructor_steps"):
-            if getattr(self, key) < 1:
-                raise SssiError(f"task.schedule.{key}={getattr(self, key)}: expected >= 1")
-
-    def phase(self, epoch: int, step: int, steps_at_warmup_end: int | None = None) -> str:
-        """The phase at ``epoch`` / global ``step``."""
-        if epoch < self.warmup_epochs:
-            return WARMUP
-        if self.mode == "phases":
-            e = epoch - self.warmup_epochs
-            period = self.instructor_epochs + self.inpainter_epochs
-            if e // period >= self.rounds:
-                return INPAINTER
-            return INSTRUCTOR if e % period < self.instructor_epochs else INPAINTER
-        start = steps_at_warmup_end or 0
-        cycle = self.inpainter_steps + self.instructor_steps
-        return INPAINTER if (step - start) % cycle < self.inpainter_steps else INSTRUCTOR
-
-    def round(self, epoch: int) -> int:
-        """0 during the warm-up, then 1, 2, ... (phases mode)."""
-        if epoch < self.warmup_epochs:
-            return 0
-        period = self.instructor_epochs + self.inpainter_epochs
-        return 1 + (epoch - self.warmup_epochs) // period
-
-    def round_starts(self, epoch: int) -> bool:
-        """True on the first epoch of a round (where the paper re-creates optimizers)."""
-        if self.mode != "phases" or epoch < self.warmup_epochs:
-            return False
-        period = self.instructor_epochs + self.inpainter_epochs
-        e = epoch - self.warmup_epochs
-        return e % period == 0 and e // period < self.rounds
-
-    @property
-    def total_epochs(self) -> int:
-        return self.warmup_epochs + self.rounds * (self.instructor_epochs + self.inpainter_epochs)
 
 
 class PositionBaseline(nn.Module):
@@ -194,22 +145,6 @@ class PositionBaseline(nn.Module):
 def cell_errors(err: Tensor, grid: tuple[int, int] | torch.Size) -> Tensor:
     """Per-pixel error ``(B, 1, H, W)`` -> mean error of each cell ``(B, 1, h, w)``."""
     return F.adaptive_avg_pool2d(err.float(), tuple(grid))
-
-
-def step_seed(seed: int, step: int, micro: int = 0) -> int:
-    """Seed of the random draws of micro-batch ``micro`` of optimizer step ``step``.
-
-    Micro-batch 0 keeps the historical ``seed * 1_000_003 + step``; the others mix all
-    three numbers (splitmix64) so that no two micro-batches share masks.
-    """
-    base = seed * 1_000_003 + step
-    if micro == 0:
-        return base
-    mask = (1 << 64) - 1
-    z = (base * 0x9E3779B97F4A7C15 + micro * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) & mask
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
-    return (z ^ (z >> 31)) & ((1 << 63) - 1)
 
 
 class PretrainTask(L.LightningModule):
@@ -310,28 +245,12 @@ class PretrainTask(L.LightningModule):
             return WARMUP  # baselines: random masks throughout
         warm_end = None
         if self.schedule.mode == "alternate":
-            warm_end = self._warmup_end_step()
+            warm_end = warmup_end_step(self.schedule.warmup_epochs, self._batches_per_epoch(),
+                                       self.accumulate_grad_batches)
         return self.schedule.phase(self.current_epoch, self.global_step, warm_end)
 
-    def _warmup_end_step(self) -> int:
-        # steps per epoch are fixed for a run, so the step that ends the warm-up is known
-        batches = self.trainer.num_training_batches if self._trainer is not None else 0
-        if batches == float("inf"):
-            return 0
-        steps = -(-int(batches) // self.accumulate_grad_batches)  # optimizer steps per epoch
-        return int(self.schedule.warmup_epochs * steps)
-
-    def _micro_batch(self, batch_idx: int) -> tuple[int, int]:
-        """``(index, size)`` of ``batch_idx``'s accumulation window: the optimizer steps
-        after micro-batch ``size - 1``; an epoch's last window may be shorter."""
-        k = self.accumulate_grad_batches
-        if k == 1:
-            return 0, 1
-        micro = batch_idx % k
-        batches = self.trainer.num_training_batches if self._trainer is not None else float("inf")
-        if batches == float("inf"):
-            return micro, k
-        return micro, min(k, int(batches) - (batch_idx - micro))
+    def _batches_per_epoch(self) -> float:
+        return self.trainer.num_training_batches if self._trainer is not None else float("inf")
 
     def _generator(self, device: torch.device, micro: int = 0) -> torch.Generator:
         g = torch.Generator(device=device)
@@ -399,7 +318,8 @@ class PretrainTask(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> None:
         images = batch["image"]
         phase = self.phase  # constant within an accumulation window (see the docstring)
-        window = self._micro_batch(batch_idx)
+        window = accumulation_window(batch_idx, self.accumulate_grad_batches,
+                                     self._batches_per_epoch())
         g = self._generator(images.device, window[0])
         if phase == INSTRUCTOR:
             self._instructor_step(images, g, window)
