@@ -21,16 +21,17 @@ log = logging.getLogger(__name__)
 class ImageGrid(L.Callback):
     """Saves image grids of the game: input | mask | masked input | restoration | result.
 
-    The task keeps a few images every ``task.image_every_n_steps`` steps; this callback
-    writes them as PNG under ``dirpath`` (temporary name, then rename) and hands them to
-    loggers that show images (W&B, TensorBoard). *result* is the input with the holes
+    The task keeps a few images (kind ``game``: ``image``, ``mask``, ``restored``) every
+    ``task.image_every_n_steps`` steps (:meth:`sssi.tasks.base.BaseTask.keep_visuals`);
+    this callback writes them as PNG under ``dirpath`` (temporary name, then rename) and
+    hands them to loggers that show images (W&B, TensorBoard). *result* is the input with the holes
     filled by the restoration. Images are shown with a per-band min-max stretch of
     the input, so standardised data looks natural.
 
     After each validation (not the sanity check) it also writes
     ``instructor_cells_epochNNN.png``: the mean instructor mask per cell position over
-    the validation set (the task's ``pop_cell_frequency()``) as a heat map, one
-    ``cell_px`` square per cell, colour scaled so the average frequency (the erased
+    the validation set (kind ``instructor_cells``: an ``(h, w)`` tensor) as a heat map,
+    one ``cell_px`` square per cell, colour scaled so the average frequency (the erased
     ratio) is the middle of the ramp (see :func:`heat_map`). A bright outer ring is the
     edge shortcut; its ``border_ratio`` is in the loggers' caption and ``val/border_ratio``.
     """
@@ -43,8 +44,7 @@ class ImageGrid(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            outputs, batch, batch_idx: int) -> None:
-        pop = getattr(pl_module, "pop_visuals", None)
-        visuals = pop() if pop is not None else None
+        visuals = pop_visuals(pl_module, "game")
         if visuals is None or not trainer.is_global_zero:
             return
         grid = make_grid(visuals["image"], visuals["mask"], visuals["restored"], self.bands)
@@ -56,8 +56,7 @@ class ImageGrid(L.Callback):
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # after the task's on_validation_epoch_end, which gathers the frequencies
-        pop = getattr(pl_module, "pop_cell_frequency", None)
-        frequency = pop() if pop is not None else None  # popped on every rank
+        frequency = pop_visuals(pl_module, "instructor_cells")  # popped on every rank
         if frequency is None or not trainer.is_global_zero or trainer.sanity_checking:
             return
         ratio = float(cell_border_stats(frequency)["border_ratio"])
@@ -67,6 +66,13 @@ class ImageGrid(L.Callback):
                   np.ascontiguousarray(image[:, :, ::-1]))
         log_image(trainer, "val/instructor_cells", image, step,
                   f"instructor erase frequency per cell, epoch {epoch}, border_ratio {ratio:.2f}")
+
+
+def pop_visuals(module: L.LightningModule, kind: str):
+    """What ``module`` kept for the callback of ``kind`` (see
+    :meth:`sssi.tasks.base.BaseTask.pop_visuals`); None for modules that keep nothing."""
+    pop = getattr(module, "pop_visuals", None)
+    return pop(kind) if pop is not None else None
 
 
 def log_image(trainer: L.Trainer, key: str, image: np.ndarray, step: int,
@@ -295,8 +301,9 @@ class PredictionGrid(L.Callback):
     validation windows (labels in the palette's colours, ignored pixels black),
     under ``dirpath`` and in the W&B / TensorBoard loggers (key ``val/predictions``).
 
-    Reads what the task keeps through ``pop_predictions()`` (SegmentTask: its first
-    validation batch); a no-op for tasks without it (the game). Skipped during
+    Reads what the task keeps as kind ``predictions`` (SegmentTask: ``image``, ``label``,
+    ``prediction`` of its first validation batch); a no-op for tasks that keep none
+    (the game). Skipped during
     Lightning's sanity check; ``every_n_epochs`` thins it out.
     """
 
@@ -307,8 +314,7 @@ class PredictionGrid(L.Callback):
         self.every_n_epochs = max(1, int(every_n_epochs))
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        pop = getattr(pl_module, "pop_predictions", None)
-        visuals = pop() if pop is not None else None
+        visuals = pop_visuals(pl_module, "predictions")
         if visuals is None or not trainer.is_global_zero or trainer.sanity_checking:
             return
         if trainer.current_epoch % self.every_n_epochs:

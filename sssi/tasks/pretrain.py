@@ -1,20 +1,12 @@
 """The pretext game as a LightningModule: an inpainter restores holes an instructor chose.
 
-Two players, two optimizers, manual optimisation. Which player learns at a given
-moment is a pure function of the epoch (or step) and the configured schedule, so a
-resumed run lands in the same phase, and every random draw of a step (masks, the
-instructor's latent sample) comes from a generator seeded by ``(seed, global_step)``:
-a run resumed from a checkpoint continues bit for bit on the CPU.
-
-Schedules (``schedule.mode``):
-- ``phases`` (the paper): ``warmup_epochs`` of the inpainter on random masks, then
-  ``rounds`` x [``instructor_epochs`` with the inpainter frozen, ``inpainter_epochs``
-  on instructor masks]; after the last round the inpainter keeps training on
-  instructor masks.
-- ``alternate`` (ADIOS-style): after the warm-up, ``inpainter_steps`` inpainter steps
-  then ``instructor_steps`` instructor steps, repeated.
-When ``mask_policy`` is a plain policy (random blocks, random patches, centre hole)
-there is no instructor and the module trains the inpainting baselines.
+Two players, ``"inpainter"`` and ``"instructor"`` (:data:`PLAYERS`), two optimizers,
+manual optimisation. Which player learns at a given moment is a pure function of the
+epoch (or step) and the configured schedule (:mod:`sssi.tasks.schedule`), so a resumed
+run lands in the same phase, and every random draw of a step (masks, the instructor's
+latent sample) comes from a generator seeded by ``(seed, global_step)``: a run resumed
+from a checkpoint continues bit for bit on the CPU. Without an instructor (random
+blocks, random patches, a centre hole) the module trains the inpainting baselines.
 
 Gradient accumulation (``task.accumulate_grad_batches = k``; Lightning's
 ``trainer.accumulate_grad_batches`` is refused under manual optimisation): each loss
@@ -22,7 +14,7 @@ is divided by the micro-batches of its window, the optimizer steps on the last
 micro-batch of every k (and on the last batch of an epoch), so ``global_step`` counts
 optimizer steps and the phase, which depends on the epoch or ``global_step``, changes
 only between steps. Micro-batch ``i`` of a step draws from a generator seeded by
-``(seed, global_step, i)``.
+``(seed, global_step, i)``. Gradients are synchronised across DDP ranks once per step.
 
 Positional shortcut: the crop's edge, where the inpainter has the least context, is
 always hard to restore, so an instructor rewarded with the raw error learns to erase
@@ -31,6 +23,10 @@ frequency, 1 = unbiased) and ``images/instructor_cells_epochNNN.png`` (the mean
 instructor mask per cell) show it; ``mask_policy.border_cells`` and
 ``task.instructor_reward=relative`` (reward = error minus a per-position baseline,
 :class:`PositionBaseline`) remove it.
+
+The file reads top to bottom: construction, schedule and phase, the training step,
+the two players' steps, the reward, divergence, validation, optimizers, checkpoint
+metadata; then the reward's helpers.
 """
 
 from __future__ import annotations
@@ -41,7 +37,6 @@ from collections.abc import Mapping
 from contextlib import nullcontext
 from typing import Any
 
-import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.strategies import ParallelStrategy
@@ -53,8 +48,9 @@ from sssi.config import to_plain
 from sssi.errors import ConfigError, SssiError
 from sssi.masking import cell_border_stats, mask_stats
 from sssi.models.inpainter import Inpainter
-from sssi.scaling import compile_in_place, compile_options, scale_learning_rates, scale_lr_options
+from sssi.tasks.base import BaseTask
 from sssi.tasks.schedule import (
+    INPAINTER,
     INSTRUCTOR,
     PHASES,
     WARMUP,
@@ -66,6 +62,8 @@ from sssi.tasks.schedule import (
 
 log = logging.getLogger(__name__)
 
+#: The two players, in the order of their optimizers (and of the NaN watch).
+PLAYERS = (INPAINTER, INSTRUCTOR)
 REWARDS = ("raw", "relative")
 
 
@@ -73,6 +71,458 @@ class TrainingDivergedError(SssiError):
     """A player's loss became NaN or infinite."""
 
 
+class PretrainTask(BaseTask):
+    """Inpainter (encoder + decoder) against an instructor, or inpainting baselines.
+
+    Logs per step: ``train/inpainter_loss`` (and its ``hole``/``context``/``ssim``
+    parts), ``train/instructor_loss``, ``train/instructor_kl``, ``train/hole_error``,
+    mask statistics (``mask/ratio``, ``mask/entropy``, ``mask/coverage``) and the phase
+    index; with an instructor's masks also ``mask/border_freq``, ``mask/inner_freq``
+    and ``mask/border_ratio`` (edge vs inner erase frequency of its cells, 1 = no
+    positional bias). Validation reports the hole error on random masks and, when there
+    is an instructor, on instructor masks (``val/hole_error_random``,
+    ``val/hole_error_instructor``): the game works when the latter is higher; and
+    ``val/border_ratio`` (with ``val/border_freq``, ``val/inner_freq``) of the mean
+    instructor mask per cell over the whole validation set, which it keeps for the
+    image callback (visuals kind ``instructor_cells``).
+
+    ``instructor_reward``: ``raw`` (the paper) weights the soft mask with the
+    inpainter's error; ``relative`` with the error minus :class:`PositionBaseline`
+    (``reward_baseline_momentum``), updated from every instructor mask the inpainter
+    fills after the warm-up. Ignored without an instructor.
+    """
+
+    datamodule = "sssi.data.PretextDataModule"
+
+    # ---------------------------------------------------------------------- construction
+    def __init__(
+        self,
+        backbone: Mapping,
+        mask_policy: Mapping,
+        loss: Mapping,
+        inpainter_optimizer: Mapping,
+        instructor_optimizer: Mapping | None = None,
+        inpainter_scheduler: Mapping | None = None,
+        instructor_scheduler: Mapping | None = None,
+        warmup_policy: Mapping | None = None,
+        instructor_backbone: Mapping | None = None,
+        schedule: Mapping | None = None,
+        in_channels: int = 3,
+        decoder_channels: tuple[int, ...] = (512, 256, 128, 64, 32),
+        output: str = "linear",
+        instructor_alpha_train: float = 1.0,
+        kl_weight: float = 1e-6,
+        seed: int = 0,
+        finite_check_every_n_steps: int = 1,
+        image_every_n_steps: int = 0,
+        channels_last: bool = False,
+        accumulate_grad_batches: int = 1,
+        compile: bool | Mapping = False,
+        scale_lr: Mapping | None = None,
+        instructor_reward: str = "raw",
+        reward_baseline_momentum: float = 0.9,
+    ) -> None:
+        hparams = {k: to_plain(v) for k, v in locals().items() if k not in ("self", "__class__")}
+        if instructor_reward not in REWARDS:
+            raise ConfigError(f"task.instructor_reward={instructor_reward!r}: expected raw "
+                              "(the inpainter's error) or relative (minus its per-position "
+                              "moving average)")
+        k = accumulate_grad_batches
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ConfigError(f"task.accumulate_grad_batches={k!r}: expected an integer >= 1")
+        super().__init__(hparams)  # builds the players, the loss and the reward baseline
+        self.automatic_optimization = False
+        self.accumulate_grad_batches = k
+        self.schedule = Schedule(**(self.hparams.schedule or {}))
+        # the first step whose loss was not finite, per player (-1: none yet)
+        self.register_buffer("_first_bad", torch.full((len(PLAYERS),), -1, dtype=torch.long),
+                             persistent=False)
+        self._val_cells: list[Tensor] | None = None  # [sum of hard cells (h, w), count]
+
+    def configure_models(self) -> None:
+        """The inpainter; the instructor (None for the baselines) and the random holes
+        of the warm-up and validation (the baselines' only holes)."""
+        hp = self.hparams
+        self.inpainter = Inpainter(instantiate(hp.backbone), hp.in_channels,
+                                   tuple(hp.decoder_channels), output=hp.output)
+        policy = instantiate(hp.mask_policy)
+        self.instructor = None
+        if isinstance(policy, functools.partial):  # the instructor needs its encoder
+            if hp.instructor_backbone is None:
+                raise SssiError("task.instructor_backbone is required when mask_policy is "
+                                "the instructor")
+            self.instructor = policy(encoder=instantiate(hp.instructor_backbone))
+            self.random_policy = instantiate(hp.warmup_policy) if hp.warmup_policy else None
+            if self.random_policy is None:
+                raise SssiError("task.warmup_policy is required when mask_policy is the "
+                                "instructor (random masks for the warm-up and validation)")
+            if hp.instructor_optimizer is None:
+                raise SssiError("task.instructor_optimizer is required with an instructor")
+        else:
+            self.random_policy = policy
+
+    def configure_losses(self) -> None:
+        """The inpainter's reconstruction loss; the relative reward's per-position
+        baseline (only then in the state dict, so checkpoints of raw runs keep their keys)."""
+        hp = self.hparams
+        self.criterion = instantiate(hp.loss)
+        relative = hp.instructor_reward == "relative" and self.instructor is not None
+        self.reward_baseline = PositionBaseline(hp.reward_baseline_momentum) if relative \
+            else None
+
+    def compiled_modules(self) -> list:
+        return [self.inpainter, self.instructor.encoder if self.instructor is not None else None]
+
+    @property
+    def find_unused_parameters(self) -> bool:
+        """Each step trains one player: under DDP the other's parameters get no gradient."""
+        return self.instructor is not None
+
+    # --------------------------------------------------------------- schedule and phase
+    @property
+    def phase(self) -> str:
+        """``warmup``, ``instructor`` or ``inpainter``: who learns now (and on which holes)."""
+        if self.instructor is None:
+            return WARMUP  # baselines: random masks throughout
+        warm_end = None
+        if self.schedule.mode == "alternate":
+            warm_end = warmup_end_step(self.schedule.warmup_epochs, self._batches_per_epoch(),
+                                       self.accumulate_grad_batches)
+        return self.schedule.phase(self.current_epoch, self.global_step, warm_end)
+
+    def _batches_per_epoch(self) -> float:
+        return self.trainer.num_training_batches if self._trainer is not None else float("inf")
+
+    def _generator(self, device: torch.device, micro: int = 0) -> torch.Generator:
+        g = torch.Generator(device=device)
+        g.manual_seed(step_seed(int(self.hparams.seed), int(self.global_step), micro))
+        return g
+
+    def on_train_epoch_start(self) -> None:
+        if self.schedule.reset_optimizers_each_round and \
+                self.schedule.round_starts(self.current_epoch):
+            # the paper re-creates both optimizers each round: drop their moments
+            for opt in self._optimizers():
+                opt.optimizer.state.clear()
+        log.debug("epoch %d: phase %s", self.current_epoch, self.phase)
+
+    def setup(self, stage: str) -> None:
+        # Each step trains one player, so the other's parameters get no gradient. DDP
+        # must be told, or it waits for those gradients forever; set it here so that
+        # every DDP trainer config works with the game unchanged.
+        kwargs = getattr(self.trainer.strategy, "_ddp_kwargs", None)
+        if isinstance(kwargs, dict) and self.instructor is not None:
+            kwargs.setdefault("find_unused_parameters", True)
+        super().setup(stage)  # compiles the players' networks when fitting
+
+    def configure_callbacks(self):
+        # The first hook that sees the trainer, before Lightning refuses its own
+        # accumulation under manual optimisation with a message naming the Trainer.
+        trainer = self.trainer
+        if trainer.state.fn == TrainerFn.FITTING and trainer.accumulate_grad_batches != 1:
+            raise ConfigError(
+                f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches}: the game "
+                "uses manual optimisation, which Lightning cannot accumulate; set "
+                f"task.accumulate_grad_batches={trainer.accumulate_grad_batches} instead "
+                "(and leave trainer.accumulate_grad_batches=1)")
+        return []
+
+    def on_fit_start(self) -> None:
+        if self.hparams.channels_last:  # faster convolutions on tensor-core GPUs
+            self.to(memory_format=torch.channels_last)
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        if self.hparams.channels_last and "image" in batch:
+            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+        return batch
+
+    # --------------------------------------------------------------------------- forward
+    def forward(self, masked: Tensor) -> Tensor:
+        """Restore ``masked`` images (holes filled with zeros)."""
+        return self.inpainter(masked)
+
+    def instructor_masks(self, images: Tensor, generator: torch.Generator | None = None
+                         ) -> Tensor:
+        """Binary holes the instructor would make now (it is put in eval mode)."""
+        assert self.instructor is not None
+        cells = self.instructor_cells(images, generator)
+        return self.instructor.upsample(cells, images.shape[-2:])
+
+    def instructor_cells(self, images: Tensor, generator: torch.Generator | None = None
+                         ) -> Tensor:
+        """The instructor's hard cell mask ``(B, 1, h, w)`` now (it is put in eval mode)."""
+        assert self.instructor is not None
+        self.instructor.eval()
+        with torch.no_grad():
+            # hard top-k cells: the paper's alpha = 100 sigmoid, binarised, is the same
+            return self.instructor.hard_mask(self.instructor(images, generator=generator).scores)
+
+    # --------------------------------------------------------------------- training step
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        images = batch["image"]
+        phase = self.phase  # constant within an accumulation window (see the docstring)
+        window = accumulation_window(batch_idx, self.accumulate_grad_batches,
+                                     self._batches_per_epoch())
+        g = self._generator(images.device, window[0])
+        if phase == INSTRUCTOR:
+            self._instructor_step(images, g, window)
+        elif phase == WARMUP:
+            self._inpainter_step(images, self.random_policy(images, generator=g), window)
+        else:  # the inpainter on the instructor's holes
+            cells = self.instructor_cells(images, generator=g)
+            mask = self.instructor.upsample(cells, images.shape[-2:])
+            self._inpainter_step(images, mask, window, cells)
+        self.log("train/phase", float(PHASES.index(phase)), on_step=True, on_epoch=False)
+        every = int(self.hparams.finite_check_every_n_steps or 0)
+        stepped = window[0] == window[1] - 1
+        if every and stepped and (self.global_step % every == 0):
+            self._raise_if_diverged()
+
+    # ------------------------------------------------------------------ the two players
+    def _inpainter_step(self, images: Tensor, mask: Tensor,
+                        window: tuple[int, int] = (0, 1), cells: Tensor | None = None) -> None:
+        """Restore ``mask``'s holes and learn from the error. ``cells``: the instructor's
+        cell mask behind ``mask`` (None for random masks)."""
+        self.inpainter.train()
+        restored = self.inpainter(images * (1.0 - mask))
+        loss, parts = self.criterion(restored, images, mask)
+        self._update(INPAINTER, loss, window)
+        bs = images.shape[0]
+        self.log("train/inpainter_loss", loss, batch_size=bs)
+        for k, v in parts.items():
+            self.log(f"train/inpainter_{k}", v, batch_size=bs)
+        self._log_mask(mask, bs, cells)
+        if cells is not None and self.reward_baseline is not None:
+            with torch.no_grad():
+                err = self.criterion.error_map(restored.detach(), images)
+            self._update_baseline(cell_errors(err, cells.shape[-2:]), cells)
+        self._keep_game_visuals(images, mask, restored)
+
+    def _instructor_step(self, images: Tensor, g: torch.Generator,
+                         window: tuple[int, int] = (0, 1)) -> None:
+        """Erase cells where the frozen inpainter fails most: maximise its error under the
+        soft mask (the instructor learns only through the mask), plus a small KL term."""
+        assert self.instructor is not None
+        self.instructor.train()
+        self.inpainter.eval()
+        out = self.instructor(images, generator=g)
+        size = images.shape[-2:]
+        soft_cells = self.instructor.soft_mask(out.scores,
+                                               alpha=self.hparams.instructor_alpha_train)
+        soft = self.instructor.upsample(soft_cells, size)
+        hard_cells = self.instructor.hard_mask(out.scores.detach())
+        hard = self.instructor.upsample(hard_cells, size)
+        with torch.no_grad():  # the frozen inpainter needs no autograd graph
+            restored = self.inpainter(images * (1.0 - hard))
+            err = self.criterion.error_map(restored, images)
+        reward, hole_error = self._reward(soft, soft_cells, hard_cells, err)
+        loss = 1.0 - reward + self.hparams.kl_weight * out.kl
+        self._update(INSTRUCTOR, loss, window)
+        bs = images.shape[0]
+        self.log("train/instructor_loss", loss, batch_size=bs)
+        self.log("train/instructor_kl", out.kl, batch_size=bs)
+        self.log("train/hole_error", hole_error, batch_size=bs)
+        if self.reward_baseline is not None:
+            self.log("train/instructor_reward", reward, batch_size=bs)
+        self._log_mask(hard, bs, hard_cells)
+        self.log("mask/soft_entropy", mask_stats(soft.detach())["entropy"], batch_size=bs)
+        self._keep_game_visuals(images, hard, restored)
+
+    def _update(self, player: str, loss: Tensor, window: tuple[int, int] = (0, 1)) -> None:
+        """Backward of ``player``'s ``loss`` for micro-batch ``window[0]`` of ``window[1]``;
+        the player's optimizer steps after the last one. Gradients are averaged over the
+        window and synchronised across DDP ranks only once."""
+        opt = self._optimizer(player)
+        micro, size = window
+        last = micro == size - 1
+        self._watch(loss, player)
+        if micro == 0:
+            opt.zero_grad(set_to_none=True)
+        strategy = self.trainer.strategy
+        no_sync = strategy.block_backward_sync() \
+            if not last and isinstance(strategy, ParallelStrategy) else nullcontext()
+        with no_sync:
+            self.manual_backward(loss / size if size > 1 else loss)
+        if last:
+            opt.step()
+
+    def _optimizers(self) -> list:
+        opts = self.optimizers()
+        return opts if isinstance(opts, list) else [opts]
+
+    def _optimizer(self, player: str):
+        """The optimizer of ``player`` (see :meth:`configure_optimizers`)."""
+        return self._optimizers()[PLAYERS.index(player)]
+
+    # ------------------------------------------------------------------------ the reward
+    def _reward(self, soft: Tensor, soft_cells: Tensor, hard_cells: Tensor, err: Tensor
+                ) -> tuple[Tensor, Tensor]:
+        """``(reward, hole_error)`` of the instructor's soft mask over the inpainter's
+        per-pixel error ``err``."""
+        if self.reward_baseline is None:  # the paper: the raw error in the soft holes
+            hole_error = (soft * err).sum() / soft.sum().clamp_min(1e-6)
+            return hole_error, hole_error
+        # per cell: the error minus what the inpainter gets wrong at that position
+        cell_err = cell_errors(err, soft_cells.shape[-2:])
+        reward, hole_error = self.relative_reward(soft_cells.float(), cell_err)
+        self._update_baseline(cell_err, hard_cells)  # after use: no batch sees itself
+        return reward, hole_error
+
+    def relative_reward(self, soft_cells: Tensor, cell_err: Tensor) -> tuple[Tensor, Tensor]:
+        """``(reward, hole_error)`` of soft cell masks ``(B, 1, h, w)`` over the per-cell
+        errors ``cell_err``: the soft-mask-weighted mean of ``cell_err - baseline`` (0
+        when every cell's error is its position's baseline) and of ``cell_err`` (the raw
+        reward, for the logs). Does not update the baseline."""
+        assert self.reward_baseline is not None
+        grid = tuple(cell_err.shape[-2:])
+        baseline = self.reward_baseline.value(grid, cell_err.device)
+        total = soft_cells.sum().clamp_min(1e-6)
+        reward = (soft_cells * (cell_err - baseline)).sum() / total
+        hole_error = (soft_cells.detach() * cell_err).sum() / total.detach()
+        return reward, hole_error
+
+    @torch.no_grad()
+    def _update_baseline(self, cell_err: Tensor, hard_cells: Tensor) -> None:
+        """Fold the batch's hole error per cell position into the reward baseline; the
+        sums are added over DDP ranks first so every rank keeps the same baseline."""
+        assert self.reward_baseline is not None
+        holes = hard_cells.float()
+        stacked = torch.stack([(cell_err.float() * holes).sum(dim=(0, 1)),
+                               holes.sum(dim=(0, 1))])
+        if self._trainer is not None and self.trainer.world_size > 1:
+            stacked = self.trainer.strategy.reduce(stacked, reduce_op="sum")
+        self.reward_baseline.update(stacked[0], stacked[1])
+
+    # ------------------------------------------------------------------ logs and visuals
+    def _log_mask(self, mask: Tensor, bs: int, cells: Tensor | None = None) -> None:
+        for k, v in mask_stats(mask.detach()).items():
+            self.log(f"mask/{k}", v, batch_size=bs)
+        if cells is not None:  # the instructor's cells: watch for the edge shortcut
+            for k, v in cell_border_stats(cells).items():
+                self.log(f"mask/{k}", v, batch_size=bs)
+
+    def _keep_game_visuals(self, images: Tensor, mask: Tensor, restored: Tensor) -> None:
+        """A few images for the image grid (``callbacks.image_grid``) every
+        ``task.image_every_n_steps`` steps."""
+        every = int(self.hparams.image_every_n_steps or 0)
+        if every and self.global_step % every == 0:
+            n = min(4, images.shape[0])
+            self.keep_visuals("game", {"image": images[:n].detach(), "mask": mask[:n].detach(),
+                                       "restored": restored[:n].detach().float()})
+
+    # ------------------------------------------------------------------------ divergence
+    def _watch(self, loss: Tensor, player: str) -> None:
+        """Remember the first step whose loss is not finite, without a host sync."""
+        i = PLAYERS.index(player)
+        bad = ~torch.isfinite(loss.detach())
+        unset = self._first_bad[i] < 0
+        step = torch.tensor(self.global_step, device=self._first_bad.device)
+        self._first_bad[i] = torch.where(bad & unset, step, self._first_bad[i])
+
+    def _raise_if_diverged(self) -> None:
+        first = self._first_bad.tolist()
+        for player, step in zip(PLAYERS, first, strict=True):
+            if step >= 0:
+                ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or \
+                    "none written yet"
+                raise TrainingDivergedError(
+                    f"the {player}'s loss is NaN or infinite at step {step} (epoch "
+                    f"{self.current_epoch}, phase {self.phase}); stopped. The last good "
+                    f"checkpoint is intact: {ckpt}")
+
+    def on_train_epoch_end(self) -> None:
+        # runs before ModelCheckpoint's epoch-end save: never checkpoint a diverged model
+        self._raise_if_diverged()
+        schedulers = self.lr_schedulers() or []
+        for sch in schedulers if isinstance(schedulers, list) else [schedulers]:
+            sch.step()
+
+    def on_validation_start(self) -> None:
+        self._raise_if_diverged()
+
+    # ------------------------------------------------------------------------ validation
+    def on_validation_epoch_start(self) -> None:
+        self._val_cells = None
+        self.pop_visuals("instructor_cells")  # a stale picture is not this epoch's
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        images = batch["image"]
+        g = torch.Generator(device=images.device)
+        g.manual_seed(int(self.hparams.seed) + batch_idx)  # same masks every validation
+        masks = {"random": self.random_policy(images, generator=g)}
+        if self.instructor is not None:
+            cells = self.instructor_cells(images, generator=g)
+            masks["instructor"] = self.instructor.upsample(cells, images.shape[-2:])
+            self._accumulate_cells(cells)
+        for name, mask in masks.items():
+            err = self.criterion.error_map(self.inpainter(images * (1.0 - mask)), images)
+            self.log(f"val/hole_error_{name}", (err * mask).sum() / mask.sum().clamp_min(1),
+                     batch_size=images.shape[0], sync_dist=True)
+
+    def _accumulate_cells(self, cells: Tensor) -> None:
+        """Sum the hard cells per position over the validation set (on the device)."""
+        total = cells.float().sum(dim=(0, 1))
+        if self._val_cells is None:
+            self._val_cells = [total, torch.tensor(float(cells.shape[0]), device=total.device)]
+        elif self._val_cells[0].shape == total.shape:
+            self._val_cells[0] += total
+            self._val_cells[1] += cells.shape[0]
+        else:  # windows of another size: another grid, not comparable position by position
+            log.warning("validation: instructor grid %s differs from %s; batch left out of "
+                        "the cell frequencies", tuple(total.shape),
+                        tuple(self._val_cells[0].shape))
+
+    def on_validation_epoch_end(self) -> None:
+        """The mean hard instructor mask per cell ``(h, w)`` (the erase frequency of each
+        position) over the validation set: logged as border statistics and kept for the
+        image callback (visuals kind ``instructor_cells``)."""
+        if self._val_cells is None:
+            return
+        stacked = torch.cat([self._val_cells[0].flatten(), self._val_cells[1].view(1)])
+        if self.trainer.world_size > 1:  # every rank validated its share of the windows
+            stacked = self.trainer.strategy.reduce(stacked, reduce_op="sum")
+        grid = self._val_cells[0].shape
+        frequency = (stacked[:-1] / stacked[-1].clamp_min(1)).view(grid)
+        self._val_cells = None
+        self.keep_visuals("instructor_cells", frequency)
+        for k, v in cell_border_stats(frequency).items():
+            self.log(f"val/{k}", v, sync_dist=True)  # equal on all ranks already
+
+    # ------------------------------------------------------------------------ optimizers
+    def configure_optimizers(self):
+        """One optimizer per player, in the order of :data:`PLAYERS`."""
+        hp = self.hparams
+        opt_inp = instantiate(hp.inpainter_optimizer)(params=self.inpainter.parameters())
+        optimizers = [opt_inp]
+        if self.instructor is not None:
+            optimizers.append(
+                instantiate(hp.instructor_optimizer)(params=self.instructor.parameters()))
+        # both players' rates follow the global batch (before the schedulers read them)
+        self.scale_learning_rates(optimizers)
+        schedulers = []
+        if hp.inpainter_scheduler:
+            schedulers.append(instantiate(hp.inpainter_scheduler)(optimizer=opt_inp))
+        if self.instructor is not None and hp.instructor_scheduler:
+            schedulers.append(instantiate(hp.instructor_scheduler)(optimizer=optimizers[1]))
+        return optimizers, schedulers
+
+    # ----------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["game"] = {
+            "phase": self.phase, "epoch": self.current_epoch, "global_step": self.global_step,
+            "round": self.schedule.round(self.current_epoch),
+            "schedule": dict(self.hparams.schedule or {}),
+            "has_instructor": self.instructor is not None,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        game = checkpoint.get("game")
+        if game and dict(self.hparams.schedule or {}) != game.get("schedule"):
+            log.warning("resuming with a different schedule than the checkpoint's: %s -> %s",
+                        game.get("schedule"), dict(self.hparams.schedule or {}))
+
+
+# ---------------------------------------------------------------------- reward helpers
 class PositionBaseline(nn.Module):
     """Exponential moving average of the inpainter's hole error per cell position.
 
@@ -145,430 +595,3 @@ class PositionBaseline(nn.Module):
 def cell_errors(err: Tensor, grid: tuple[int, int] | torch.Size) -> Tensor:
     """Per-pixel error ``(B, 1, H, W)`` -> mean error of each cell ``(B, 1, h, w)``."""
     return F.adaptive_avg_pool2d(err.float(), tuple(grid))
-
-
-class PretrainTask(L.LightningModule):
-    """Inpainter (encoder + decoder) against an instructor, or inpainting baselines.
-
-    Logs per step: ``train/inpainter_loss`` (and its ``hole``/``context``/``ssim``
-    parts), ``train/instructor_loss``, ``train/instructor_kl``, ``train/hole_error``,
-    mask statistics (``mask/ratio``, ``mask/entropy``, ``mask/coverage``) and the phase
-    index; with an instructor's masks also ``mask/border_freq``, ``mask/inner_freq``
-    and ``mask/border_ratio`` (edge vs inner erase frequency of its cells, 1 = no
-    positional bias). Validation reports the hole error on random masks and, when there
-    is an instructor, on instructor masks (``val/hole_error_random``,
-    ``val/hole_error_instructor``): the game works when the latter is higher; and
-    ``val/border_ratio`` (with ``val/border_freq``, ``val/inner_freq``) of the mean
-    instructor mask per cell over the whole validation set, which
-    :meth:`pop_cell_frequency` hands to the image callback.
-
-    ``instructor_reward``: ``raw`` (the paper) weights the soft mask with the
-    inpainter's error; ``relative`` with the error minus :class:`PositionBaseline`
-    (``reward_baseline_momentum``), updated from every instructor mask the inpainter
-    fills after the warm-up. Ignored without an instructor.
-    """
-
-    def __init__(
-        self,
-        backbone: Mapping,
-        mask_policy: Mapping,
-        loss: Mapping,
-        inpainter_optimizer: Mapping,
-        instructor_optimizer: Mapping | None = None,
-        inpainter_scheduler: Mapping | None = None,
-        instructor_scheduler: Mapping | None = None,
-        warmup_policy: Mapping | None = None,
-        instructor_backbone: Mapping | None = None,
-        schedule: Mapping | None = None,
-        in_channels: int = 3,
-        decoder_channels: tuple[int, ...] = (512, 256, 128, 64, 32),
-        output: str = "linear",
-        instructor_alpha_train: float = 1.0,
-        kl_weight: float = 1e-6,
-        seed: int = 0,
-        finite_check_every_n_steps: int = 1,
-        image_every_n_steps: int = 0,
-        channels_last: bool = False,
-        accumulate_grad_batches: int = 1,
-        compile: bool | Mapping = False,
-        scale_lr: Mapping | None = None,
-        instructor_reward: str = "raw",
-        reward_baseline_momentum: float = 0.9,
-    ) -> None:
-        super().__init__()
-        self.automatic_optimization = False
-        self.save_hyperparameters({k: to_plain(v) for k, v in locals().items()
-                                   if k not in ("self", "__class__")})
-        if instructor_reward not in REWARDS:
-            raise ConfigError(f"task.instructor_reward={instructor_reward!r}: expected raw "
-                              "(the inpainter's error) or relative (minus its per-position "
-                              "moving average)")
-        hp = self.hparams
-        self.inpainter = Inpainter(instantiate(hp.backbone), in_channels,
-                                   tuple(decoder_channels), output=output)
-        policy = instantiate(hp.mask_policy)
-        self.instructor = None
-        if isinstance(policy, functools.partial):  # the instructor needs its encoder
-            if instructor_backbone is None:
-                raise SssiError("task.instructor_backbone is required when mask_policy is "
-                                "the instructor")
-            self.instructor = policy(encoder=instantiate(hp.instructor_backbone))
-            self.random_policy = instantiate(hp.warmup_policy) if warmup_policy else None
-            if self.random_policy is None:
-                raise SssiError("task.warmup_policy is required when mask_policy is the "
-                                "instructor (random masks for the warm-up and validation)")
-            if instructor_optimizer is None:
-                raise SssiError("task.instructor_optimizer is required with an instructor")
-        else:
-            self.random_policy = policy
-        self.criterion = instantiate(hp.loss)
-        self.schedule = Schedule(**(hp.schedule or {}))
-        k = accumulate_grad_batches
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ConfigError(f"task.accumulate_grad_batches={k!r}: expected an integer >= 1")
-        self.accumulate_grad_batches = k
-        compile_options(compile)  # fail early on a bad task.compile
-        scale_lr_options(scale_lr)  # and on a bad task.scale_lr
-        self.register_buffer("_first_bad", torch.full((2,), -1, dtype=torch.long),
-                             persistent=False)
-        self._visuals: dict[str, Tensor] | None = None
-        # only then in the state dict, so checkpoints of raw runs keep their keys
-        self.reward_baseline = PositionBaseline(reward_baseline_momentum) \
-            if instructor_reward == "relative" and self.instructor is not None else None
-        self._val_cells: list[Tensor] | None = None  # [sum of hard cells (h, w), count]
-        self._cell_frequency: Tensor | None = None
-
-    # ------------------------------------------------------------------------ schedule
-    @property
-    def phase(self) -> str:
-        if self.instructor is None:
-            return WARMUP  # baselines: random masks throughout
-        warm_end = None
-        if self.schedule.mode == "alternate":
-            warm_end = warmup_end_step(self.schedule.warmup_epochs, self._batches_per_epoch(),
-                                       self.accumulate_grad_batches)
-        return self.schedule.phase(self.current_epoch, self.global_step, warm_end)
-
-    def _batches_per_epoch(self) -> float:
-        return self.trainer.num_training_batches if self._trainer is not None else float("inf")
-
-    def _generator(self, device: torch.device, micro: int = 0) -> torch.Generator:
-        g = torch.Generator(device=device)
-        g.manual_seed(step_seed(int(self.hparams.seed), int(self.global_step), micro))
-        return g
-
-    def setup(self, stage: str) -> None:
-        # Each step trains one player, so the other's parameters get no gradient. DDP
-        # must be told, or it waits for those gradients forever; set it here so that
-        # every DDP trainer config works with the game unchanged.
-        kwargs = getattr(self.trainer.strategy, "_ddp_kwargs", None)
-        if isinstance(kwargs, dict) and self.instructor is not None:
-            kwargs.setdefault("find_unused_parameters", True)
-        if stage == "fit":  # in place: state-dict keys stay those of the plain modules
-            instructor_encoder = self.instructor.encoder if self.instructor is not None else None
-            compile_in_place([self.inpainter, instructor_encoder], self.hparams.compile)
-
-    def configure_callbacks(self):
-        # The first hook that sees the trainer, before Lightning refuses its own
-        # accumulation under manual optimisation with a message naming the Trainer.
-        trainer = self.trainer
-        if trainer.state.fn == TrainerFn.FITTING and trainer.accumulate_grad_batches != 1:
-            raise ConfigError(
-                f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches}: the game "
-                "uses manual optimisation, which Lightning cannot accumulate; set "
-                f"task.accumulate_grad_batches={trainer.accumulate_grad_batches} instead "
-                "(and leave trainer.accumulate_grad_batches=1)")
-        return []
-
-    def on_fit_start(self) -> None:
-        if self.hparams.channels_last:  # faster convolutions on tensor-core GPUs
-            self.to(memory_format=torch.channels_last)
-
-    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        if self.hparams.channels_last and "image" in batch:
-            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
-        return batch
-
-    # ------------------------------------------------------------------------ forward
-    def forward(self, masked: Tensor) -> Tensor:
-        """Restore ``masked`` images (holes filled with zeros)."""
-        return self.inpainter(masked)
-
-    def instructor_masks(self, images: Tensor, generator: torch.Generator | None = None
-                         ) -> Tensor:
-        """Binary holes the instructor would make now (it is put in eval mode)."""
-        assert self.instructor is not None
-        cells = self.instructor_cells(images, generator)
-        return self.instructor.upsample(cells, images.shape[-2:])
-
-    def instructor_cells(self, images: Tensor, generator: torch.Generator | None = None
-                         ) -> Tensor:
-        """The instructor's hard cell mask ``(B, 1, h, w)`` now (it is put in eval mode)."""
-        assert self.instructor is not None
-        self.instructor.eval()
-        with torch.no_grad():
-            # hard top-k cells: the paper's alpha = 100 sigmoid, binarised, is the same
-            return self.instructor.hard_mask(self.instructor(images, generator=generator).scores)
-
-    def _optimizers(self) -> list:
-        opts = self.optimizers()
-        return opts if isinstance(opts, list) else [opts]
-
-    # ------------------------------------------------------------------------ training
-    def training_step(self, batch: dict, batch_idx: int) -> None:
-        images = batch["image"]
-        phase = self.phase  # constant within an accumulation window (see the docstring)
-        window = accumulation_window(batch_idx, self.accumulate_grad_batches,
-                                     self._batches_per_epoch())
-        g = self._generator(images.device, window[0])
-        if phase == INSTRUCTOR:
-            self._instructor_step(images, g, window)
-        else:
-            cells = None
-            if phase == WARMUP:
-                mask = self.random_policy(images, generator=g)
-            else:
-                cells = self.instructor_cells(images, generator=g)
-                mask = self.instructor.upsample(cells, images.shape[-2:])
-            self._inpainter_step(images, mask, window, cells)
-        self.log("train/phase", float(PHASES.index(phase)), on_step=True, on_epoch=False)
-        every = int(self.hparams.finite_check_every_n_steps or 0)
-        stepped = window[0] == window[1] - 1
-        if every and stepped and (self.global_step % every == 0):
-            self._raise_if_diverged()
-
-    def _inpainter_step(self, images: Tensor, mask: Tensor,
-                        window: tuple[int, int] = (0, 1), cells: Tensor | None = None) -> None:
-        """``cells``: the instructor's cell mask behind ``mask`` (None for random masks)."""
-        opt = self._optimizers()[0]
-        self.inpainter.train()
-        restored = self.inpainter(images * (1.0 - mask))
-        loss, parts = self.criterion(restored, images, mask)
-        self._update(opt, loss, 0, window)
-        bs = images.shape[0]
-        self.log("train/inpainter_loss", loss, batch_size=bs)
-        for k, v in parts.items():
-            self.log(f"train/inpainter_{k}", v, batch_size=bs)
-        self._log_mask(mask, bs, cells)
-        if cells is not None and self.reward_baseline is not None:
-            with torch.no_grad():
-                err = self.criterion.error_map(restored.detach(), images)
-            self._update_baseline(cell_errors(err, cells.shape[-2:]), cells)
-        self._keep_visuals(images, mask, restored)
-
-    def _instructor_step(self, images: Tensor, g: torch.Generator,
-                         window: tuple[int, int] = (0, 1)) -> None:
-        assert self.instructor is not None
-        opt = self._optimizers()[1]
-        self.instructor.train()
-        self.inpainter.eval()
-        out = self.instructor(images, generator=g)
-        size = images.shape[-2:]
-        soft_cells = self.instructor.soft_mask(out.scores,
-                                               alpha=self.hparams.instructor_alpha_train)
-        soft = self.instructor.upsample(soft_cells, size)
-        hard_cells = self.instructor.hard_mask(out.scores.detach())
-        hard = self.instructor.upsample(hard_cells, size)
-        with torch.no_grad():  # the frozen inpainter needs no autograd graph
-            restored = self.inpainter(images * (1.0 - hard))
-            err = self.criterion.error_map(restored, images)
-        if self.reward_baseline is None:  # the paper: the raw error in the soft holes
-            hole_error = (soft * err).sum() / soft.sum().clamp_min(1e-6)
-            reward = hole_error
-        else:  # per cell: the error minus what the inpainter gets wrong at that position
-            cell_err = cell_errors(err, soft_cells.shape[-2:])
-            reward, hole_error = self.relative_reward(soft_cells.float(), cell_err)
-            self._update_baseline(cell_err, hard_cells)  # after use: no batch sees itself
-        loss = 1.0 - reward + self.hparams.kl_weight * out.kl
-        self._update(opt, loss, 1, window)
-        bs = images.shape[0]
-        self.log("train/instructor_loss", loss, batch_size=bs)
-        self.log("train/instructor_kl", out.kl, batch_size=bs)
-        self.log("train/hole_error", hole_error, batch_size=bs)
-        if self.reward_baseline is not None:
-            self.log("train/instructor_reward", reward, batch_size=bs)
-        self._log_mask(hard, bs, hard_cells)
-        self.log("mask/soft_entropy", mask_stats(soft.detach())["entropy"], batch_size=bs)
-        self._keep_visuals(images, hard, restored)
-
-    def _update(self, opt, loss: Tensor, player: int, window: tuple[int, int] = (0, 1)
-                ) -> None:
-        """Backward of ``player``'s (0 inpainter, 1 instructor) ``loss`` for micro-batch
-        ``window[0]`` of ``window[1]``; the optimizer steps after the last one. Gradients
-        are averaged over the window and synchronised across DDP ranks only once."""
-        micro, size = window
-        last = micro == size - 1
-        self._watch(loss, player)
-        if micro == 0:
-            opt.zero_grad(set_to_none=True)
-        strategy = self.trainer.strategy
-        no_sync = strategy.block_backward_sync() \
-            if not last and isinstance(strategy, ParallelStrategy) else nullcontext()
-        with no_sync:
-            self.manual_backward(loss / size if size > 1 else loss)
-        if last:
-            opt.step()
-
-    def relative_reward(self, soft_cells: Tensor, cell_err: Tensor) -> tuple[Tensor, Tensor]:
-        """``(reward, hole_error)`` of soft cell masks ``(B, 1, h, w)`` over the per-cell
-        errors ``cell_err``: the soft-mask-weighted mean of ``cell_err - baseline`` (0
-        when every cell's error is its position's baseline) and of ``cell_err`` (the raw
-        reward, for the logs). Does not update the baseline."""
-        assert self.reward_baseline is not None
-        grid = tuple(cell_err.shape[-2:])
-        baseline = self.reward_baseline.value(grid, cell_err.device)
-        total = soft_cells.sum().clamp_min(1e-6)
-        reward = (soft_cells * (cell_err - baseline)).sum() / total
-        hole_error = (soft_cells.detach() * cell_err).sum() / total.detach()
-        return reward, hole_error
-
-    @torch.no_grad()
-    def _update_baseline(self, cell_err: Tensor, hard_cells: Tensor) -> None:
-        """Fold the batch's hole error per cell position into the reward baseline; the
-        sums are added over DDP ranks first so every rank keeps the same baseline."""
-        assert self.reward_baseline is not None
-        holes = hard_cells.float()
-        stacked = torch.stack([(cell_err.float() * holes).sum(dim=(0, 1)),
-                               holes.sum(dim=(0, 1))])
-        if self._trainer is not None and self.trainer.world_size > 1:
-            stacked = self.trainer.strategy.reduce(stacked, reduce_op="sum")
-        self.reward_baseline.update(stacked[0], stacked[1])
-
-    def _log_mask(self, mask: Tensor, bs: int, cells: Tensor | None = None) -> None:
-        for k, v in mask_stats(mask.detach()).items():
-            self.log(f"mask/{k}", v, batch_size=bs)
-        if cells is not None:  # the instructor's cells: watch for the edge shortcut
-            for k, v in cell_border_stats(cells).items():
-                self.log(f"mask/{k}", v, batch_size=bs)
-
-    def _keep_visuals(self, images: Tensor, mask: Tensor, restored: Tensor) -> None:
-        every = int(self.hparams.image_every_n_steps or 0)
-        if every and self.global_step % every == 0:
-            n = min(4, images.shape[0])
-            self._visuals = {"image": images[:n].detach(), "mask": mask[:n].detach(),
-                             "restored": restored[:n].detach().float()}
-
-    def pop_visuals(self) -> dict[str, Tensor] | None:
-        """The images kept for the image-grid callback, once."""
-        v, self._visuals = self._visuals, None
-        return v
-
-    # --------------------------------------------------------------------- divergence
-    def _watch(self, loss: Tensor, player: int) -> None:
-        """Remember the first step whose loss is not finite, without a host sync."""
-        bad = ~torch.isfinite(loss.detach())
-        unset = self._first_bad[player] < 0
-        step = torch.tensor(self.global_step, device=self._first_bad.device)
-        self._first_bad[player] = torch.where(bad & unset, step, self._first_bad[player])
-
-    def _raise_if_diverged(self) -> None:
-        first = self._first_bad.tolist()
-        for player, step in zip(("inpainter", "instructor"), first, strict=True):
-            if step >= 0:
-                ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or \
-                    "none written yet"
-                raise TrainingDivergedError(
-                    f"the {player}'s loss is NaN or infinite at step {step} (epoch "
-                    f"{self.current_epoch}, phase {self.phase}); stopped. The last good "
-                    f"checkpoint is intact: {ckpt}")
-
-    def on_train_epoch_end(self) -> None:
-        # runs before ModelCheckpoint's epoch-end save: never checkpoint a diverged model
-        self._raise_if_diverged()
-        schedulers = self.lr_schedulers() or []
-        for sch in schedulers if isinstance(schedulers, list) else [schedulers]:
-            sch.step()
-
-    def on_validation_start(self) -> None:
-        self._raise_if_diverged()
-
-    def on_train_epoch_start(self) -> None:
-        if self.schedule.reset_optimizers_each_round and \
-                self.schedule.round_starts(self.current_epoch):
-            # the paper re-creates both optimizers each round: drop their moments
-            for opt in self._optimizers():
-                opt.optimizer.state.clear()
-        log.debug("epoch %d: phase %s", self.current_epoch, self.phase)
-
-    # ---------------------------------------------------------------------- validation
-    def on_validation_epoch_start(self) -> None:
-        self._val_cells = None
-        self._cell_frequency = None
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        images = batch["image"]
-        g = torch.Generator(device=images.device)
-        g.manual_seed(int(self.hparams.seed) + batch_idx)  # same masks every validation
-        masks = {"random": self.random_policy(images, generator=g)}
-        if self.instructor is not None:
-            cells = self.instructor_cells(images, generator=g)
-            masks["instructor"] = self.instructor.upsample(cells, images.shape[-2:])
-            self._accumulate_cells(cells)
-        for name, mask in masks.items():
-            err = self.criterion.error_map(self.inpainter(images * (1.0 - mask)), images)
-            self.log(f"val/hole_error_{name}", (err * mask).sum() / mask.sum().clamp_min(1),
-                     batch_size=images.shape[0], sync_dist=True)
-
-    def _accumulate_cells(self, cells: Tensor) -> None:
-        """Sum the hard cells per position over the validation set (on the device)."""
-        total = cells.float().sum(dim=(0, 1))
-        if self._val_cells is None:
-            self._val_cells = [total, torch.tensor(float(cells.shape[0]), device=total.device)]
-        elif self._val_cells[0].shape == total.shape:
-            self._val_cells[0] += total
-            self._val_cells[1] += cells.shape[0]
-        else:  # windows of another size: another grid, not comparable position by position
-            log.warning("validation: instructor grid %s differs from %s; batch left out of "
-                        "the cell frequencies", tuple(total.shape),
-                        tuple(self._val_cells[0].shape))
-
-    def on_validation_epoch_end(self) -> None:
-        if self._val_cells is None:
-            return
-        stacked = torch.cat([self._val_cells[0].flatten(), self._val_cells[1].view(1)])
-        if self.trainer.world_size > 1:  # every rank validated its share of the windows
-            stacked = self.trainer.strategy.reduce(stacked, reduce_op="sum")
-        grid = self._val_cells[0].shape
-        frequency = (stacked[:-1] / stacked[-1].clamp_min(1)).view(grid)
-        self._val_cells = None
-        self._cell_frequency = frequency
-        for k, v in cell_border_stats(frequency).items():
-            self.log(f"val/{k}", v, sync_dist=True)  # equal on all ranks already
-
-    def pop_cell_frequency(self) -> Tensor | None:
-        """The mean hard instructor mask per cell ``(h, w)`` of the last validation (the
-        erase frequency of each position), once; None without an instructor."""
-        frequency, self._cell_frequency = self._cell_frequency, None
-        return frequency
-
-    # ------------------------------------------------------------------------ optimizers
-    def configure_optimizers(self):
-        hp = self.hparams
-        opt_inp = instantiate(hp.inpainter_optimizer)(params=self.inpainter.parameters())
-        optimizers = [opt_inp]
-        if self.instructor is not None:
-            optimizers.append(
-                instantiate(hp.instructor_optimizer)(params=self.instructor.parameters()))
-        # both players' rates follow the global batch (before the schedulers read them)
-        scale_learning_rates(self.trainer, optimizers, hp.get("scale_lr"))
-        schedulers = []
-        if hp.inpainter_scheduler:
-            schedulers.append(instantiate(hp.inpainter_scheduler)(optimizer=opt_inp))
-        if self.instructor is not None and hp.instructor_scheduler:
-            schedulers.append(instantiate(hp.instructor_scheduler)(optimizer=optimizers[1]))
-        return optimizers, schedulers
-
-    # ------------------------------------------------------------------------ checkpoints
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["game"] = {
-            "phase": self.phase, "epoch": self.current_epoch, "global_step": self.global_step,
-            "round": self.schedule.round(self.current_epoch),
-            "schedule": dict(self.hparams.schedule or {}),
-            "has_instructor": self.instructor is not None,
-        }
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        game = checkpoint.get("game")
-        if game and dict(self.hparams.schedule or {}) != game.get("schedule"):
-            log.warning("resuming with a different schedule than the checkpoint's: %s -> %s",
-                        game.get("schedule"), dict(self.hparams.schedule or {}))

@@ -2,8 +2,8 @@
 and ISPRS metrics.
 
 Configs (backbone, loss, optimizer, scheduler) arrive as plain mappings and are
-instantiated here, so a checkpoint's hyperparameters fully describe the model and
-``SegmentTask.load_from_checkpoint(path)`` rebuilds it without Hydra's composition.
+instantiated here (see :mod:`sssi.tasks.base`), so a checkpoint's hyperparameters fully
+describe the model and ``SegmentTask.load_from_checkpoint(path)`` rebuilds it.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-import lightning as L
 from hydra.utils import instantiate
 from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
@@ -22,10 +21,10 @@ from sssi.data.palettes import IGNORE_INDEX
 from sssi.errors import ConfigError
 from sssi.metrics import evaluation_metrics
 from sssi.models.heads import Segmenter, build_head
-from sssi.scaling import compile_in_place, compile_options, scale_learning_rates, scale_lr_options
+from sssi.tasks.base import BaseTask
 
 
-class SegmentTask(L.LightningModule):
+class SegmentTask(BaseTask):
     """Fine-tune (or train from scratch) a segmenter on labelled windows.
 
     ``init`` starts the encoder from a pretext checkpoint of the game, a segmentation
@@ -45,6 +44,8 @@ class SegmentTask(L.LightningModule):
     and per-class IoU; the same under ``test/`` for the test split.
     """
 
+    datamodule = "sssi.data.SegmentationDataModule"
+
     def __init__(self, backbone: Mapping, loss: Mapping, num_classes: int,
                  optimizer: Mapping, scheduler: Mapping | None = None,
                  head: Mapping | None = None, freeze_encoder: bool = False,
@@ -52,8 +53,17 @@ class SegmentTask(L.LightningModule):
                  class_names: list[str] | None = None, compile: bool | Mapping = False,
                  scale_lr: Mapping | None = None, pretrained_lr_scale: float = 1.0,
                  encoder_bn_stats: str = "frozen") -> None:
-        super().__init__()
-        self.save_hyperparameters({
+        if encoder_bn_stats not in ("frozen", "update"):
+            raise ConfigError(f"task.encoder_bn_stats={encoder_bn_stats!r}: expected frozen "
+                              "(a frozen encoder keeps its BatchNorm statistics) or update")
+        if not float(pretrained_lr_scale) > 0:
+            raise ConfigError(f"task.pretrained_lr_scale={pretrained_lr_scale!r}: expected a "
+                              "positive factor (task.freeze_encoder=true freezes the encoder)")
+        if require_init and not init:
+            raise ConfigError("task.init is required by this experiment: give the encoder's "
+                              "starting weights, task.init=PATH (a pretext checkpoint or a "
+                              "torchvision-style state dict)")
+        super().__init__({
             "backbone": to_plain(backbone), "loss": to_plain(loss), "num_classes": num_classes,
             "optimizer": to_plain(optimizer), "scheduler": to_plain(scheduler),
             "head": to_plain(head) or {"name": "fcn"}, "freeze_encoder": freeze_encoder,
@@ -63,34 +73,32 @@ class SegmentTask(L.LightningModule):
             "pretrained_lr_scale": float(pretrained_lr_scale),
             "encoder_bn_stats": encoder_bn_stats,
         })
-        if encoder_bn_stats not in ("frozen", "update"):
-            raise ConfigError(f"task.encoder_bn_stats={encoder_bn_stats!r}: expected frozen "
-                              "(a frozen encoder keeps its BatchNorm statistics) or update")
-        if not float(pretrained_lr_scale) > 0:
-            raise ConfigError(f"task.pretrained_lr_scale={pretrained_lr_scale!r}: expected a "
-                              "positive factor (task.freeze_encoder=true freezes the encoder)")
-        compile_options(compile)  # fail early on a bad task.compile or task.scale_lr
-        scale_lr_options(scale_lr)
-        if require_init and not init:
-            raise ConfigError("task.init is required by this experiment: give the encoder's "
-                              "starting weights, task.init=PATH (a pretext checkpoint or a "
-                              "torchvision-style state dict)")
+        self._initialised = False
+        self.init_source = "scratch"
+        self.class_names = self.hparams.class_names or [f"class_{i}" for i in range(num_classes)]
+
+    def configure_models(self) -> None:
         encoder = instantiate(self.hparams.backbone)
         head_options = dict(self.hparams.head)
         head_name = head_options.pop("name", "fcn")
         self.model = Segmenter(encoder, build_head(head_name, encoder.out_channels,
-                                                   encoder.reductions, num_classes,
+                                                   encoder.reductions, self.hparams.num_classes,
                                                    **head_options))
-        if freeze_encoder:
+        if self.hparams.freeze_encoder:
             self.model.encoder.requires_grad_(False)
+
+    def configure_losses(self) -> None:
         self.criterion = instantiate(self.hparams.loss)
-        self._initialised = False
-        self.init_source = "scratch"
-        self.class_names = self.hparams.class_names or [f"class_{i}" for i in range(num_classes)]
+
+    def configure_metrics(self) -> None:
         # one confusion matrix per stage (synchronised across DDP ranks by torchmetrics);
         # every score derives from it through sssi.metrics, as in sssi.evaluate
-        self.val_confusion = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX)
-        self.test_confusion = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX)
+        n = self.hparams.num_classes
+        self.val_confusion = MulticlassConfusionMatrix(n, ignore_index=IGNORE_INDEX)
+        self.test_confusion = MulticlassConfusionMatrix(n, ignore_index=IGNORE_INDEX)
+
+    def compiled_modules(self) -> list:
+        return [self.model]
 
     def setup(self, stage: str) -> None:
         # The encoder's starting weights load when fitting begins, before Lightning
@@ -99,8 +107,7 @@ class SegmentTask(L.LightningModule):
         if stage == "fit" and self.hparams.init and not self._initialised:
             self.init_source = init_encoder(self.model.encoder, self.hparams.init)
             self._initialised = True
-        if stage == "fit":  # in place: state-dict keys stay those of the plain model
-            compile_in_place([self.model], self.hparams.get("compile"))
+        super().setup(stage)  # compiles the segmenter when fitting
         # class names come from the data's palette unless the checkpoint already has them
         dm = getattr(self.trainer, "datamodule", None)
         layout = getattr(dm, "layout", None)
@@ -139,23 +146,11 @@ class SegmentTask(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         predictions = self._eval_step(batch, self.val_confusion, "val")
-        if batch_idx == 0:
-            self._keep_predictions(batch, predictions)
-
-    # the prediction panel (sssi.callbacks.PredictionGrid): a few windows of the first
-    # validation batch, the same windows every epoch
-    _predictions: dict[str, Tensor] | None = None
-
-    def _keep_predictions(self, batch: dict, predictions: Tensor, n: int = 4) -> None:
-        n = min(n, predictions.shape[0])
-        self._predictions = {"image": batch["image"][:n].detach(),
-                             "label": batch["label"][:n].detach(),
-                             "prediction": predictions[:n].detach()}
-
-    def pop_predictions(self) -> dict[str, Tensor] | None:
-        """The windows kept for the prediction panel, once."""
-        v, self._predictions = self._predictions, None
-        return v
+        if batch_idx == 0:  # the prediction panel (sssi.callbacks.PredictionGrid): a few
+            n = min(4, predictions.shape[0])  # windows, the same ones every epoch
+            self.keep_visuals("predictions", {"image": batch["image"][:n].detach(),
+                                              "label": batch["label"][:n].detach(),
+                                              "prediction": predictions[:n].detach()})
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, self.test_confusion, "test")
@@ -192,7 +187,7 @@ class SegmentTask(L.LightningModule):
         optimizer = instantiate(self.hparams.optimizer)(params=groups)
         if scale != 1.0 and len(groups) == 2:
             optimizer.param_groups[1]["lr"] *= scale
-        scale_learning_rates(self.trainer, [optimizer], self.hparams.get("scale_lr"))
+        self.scale_learning_rates([optimizer])
         if not self.hparams.scheduler:
             return optimizer
         scheduler = instantiate(self.hparams.scheduler)(optimizer=optimizer)

@@ -1,0 +1,84 @@
+"""What every sssi task shares (after torchgeo's ``BaseTask``): hyperparameters, hooks
+that build the models, losses and metrics, compilation, learning-rate scaling and the
+hand-off of pictures to the image callbacks.
+
+A task's configs (backbone, loss, optimizer, ...) arrive as plain mappings
+(``_recursive_: false``) and are instantiated by the task, so that a checkpoint's
+hyperparameters fully describe it and ``Task.load_from_checkpoint(path)`` rebuilds it
+without Hydra's composition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
+
+import lightning as L
+import torch
+from torch import nn
+
+from sssi.scaling import compile_in_place, compile_options, scale_learning_rates, scale_lr_options
+
+
+class BaseTask(L.LightningModule):
+    """A LightningModule built from plain hyperparameters.
+
+    ``__init__(hparams)`` saves ``hparams`` (plain Python values, the subclass's
+    ``__init__`` arguments), checks ``compile`` and ``scale_lr``, then calls
+    :meth:`configure_models`, :meth:`configure_losses` and :meth:`configure_metrics`.
+
+    - ``datamodule``: the ``_target_`` of the datamodule the task trains on;
+      ``sssi.train`` instantiates ``cfg.data`` with it.
+    - ``find_unused_parameters``: whether DDP must look for parameters that get no
+      gradient in a step; ``sssi.train`` then picks the Lightning strategy that does.
+    - :meth:`compiled_modules`: what ``task.compile`` compiles, in place, when fitting.
+    - :meth:`scale_learning_rates`: ``task.scale_lr`` applied to the optimizers.
+    - :meth:`keep_visuals` / :meth:`pop_visuals`: pictures for the image callbacks, by
+      kind (``sssi.callbacks``); popping a kind the task never keeps gives None.
+    """
+
+    datamodule: ClassVar[str | None] = None  # None: cfg.data's own _target_
+    find_unused_parameters: bool = False
+
+    def __init__(self, hparams: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.save_hyperparameters(dict(hparams))
+        compile_options(self.hparams.get("compile"))  # fail early on a bad task.compile
+        scale_lr_options(self.hparams.get("scale_lr"))  # and on a bad task.scale_lr
+        self._visuals: dict[str, Any] = {}
+        self.configure_models()
+        self.configure_losses()
+        self.configure_metrics()
+
+    # ------------------------------------------------------------------------ hooks
+    def configure_models(self) -> None:
+        """Build the networks from ``self.hparams``."""
+        raise NotImplementedError
+
+    def configure_losses(self) -> None:
+        """Build the losses from ``self.hparams`` (none by default)."""
+
+    def configure_metrics(self) -> None:
+        """Build the metrics (none by default)."""
+
+    def compiled_modules(self) -> Iterable[nn.Module | None]:
+        """The modules ``task.compile`` compiles (None entries are skipped)."""
+        return ()
+
+    # ---------------------------------------------------------------------- shared
+    def setup(self, stage: str) -> None:
+        if stage == "fit":  # in place: state-dict keys stay those of the plain modules
+            compile_in_place(self.compiled_modules(), self.hparams.get("compile"))
+
+    def scale_learning_rates(self, optimizers: Iterable[torch.optim.Optimizer]) -> float:
+        """Multiply the optimizers' rates as ``task.scale_lr`` says (call before creating
+        the schedulers, which then start from the scaled rates); the factor."""
+        return scale_learning_rates(self.trainer, optimizers, self.hparams.get("scale_lr"))
+
+    def keep_visuals(self, kind: str, value: Any) -> None:
+        """Keep ``value`` for the image callback of ``kind`` (replacing an older one)."""
+        self._visuals[kind] = value
+
+    def pop_visuals(self, kind: str) -> Any:
+        """What was kept for ``kind``, once; None when nothing was."""
+        return self._visuals.pop(kind, None)
