@@ -4,7 +4,8 @@ Three sources, told apart by what the file holds:
 - a pretext checkpoint of the game (``PretrainTask``): the inpainter's encoder;
 - a segmentation checkpoint (``SegmentTask``): its encoder (e.g. to continue on
   another dataset);
-- a torchvision-style state dict (ImageNet weights from a local file).
+- a torchvision-style state dict (ImageNet weights from a local file, or an encoder
+  written by ``python -m sssi.export``, also as ``.safetensors``).
 Keys are matched exactly through the backbone registry's loader: a missing,
 unexpected or mis-shaped key is an error naming the file and the keys, never ignored.
 """
@@ -31,6 +32,10 @@ def init_encoder(encoder: nn.Module, path: str | Path) -> str:
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(f"task.init={path}: file not found")
+    if path.suffix.lower() == ".safetensors":  # an exported encoder (sssi.export)
+        load_backbone_weights(encoder, path)
+        log.info("encoder initialised from the state dict %s", path)
+        return "state_dict"
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt file, not a torch file

@@ -155,6 +155,8 @@ def _key_list(keys: list[str]) -> str:
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise ConfigError(f"backbone weights file not found: {path}")
+    if path.suffix.lower() == ".safetensors":
+        return _read_safetensors(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling, zip and weights_only errors alike
@@ -172,10 +174,30 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
     return dict(obj)
 
 
+def _read_safetensors(path: Path) -> dict[str, Tensor]:
+    """A ``.safetensors`` state dict (``python -m sssi.export format=safetensors``)."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError as err:
+        raise ConfigError(
+            f"backbone weights {path} are a safetensors file: pip install safetensors"
+        ) from err
+    try:
+        return dict(load_file(str(path), device="cpu"))
+    except Exception as err:  # a damaged header or truncated data
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ConfigError(
+            f"cannot read backbone weights {path}: {type(err).__name__}: {first_line}"
+        ) from err
+
+
 def load_backbone_weights(
     model: nn.Module, path: str | os.PathLike[str], *, name: str | None = None
 ) -> None:
     """Load a torchvision-style state dict file into ``model`` with strict key matching.
+
+    The file is a ``torch.save`` of ``{name: tensor}`` (``.pth``, ``.pt``) or, by its
+    suffix, a ``.safetensors`` file (needs the ``safetensors`` package).
 
     Only three differences are tolerated, each logged: classifier keys listed in
     ``model.pretrained_head_prefixes`` are dropped; a 3-band ``model.stem_conv_key`` is
