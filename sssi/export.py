@@ -49,7 +49,7 @@ import sssi
 from sssi.cli import CONFIG_DIR, run_or_exit
 from sssi.errors import ConfigError, DataError, first_line
 from sssi.models import build_backbone, load_backbone_state
-from sssi.utils.io import atomic_write_text
+from sssi.utils.io import atomic_write_text, file_mode
 
 log = logging.getLogger("sssi.export")
 
@@ -292,13 +292,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _file_mode() -> int:
-    """Permissions of a new file under the process's umask (as ``open`` would give)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 def _write(out: Path, writer: Callable[[Path], None], info: dict[str, Any]) -> dict[str, Any]:
     """``writer(tmp)`` writes the output under a temporary name beside ``out``; it is
     hashed and renamed into place, then the description goes beside it (atomically)."""
@@ -311,7 +304,7 @@ def _write(out: Path, writer: Callable[[Path], None], info: dict[str, Any]) -> d
         writer(tmp)
         info = {**info, "file": out.name, "bytes": tmp.stat().st_size,
                 "sha256": _sha256(tmp)}
-        os.chmod(tmp, _file_mode())  # temporary files are private; outputs are not
+        os.chmod(tmp, file_mode())  # temporary files are private; outputs are not
         os.replace(tmp, out)
     except OSError as exc:
         raise DataError(f"output={out}: cannot write here ({first_line(exc)})") from exc
@@ -320,7 +313,6 @@ def _write(out: Path, writer: Callable[[Path], None], info: dict[str, Any]) -> d
     ordered = {"format": info.pop("format"), "file": info.pop("file"),
                "sha256": info.pop("sha256"), **info}
     atomic_write_text(description_path(out), json.dumps(ordered, indent=1) + "\n")
-    os.chmod(description_path(out), _file_mode())
     log.info("wrote %s and %s", out, description_path(out).name)
     return ordered
 
