@@ -1,14 +1,19 @@
-"""What the three entry points share: where the configs are and how errors end a run.
+"""What the entry points share: where the configs are, how errors end a run, and which
+third-party messages are noise.
 
 Errors caused by input a user can fix (:class:`~sssi.errors.SssiError`, also when
 Hydra wrapped one while instantiating a config) end the run with one ``error:`` line
 naming the file or key, and exit status 1; anything else is a bug and keeps its
-traceback.
+traceback. Messages that libraries print on every run without telling the user
+anything (:data:`NOISE`) are dropped; every other warning stays.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -22,6 +27,36 @@ from sssi.errors import SssiError
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 T = TypeVar("T")
+
+#: Start of messages printed on every run that tell the user nothing (regexes):
+NOISE = (
+    # torch deprecated LeafSpec; Lightning's own pytree helper still builds one
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    # the game moves its batches to channels_last itself; Lightning flags any task that
+    # transforms batches while a datamodule is given, which is how sssi is built
+    r"You have overridden `on_after_batch_transfer` in `LightningModule`",
+    # an advertisement for a cloud logger, printed by every Trainer
+    r"💡 Tip: For seamless cloud logging",
+)
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(re.match(pattern, message) for pattern in NOISE)
+
+
+_NOISE_FILTER = _DropNoise()
+
+
+def quiet_noise() -> None:
+    """Drop :data:`NOISE` from warnings and from Lightning's rank-zero log (idempotent)."""
+    for pattern in NOISE:
+        warnings.filterwarnings("ignore", message=pattern)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if _NOISE_FILTER not in logger.filters:
+            logger.addFilter(_NOISE_FILTER)
 
 
 def user_error(exc: BaseException | None) -> SssiError | None:
@@ -37,6 +72,7 @@ def user_error(exc: BaseException | None) -> SssiError | None:
 
 def run_or_exit(run: Callable[[DictConfig], T], cfg: DictConfig) -> T:
     """``run(cfg)``; a user error becomes one ``error:`` line on stderr and exit 1."""
+    quiet_noise()
     try:
         return run(cfg)
     except (SssiError, InstantiationException, OmegaConfBaseException) as exc:
