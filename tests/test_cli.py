@@ -13,7 +13,8 @@ def test_known_noise_is_dropped_and_other_warnings_stay(caplog):
         warnings.simplefilter("always")
         quiet_noise()
         warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance("
-                      "treespec, TreeSpec) and treespec.is_leaf()` instead.", FutureWarning, stacklevel=2)
+                      "treespec, TreeSpec) and treespec.is_leaf()` instead.", FutureWarning,
+                      stacklevel=2)
         warnings.warn("You have overridden `on_after_batch_transfer` in `LightningModule` "
                       "but have passed in a `LightningDataModule`.", UserWarning, stacklevel=2)
         warnings.warn("The dataloader does not have many workers", UserWarning, stacklevel=2)
