@@ -15,6 +15,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+from lightning.pytorch.strategies import StrategyRegistry
 from omegaconf import DictConfig
 
 import sssi.config  # noqa: F401  (registers the ${sssi.*} resolvers)
@@ -46,7 +47,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     task: L.LightningModule = hydra.utils.instantiate(cfg.task)
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")),
-        logger=instantiate_group(cfg.get("logger")) or False)
+        logger=instantiate_group(cfg.get("logger")) or False, **trainer_overrides(cfg, task))
     log_config(trainer.loggers, cfg)
 
     metrics: dict[str, float] = {}
@@ -64,6 +65,30 @@ def run(cfg: DictConfig) -> dict[str, float]:
         log.info("run folder: %s", output_dir)
     finish(trainer.loggers)  # close this job's W&B run (the next job of a sweep opens its own)
     return metrics
+
+
+def strategy_for(task: L.LightningModule, strategy: Any) -> Any:
+    """``trainer.strategy`` as ``task`` needs it: a task whose steps leave parameters
+    without a gradient (``task.find_unused_parameters``: the game trains one player per
+    step) gets Lightning's DDP variant that finds them (``ddp`` ->
+    ``ddp_find_unused_parameters_true``, ``ddp_spawn`` -> ``ddp_spawn_find_...``).
+    Other strategies, and strategy objects, are returned as they are."""
+    if getattr(task, "find_unused_parameters", False) and isinstance(strategy, str):
+        name = f"{strategy}_find_unused_parameters_true"
+        if name in StrategyRegistry:
+            return name
+    return strategy
+
+
+def trainer_overrides(cfg: DictConfig, task: L.LightningModule) -> dict[str, Any]:
+    """Trainer arguments that the task decides (see :func:`strategy_for`)."""
+    strategy = cfg.trainer.get("strategy")
+    wanted = strategy_for(task, strategy)
+    if wanted == strategy:
+        return {}
+    log.info("trainer.strategy=%s -> %s (%s trains one player per step)", strategy, wanted,
+             type(task).__name__)
+    return {"strategy": wanted}
 
 
 def _resume_from(trainer: L.Trainer, cfg: DictConfig) -> str | None:

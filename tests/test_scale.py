@@ -263,6 +263,33 @@ def test_slurm_trainer_takes_nodes_and_devices_from_the_job(monkeypatch):
     assert (trainer.world_size, trainer.global_rank, trainer.local_rank) == (8, 5, 1)
 
 
+def test_the_game_gets_the_ddp_strategy_that_finds_unused_parameters():
+    """Each step of the game trains one player: sssi.train gives it Lightning's DDP
+    variant that finds unused parameters; a DDP model without it is refused at fit start."""
+    from lightning.pytorch.strategies import DDPStrategy
+    from torch.nn.parallel import DistributedDataParallel
+
+    from sssi.train import strategy_for
+
+    game = instantiate(_compose(GAME).task)
+    assert strategy_for(game, "ddp") == "ddp_find_unused_parameters_true"
+    assert strategy_for(game, "ddp_spawn") == "ddp_spawn_find_unused_parameters_true"
+    assert strategy_for(game, "auto") == "auto" and strategy_for(game, None) is None
+    custom = DDPStrategy(find_unused_parameters=True)
+    assert strategy_for(game, custom) is custom
+    blocks = instantiate(_compose([*GAME, "mask_policy=random_blocks"]).task)
+    segment = instantiate(_compose([]).task)
+    assert strategy_for(blocks, "ddp") == "ddp" and strategy_for(segment, "ddp") == "ddp"
+
+    wrapped = DistributedDataParallel.__new__(DistributedDataParallel)  # no process group
+    wrapped.__dict__["find_unused_parameters"] = False
+    game._trainer = SimpleNamespace(strategy=SimpleNamespace(model=wrapped))
+    with pytest.raises(ConfigError, match=r"ddp_find_unused_parameters_true"):
+        game.on_fit_start()
+    wrapped.__dict__["find_unused_parameters"] = True
+    game.on_fit_start()
+
+
 def test_slurm_sweep_launcher_asks_for_the_trainers_nodes_and_gpus(tmp_path, monkeypatch):
     import submitit
 

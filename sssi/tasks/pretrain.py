@@ -43,6 +43,7 @@ from lightning.pytorch.strategies import ParallelStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from sssi.config import to_plain
 from sssi.errors import ConfigError, SssiError
@@ -175,7 +176,9 @@ class PretrainTask(BaseTask):
 
     @property
     def find_unused_parameters(self) -> bool:
-        """Each step trains one player: under DDP the other's parameters get no gradient."""
+        """Each step trains one player: under DDP the other's parameters get no gradient,
+        and DDP must be told (``sssi.train`` then picks ``ddp_find_unused_parameters_true``
+        for ``ddp``, and so on; :meth:`on_fit_start` refuses a DDP model without it)."""
         return self.instructor is not None
 
     # --------------------------------------------------------------- schedule and phase
@@ -206,15 +209,6 @@ class PretrainTask(BaseTask):
                 opt.optimizer.state.clear()
         log.debug("epoch %d: phase %s", self.current_epoch, self.phase)
 
-    def setup(self, stage: str) -> None:
-        # Each step trains one player, so the other's parameters get no gradient. DDP
-        # must be told, or it waits for those gradients forever; set it here so that
-        # every DDP trainer config works with the game unchanged.
-        kwargs = getattr(self.trainer.strategy, "_ddp_kwargs", None)
-        if isinstance(kwargs, dict) and self.instructor is not None:
-            kwargs.setdefault("find_unused_parameters", True)
-        super().setup(stage)  # compiles the players' networks when fitting
-
     def configure_callbacks(self):
         # The first hook that sees the trainer, before Lightning refuses its own
         # accumulation under manual optimisation with a message naming the Trainer.
@@ -228,6 +222,15 @@ class PretrainTask(BaseTask):
         return []
 
     def on_fit_start(self) -> None:
+        # After the strategy wrapped the module: DDP must find the unused parameters of
+        # the player that sits a step out (sssi.train picks that strategy by itself).
+        model = self.trainer.strategy.model
+        if self.find_unused_parameters and isinstance(model, DistributedDataParallel) and \
+                not model.find_unused_parameters:
+            raise ConfigError(
+                "trainer.strategy: the game trains one player per step, so DDP must find "
+                "unused parameters; use trainer.strategy=ddp_find_unused_parameters_true "
+                "(or a DDPStrategy with find_unused_parameters: true)")
         if self.hparams.channels_last:  # faster convolutions on tensor-core GPUs
             self.to(memory_format=torch.channels_last)
 
