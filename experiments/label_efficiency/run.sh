@@ -18,9 +18,11 @@ results="${RESULTS_DIR:-$study}"
 eval_args=()
 case "$scale" in
   demo) data_group=synthetic; stage2=(finetune) ;;
-  # a test image (about 2100 x 1800 px) fits one window: the network sees it whole,
-  # at the study's half resolution
-  dubai) data_group=dubai; stage2=(finetune probe); eval_args=(window=2112 stride=2048) ;;
+  # a test image (about 2060 x 1820 px) fits one window and one chunk (a window that
+  # touches two chunks is predicted twice): the network sees it whole, at the study's
+  # half resolution
+  dubai) data_group=dubai; stage2=(finetune probe)
+    eval_args=(window=2112 stride=2048 chunk=4224) ;;
   potsdam) data_group=potsdam; stage2=(finetune) ;;
 esac
 data_args=()
