@@ -47,7 +47,7 @@ COVERAGE_GRID = 4
 # --------------------------------------------------------------------------- validation
 
 
-def check_ratio(value: object, name: str = "mask_policy.ratio") -> float:
+def check_ratio(value: object, name: str = "mask_policy.random.ratio") -> float:
     """Return ``value`` as a float in (0, 1) or raise :class:`ConfigError` naming ``name``.
 
     0 would erase nothing and 1 everything; both leave the inpainter nothing to learn.
@@ -171,7 +171,7 @@ class RandomBlocks(MaskPolicy):
     def __init__(self, ratio: float = 0.25, block_size: int = 16) -> None:
         super().__init__()
         self.ratio = check_ratio(ratio)
-        self.block_size = check_size(block_size, "mask_policy.block_size")
+        self.block_size = check_size(block_size, "mask_policy.random.block_size")
 
     def extra_repr(self) -> str:
         return f"ratio={self.ratio}, block_size={self.block_size}"
@@ -254,7 +254,7 @@ class RandomPatches(MaskPolicy):
     def __init__(self, ratio: float = 0.25, patch_size: int = 16) -> None:
         super().__init__()
         self.ratio = check_ratio(ratio)
-        self.patch_size = check_size(patch_size, "mask_policy.patch_size")
+        self.patch_size = check_size(patch_size, "mask_policy.random.patch_size")
 
     def extra_repr(self) -> str:
         return f"ratio={self.ratio}, patch_size={self.patch_size}"

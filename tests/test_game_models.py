@@ -306,10 +306,11 @@ def test_border_cells_clamp_k_and_refuse_grids_without_candidates() -> None:
     hard = model.hard_mask(torch.randn(3, 1, 4, 4))
     assert (hard.sum(dim=(1, 2, 3)) == 3).all() and not hard[:, :, border_cell_grid(4, 4)].any()
     assert ((model.soft_mask(torch.randn(3, 1, 4, 4)) > 0.5).sum(dim=(1, 2, 3)) == 3).all()
-    with pytest.raises(ConfigError, match=r"mask_policy\.border_cells=1: .* 3x3 .* 1 candidate"):
+    with pytest.raises(ConfigError, match=r"mask_policy\.instructor\.network\.border_cells=1: "
+                                          r".* 3x3 .* 1 candidate"):
         model.hard_mask(torch.zeros(1, 1, 3, 3))
     wide = Instructor(instructor_encoder(), latent_dim=4, border_cells=2)
-    with pytest.raises(ConfigError, match=r"mask_policy\.border_cells=2"):
+    with pytest.raises(ConfigError, match=r"mask_policy\.instructor\.network\.border_cells=2"):
         wide.soft_mask(torch.zeros(1, 1, 4, 8))
     assert wide.hard_mask(torch.randn(1, 1, 6, 6)).sum() == 3  # 2x2 candidates: k 9 -> 3
 
@@ -322,11 +323,11 @@ def test_instructor_needs_two_cells(instructor: Instructor) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"ratio": 1.0}, r"mask_policy\.ratio=1\.0"),
-        ({"ratio": 0}, r"mask_policy\.ratio=0"),
-        ({"latent_dim": 0}, r"mask_policy\.latent_dim=0"),
-        ({"border_cells": -1}, r"mask_policy\.border_cells=-1"),
-        ({"border_cells": 1.5}, r"mask_policy\.border_cells=1\.5"),
+        ({"ratio": 1.0}, r"mask_policy\.instructor\.network\.ratio=1\.0"),
+        ({"ratio": 0}, r"mask_policy\.instructor\.network\.ratio=0"),
+        ({"latent_dim": 0}, r"mask_policy\.instructor\.network\.latent_dim=0"),
+        ({"border_cells": -1}, r"mask_policy\.instructor\.network\.border_cells=-1"),
+        ({"border_cells": 1.5}, r"mask_policy\.instructor\.network\.border_cells=1\.5"),
     ],
 )
 def test_instructor_bad_options(kwargs: dict, match: str) -> None:

@@ -308,20 +308,20 @@ def test_border_stats_of_uniform_random_cells_is_one() -> None:
 @pytest.mark.parametrize("ratio", [0, 1, 1.5, -0.1, float("nan"), True, "0.25", None])
 @pytest.mark.parametrize("cls", [RandomBlocks, RandomPatches, CenterHole])
 def test_bad_ratio(cls, ratio) -> None:
-    with pytest.raises(ConfigError, match=r"mask_policy\.ratio="):
+    with pytest.raises(ConfigError, match=r"mask_policy\.random\.ratio="):
         cls(ratio=ratio)
 
 
 @pytest.mark.parametrize("size", [0, -16, 2.5, False, float("inf")])
 def test_bad_sizes(size) -> None:
-    with pytest.raises(ConfigError, match=r"mask_policy\.block_size="):
+    with pytest.raises(ConfigError, match=r"mask_policy\.random\.block_size="):
         RandomBlocks(0.25, block_size=size)
-    with pytest.raises(ConfigError, match=r"mask_policy\.patch_size="):
+    with pytest.raises(ConfigError, match=r"mask_policy\.random\.patch_size="):
         RandomPatches(0.25, patch_size=size)
 
 
 def test_message_names_value() -> None:
-    with pytest.raises(ConfigError, match=r"^mask_policy\.ratio=1\.5: expected"):
+    with pytest.raises(ConfigError, match=r"^mask_policy\.random\.ratio=1\.5: expected"):
         RandomBlocks(ratio=1.5)
 
 
@@ -339,25 +339,35 @@ def test_bad_image_shape() -> None:
     ],
 )
 def test_configs_instantiate(name: str, cls: type, params: dict[str, float]) -> None:
+    """A baseline's node: the random holes, and the instructor switched off."""
     hydra_utils = pytest.importorskip("hydra.utils")
     from omegaconf import OmegaConf
 
-    policy = hydra_utils.instantiate(OmegaConf.load(CONF_DIR / f"{name}.yaml"))
+    node = OmegaConf.load(CONF_DIR / f"{name}.yaml")
+    policy = hydra_utils.instantiate(node.random)
     assert type(policy) is cls
     assert all(getattr(policy, key) == value for key, value in params.items())
+    assert node.instructor.enabled is False
 
 
 def test_instructor_config() -> None:
-    """The instructor config is a partial that the task completes with the encoder."""
+    """The game's node: random 16 px blocks for the warm-up and validation, and every
+    instructor setting; the instructor's ratio follows the random holes' ratio."""
     hydra_utils = pytest.importorskip("hydra.utils")
-    from omegaconf import OmegaConf
-
-    from sssi.models import build_backbone
     from sssi.models.instructor import Instructor
+    from sssi.tasks.pretrain import check_mask_policy
+    from tests.helpers import compose_train
 
-    make = hydra_utils.instantiate(OmegaConf.load(CONF_DIR / "instructor.yaml"))
-    instructor = make(encoder=build_backbone("resnet18", stem_pool=False))
-    assert isinstance(instructor, Instructor)
+    node = compose_train(["mask_policy=instructor"]).mask_policy
+    settings = check_mask_policy(node)["instructor"]
+    instructor = Instructor(hydra_utils.instantiate(settings["backbone"]), **settings["network"])
     assert instructor.ratio == 0.25 and instructor.latent_dim == 100
     assert instructor.border_cells == 0  # off by default: the paper's policy
     assert instructor.cell_size == 16
+    assert settings["reward"] == "raw" and settings["kl_weight"] == 1e-6
+    assert settings["alpha_train"] == 1.0
+    assert settings["optimizer"]["lr"] == 1e-5 and settings["random"] is None
+    random = hydra_utils.instantiate(node.random)
+    assert type(random) is RandomBlocks and (random.ratio, random.block_size) == (0.25, 16)
+    half = compose_train(["mask_policy=instructor", "mask_policy.random.ratio=0.5"]).mask_policy
+    assert half.instructor.network.ratio == 0.5  # one knob for both

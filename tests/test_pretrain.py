@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from sssi.callbacks import RAMP, heat_map
 from sssi.errors import ConfigError
 from sssi.masking import border_cell_grid
-from sssi.tasks.pretrain import PositionBaseline, TrainingDivergedError
+from sssi.tasks.pretrain import PositionBaseline, TrainingDivergedError, check_mask_policy
 from sssi.tasks.schedule import (
     INPAINTER,
     INSTRUCTOR,
@@ -104,10 +104,12 @@ def test_position_baseline_moving_average_and_state():
     fresh = PositionBaseline(momentum=0.5)  # lazily sized from the checkpoint
     fresh.load_state_dict(baseline.state_dict())
     assert torch.equal(fresh.mean, baseline.mean) and torch.equal(fresh.seen, baseline.seen)
-    with pytest.raises(ConfigError, match=r"instructor_reward=relative: .* from 2x3 to 4x4"):
+    with pytest.raises(ConfigError,
+                       match=r"mask_policy\.instructor\.reward=relative: .* from 2x3 to 4x4"):
         baseline.update(torch.zeros(4, 4), torch.ones(4, 4))
     for momentum in (1.0, -0.1, "0.9"):
-        with pytest.raises(ConfigError, match=r"task\.reward_baseline_momentum="):
+        with pytest.raises(ConfigError,
+                           match=r"mask_policy\.instructor\.reward_baseline_momentum="):
             PositionBaseline(momentum)
 
 
@@ -115,7 +117,7 @@ def test_relative_reward_ignores_what_a_position_always_costs():
     """The edge is always harder to restore (error 1 vs 0.5 inside): the raw reward pulls
     the instructor to the edge, the relative one is 0 for errors equal to their position's
     baseline and pushes the soft mask off the edge towards a cell harder than usual."""
-    task = _task("task.instructor_reward=relative")
+    task = _task("mask_policy.instructor.reward=relative")
     assert task.reward_baseline is not None and "reward_baseline.mean" in task.state_dict()
     ring = border_cell_grid(4, 4)
     per_position = torch.where(ring, 1.0, 0.5)
@@ -137,15 +139,48 @@ def test_relative_reward_ignores_what_a_position_always_costs():
 
 def test_reward_option_defaults_and_errors():
     raw = _task()
-    assert raw.hparams.instructor_reward == "raw" and raw.reward_baseline is None
+    assert raw.instructor_settings["reward"] == "raw" and raw.reward_baseline is None
     assert not any("reward_baseline" in k for k in raw.state_dict())  # old checkpoints load
     assert raw.instructor.border_cells == 0
     blocks = instantiate(compose_train(["+experiment=demo_inpaint_blocks",
-                                        "task.instructor_reward=relative"]).task)
+                                        "++mask_policy.instructor.reward=relative"]).task)
     assert blocks.instructor is None and blocks.reward_baseline is None  # nothing to reward
     with pytest.raises((ConfigError, InstantiationException),
-                       match=r"task\.instructor_reward='bogus'"):
-        _task("task.instructor_reward=bogus")
+                       match=r"mask_policy\.instructor\.reward='bogus'"):
+        _task("mask_policy.instructor.reward=bogus")
+
+
+def test_mask_policy_node_is_checked_and_names_the_key():
+    game = check_mask_policy(compose_train(["+experiment=demo_pretrain"]).task.mask_policy)
+    full = game["instructor"]
+    assert full["enabled"] and full["random"]["block_size"] == 8  # the demo game's own holes
+    random = {"_target_": "sssi.masking.RandomBlocks", "ratio": 0.25}
+    # no instructor: null, or switched off (game settings an experiment gave are ignored)
+    for off in (None, {"enabled": False, "reward": "relative", "optimizer": {"lr": 1.0}}):
+        assert check_mask_policy({"random": random, "instructor": off}) == {
+            "random": random, "instructor": None}
+    minimal = {k: full[k] for k in ("network", "backbone", "optimizer")}
+    filled = check_mask_policy({"random": random, "instructor": minimal})["instructor"]
+    assert filled["reward"] == "raw" and filled["kl_weight"] == 1e-6 and filled["random"] is None
+    bad = [
+        ({"_target_": "sssi.models.instructor.Instructor", "_partial_": True},
+         r"^mask_policy=.*expected \{random"),  # the layout before the instructor node
+        ({"random": random, "ratio": 0.5}, r"mask_policy has unknown keys \['ratio'\]"),
+        ({"random": {"ratio": 0.25}}, r"mask_policy\.random=.*_target_"),
+        ({"random": random, "instructor": {"network": {}, "backbone": {}}},
+         r"mask_policy\.instructor\.optimizer=None: required"),
+        ({"random": random, "instructor": {**full, "kl": 1}},
+         r"mask_policy\.instructor has unknown keys \['kl'\]"),
+        ({"random": random, "instructor": {**full, "network": {"latent": 8}}},
+         r"mask_policy\.instructor\.network has unknown keys \['latent'\]"),
+        ({"random": random, "instructor": {**full, "reward": "bogus"}},
+         r"mask_policy\.instructor\.reward='bogus'"),
+        ({"random": random, "instructor": {**full, "random": {"block_size": 8}}},
+         r"mask_policy\.instructor\.random=.*_target_"),
+    ]
+    for node, match in bad:
+        with pytest.raises(ConfigError, match=match):
+            check_mask_policy(node)
 
 
 def test_heat_map_colours():
@@ -197,7 +232,8 @@ def test_resume_mid_phase_gives_the_same_weights(tmp_path, data_dir):
     game = ["task.schedule.warmup_epochs=1", "task.schedule.instructor_epochs=2",
             "task.schedule.inpainter_epochs=1", "task.inpainter_scheduler.milestones=[1,3]",
             "task.image_every_n_steps=0", "trainer.num_sanity_val_steps=0",
-            "task.instructor_reward=relative", "mask_policy.border_cells=1"]
+            "mask_policy.instructor.reward=relative",
+            "mask_policy.instructor.network.border_cells=1"]
     straight = compose_cfg([*SMALL, *game, "trainer.max_epochs=4"], tmp_path / "a", data_dir)
     metrics = run(straight)
     # 64 px crops: 4x4 cells, the 12 edge cells never erased, k = 4 clamped to 3 of 4

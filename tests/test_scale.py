@@ -57,7 +57,7 @@ GAME = [
     "data.batch_size=4", "data.samples_per_epoch=16", "data.num_workers=0",
     "+trainer.limit_val_batches=0", "trainer.log_every_n_steps=1", "logger=csv",
     "trainer.enable_progress_bar=false", "task.image_every_n_steps=0",
-    f"backbone._target_={TINY}", f"task.instructor_backbone._target_={TINY}",
+    f"backbone._target_={TINY}", f"mask_policy.instructor.backbone._target_={TINY}",
     "task.decoder_channels=[16,8]", "task.schedule.warmup_epochs=1",
     "task.schedule.instructor_epochs=1", "task.schedule.inpainter_epochs=1",
     "task.inpainter_scheduler.milestones=[1]",
@@ -131,7 +131,7 @@ def test_scale_lr_multiplies_both_players_rates_by_global_over_base(caplog):
         (inp, ins), (sched,) = task.configure_optimizers()
     # global batch 8 x 4 devices x 2 (the task's accumulation, not the trainer's) = 64
     assert inp.param_groups[0]["lr"] == pytest.approx(cfg.task.inpainter_optimizer.lr * 2)
-    assert ins.param_groups[0]["lr"] == pytest.approx(cfg.task.instructor_optimizer.lr * 2)
+    assert ins.param_groups[0]["lr"] == pytest.approx(cfg.mask_policy.instructor.optimizer.lr * 2)
     assert sched.base_lrs == [pytest.approx(cfg.task.inpainter_optimizer.lr * 2)]
     assert "global batch 64 = 8 per device x 4 devices x 2 accumulation" in caplog.text
 
@@ -277,7 +277,8 @@ def test_the_game_gets_the_ddp_strategy_that_finds_unused_parameters():
     assert strategy_for(game, "auto") == "auto" and strategy_for(game, None) is None
     custom = DDPStrategy(find_unused_parameters=True)
     assert strategy_for(game, custom) is custom
-    blocks = instantiate(_compose([*GAME, "mask_policy=random_blocks"]).task)
+    no_instructor = [o for o in GAME if not o.startswith("mask_policy.instructor")]
+    blocks = instantiate(_compose([*no_instructor, "mask_policy=random_blocks"]).task)
     segment = instantiate(_compose([]).task)
     assert strategy_for(blocks, "ddp") == "ddp" and strategy_for(segment, "ddp") == "ddp"
 

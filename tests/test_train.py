@@ -146,7 +146,8 @@ def test_every_experiment_composes_and_instantiates(experiment, tmp_path):
         assert cfg.data.crop_size == 128 and cfg.data.batch_size == 128
         assert cfg.backbone.name == "drn_a_50" and task.inpainter.encoder.reductions[-1] == 8
         assert task.instructor.encoder.reductions[-1] == 16
-        assert cfg.mask_policy.ratio == 0.25 and cfg.mask_policy.latent_dim == 100
+        assert cfg.mask_policy.random.ratio == 0.25 == cfg.mask_policy.instructor.network.ratio
+        assert cfg.mask_policy.instructor.network.latent_dim == 100
         sch = cfg.task.schedule
         assert cfg.trainer.max_epochs == sch.warmup_epochs + sch.rounds * (
             sch.instructor_epochs + sch.inpainter_epochs) == 700

@@ -68,15 +68,16 @@ def task(backbone: str, channels: int, mode: str, channels_last: bool) -> Pretra
     enc = {"_target_": "sssi.models.build_backbone", "name": backbone, "in_channels": channels}
     t = PretrainTask(
         backbone=enc,
-        mask_policy={"_target_": "sssi.models.instructor.Instructor", "_partial_": True,
-                     "latent_dim": 100, "ratio": 0.25},
-        warmup_policy={"_target_": "sssi.masking.RandomBlocks", "ratio": 0.25,
+        mask_policy={
+            "random": {"_target_": "sssi.masking.RandomBlocks", "ratio": 0.25,
                        "block_size": 16},
-        instructor_backbone={**enc, "name": "resnet18", "stem_pool": False},
+            "instructor": {
+                "network": {"latent_dim": 100, "ratio": 0.25},
+                "backbone": {**enc, "name": "resnet18", "stem_pool": False},
+                "optimizer": {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-5}}},
         loss={"_target_": "sssi.losses.ReconstructionLoss"},
         inpainter_optimizer={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.01,
                              "momentum": 0.9},
-        instructor_optimizer={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-5},
         schedule=schedule, in_channels=channels, channels_last=channels_last,
         finite_check_every_n_steps=0)
     return t

@@ -70,20 +70,20 @@ study_rows() {
   sscore finetune study_scratch_ft6 none 0 trainer.max_epochs=6 \
     trainer.check_val_every_n_epoch=6
   # the paper's raw reward instead of the relative one
-  spre study_game_raw task.instructor_reward=raw
+  spre study_game_raw mask_policy.instructor.reward=raw
   both study_game_raw "$out/pretext/study_game_raw/checkpoints/last.ckpt" 0
-  # mask ratio 50 % (warm-up blocks and instructor cells alike)
-  spre study_game_ratio50 mask_policy.ratio=0.5 task.warmup_policy.ratio=0.5
+  # mask ratio 50 % (warm-up blocks and instructor cells alike: one knob)
+  spre study_game_ratio50 mask_policy.random.ratio=0.5
   both study_game_ratio50 "$out/pretext/study_game_ratio50/checkpoints/last.ckpt" 0
   # 32 px cells (the instructor's encoder keeps its stem pool: 4 x 4 cells per crop)
-  spre study_game_cell32 task.instructor_backbone.stem_pool=true \
-    task.warmup_policy.block_size=32
+  spre study_game_cell32 mask_policy.instructor.backbone.stem_pool=true \
+    mask_policy.random.block_size=32
   both study_game_cell32 "$out/pretext/study_game_cell32/checkpoints/last.ckpt" 0
   # a longer warm-up: 4 epochs, then one round
   spre study_game_warmup4 task.schedule.warmup_epochs=4 task.schedule.rounds=1
   both study_game_warmup4 "$out/pretext/study_game_warmup4/checkpoints/last.ckpt" 0
   # the instructor's learning rate 1e-4 instead of 1e-3
-  spre study_game_ilr1e-4 task.instructor_optimizer.lr=1.0e-4
+  spre study_game_ilr1e-4 mask_policy.instructor.optimizer.lr=1.0e-4
   both study_game_ilr1e-4 "$out/pretext/study_game_ilr1e-4/checkpoints/last.ckpt" 0
 }
 
@@ -92,9 +92,10 @@ case "$rows" in full|all) ;; *) echo "error: rows '$rows': expected full, study 
   exit 2;; esac
 
 pretext blocks dubai_inpaint_blocks
-pretext game_relative dubai_pretrain task.instructor_reward=relative
+pretext game_relative dubai_pretrain mask_policy.instructor.reward=relative
 # the edge shortcut removed by construction: no edge cell may be erased (9 epochs)
-pretext game_border1 dubai_pretrain mask_policy.border_cells=1 trainer.max_epochs=9
+pretext game_border1 dubai_pretrain mask_policy.instructor.network.border_cells=1 \
+  trainer.max_epochs=9
 B="$out/pretext/blocks/checkpoints"
 G="$out/pretext/game_relative/checkpoints"
 E="$out/pretext/game_border1/checkpoints"

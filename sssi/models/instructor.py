@@ -66,11 +66,13 @@ class Instructor(nn.Module):
                  border_cells: int = 0) -> None:
         super().__init__()
         if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
-            raise ConfigError(f"mask_policy.latent_dim={latent_dim!r}: expected a positive integer")
+            raise ConfigError(f"mask_policy.instructor.network.latent_dim={latent_dim!r}: "
+                              "expected a positive integer")
         if isinstance(border_cells, bool) or not isinstance(border_cells, int) or border_cells < 0:
-            raise ConfigError(f"mask_policy.border_cells={border_cells!r}: expected an integer "
-                              ">= 0 (cells next to the crop's edge that are never erased)")
-        self.ratio = check_ratio(ratio)
+            raise ConfigError(f"mask_policy.instructor.network.border_cells={border_cells!r}: "
+                              "expected an integer >= 0 (cells next to the crop's edge that "
+                              "are never erased)")
+        self.ratio = check_ratio(ratio, "mask_policy.instructor.network.ratio")
         self.border_cells = border_cells
         self.latent_dim = latent_dim
         self.encoder = encoder
@@ -125,10 +127,10 @@ class Instructor(nn.Module):
         n = max(h - 2 * b, 0) * max(w - 2 * b, 0)
         if n < 2:
             raise ConfigError(
-                f"mask_policy.border_cells={b}: the instructor's {h}x{w} cell grid "
-                f"({self.cell_size} px cells) keeps {n} candidate cell(s) once {b} ring(s) "
-                "of edge cells are excluded; at least 2 are needed: lower "
-                "mask_policy.border_cells or use larger crops")
+                f"mask_policy.instructor.network.border_cells={b}: the instructor's {h}x{w} "
+                f"cell grid ({self.cell_size} px cells) keeps {n} candidate cell(s) once {b} "
+                "ring(s) of edge cells are excluded; at least 2 are needed: lower "
+                "mask_policy.instructor.network.border_cells or use larger crops")
         return min(k, n - 1), ~border_cell_grid(h, w, b, device=scores.device)
 
     def soft_mask(self, scores: Tensor, alpha: float = 1.0) -> Tensor:

@@ -20,9 +20,15 @@ Positional shortcut: the crop's edge, where the inpainter has the least context,
 always hard to restore, so an instructor rewarded with the raw error learns to erase
 edge cells. ``mask/border_ratio`` and ``val/border_ratio`` (edge vs inner erase
 frequency, 1 = unbiased) and ``images/instructor_cells_epochNNN.png`` (the mean
-instructor mask per cell) show it; ``mask_policy.border_cells`` and
-``task.instructor_reward=relative`` (reward = error minus a per-position baseline,
-:class:`PositionBaseline`) remove it.
+instructor mask per cell) show it; ``mask_policy.instructor.network.border_cells`` and
+``mask_policy.instructor.reward=relative`` (reward = error minus a per-position
+baseline, :class:`PositionBaseline`) remove it.
+
+Configuration: the task's own keys (inpainter, schedule, ...) and ``mask_policy``, the
+holes and the instructor as one node (``conf/mask_policy/*.yaml``, checked by
+:func:`check_mask_policy`): ``random``, the random holes (the baselines' only holes,
+the game's in the warm-up and validation), and ``instructor``, every setting of the
+instructor, off (``null`` or ``enabled: false``) for the baselines.
 
 The file reads top to bottom: construction, schedule and phase, the training step,
 the two players' steps, the reward, divergence, validation, optimizers, checkpoint
@@ -31,7 +37,7 @@ metadata; then the reward's helpers.
 
 from __future__ import annotations
 
-import functools
+import inspect
 import logging
 from collections.abc import Mapping
 from contextlib import nullcontext
@@ -49,6 +55,7 @@ from sssi.config import to_plain
 from sssi.errors import ConfigError, SssiError
 from sssi.masking import cell_border_stats, mask_stats
 from sssi.models.inpainter import Inpainter
+from sssi.models.instructor import Instructor
 from sssi.tasks.base import BaseTask
 from sssi.tasks.schedule import (
     INPAINTER,
@@ -66,6 +73,13 @@ log = logging.getLogger(__name__)
 #: The two players, in the order of their optimizers (and of the NaN watch).
 PLAYERS = (INPAINTER, INSTRUCTOR)
 REWARDS = ("raw", "relative")
+
+
+#: ``mask_policy.instructor``: the keys that may be left out, with their values
+INSTRUCTOR_DEFAULTS = {"enabled": True, "scheduler": None, "alpha_train": 1.0, "kl_weight": 1e-6,
+                       "reward": "raw", "reward_baseline_momentum": 0.9, "random": None}
+#: ... and those that must be given
+INSTRUCTOR_REQUIRED = ("network", "backbone", "optimizer")
 
 
 class TrainingDivergedError(SssiError):
@@ -87,10 +101,10 @@ class PretrainTask(BaseTask):
     instructor mask per cell over the whole validation set, which it keeps for the
     image callback (visuals kind ``instructor_cells``).
 
-    ``instructor_reward``: ``raw`` (the paper) weights the soft mask with the
+    ``mask_policy.instructor.reward``: ``raw`` (the paper) weights the soft mask with the
     inpainter's error; ``relative`` with the error minus :class:`PositionBaseline`
     (``reward_baseline_momentum``), updated from every instructor mask the inpainter
-    fills after the warm-up. Ignored without an instructor.
+    fills after the warm-up.
     """
 
     datamodule = "sssi.data.PretextDataModule"
@@ -102,17 +116,11 @@ class PretrainTask(BaseTask):
         mask_policy: Mapping,
         loss: Mapping,
         inpainter_optimizer: Mapping,
-        instructor_optimizer: Mapping | None = None,
         inpainter_scheduler: Mapping | None = None,
-        instructor_scheduler: Mapping | None = None,
-        warmup_policy: Mapping | None = None,
-        instructor_backbone: Mapping | None = None,
         schedule: Mapping | None = None,
         in_channels: int = 3,
         decoder_channels: tuple[int, ...] = (512, 256, 128, 64, 32),
         output: str = "linear",
-        instructor_alpha_train: float = 1.0,
-        kl_weight: float = 1e-6,
         seed: int = 0,
         finite_check_every_n_steps: int = 1,
         image_every_n_steps: int = 0,
@@ -120,14 +128,9 @@ class PretrainTask(BaseTask):
         accumulate_grad_batches: int = 1,
         compile: bool | Mapping = False,
         scale_lr: Mapping | None = None,
-        instructor_reward: str = "raw",
-        reward_baseline_momentum: float = 0.9,
     ) -> None:
         hparams = {k: to_plain(v) for k, v in locals().items() if k not in ("self", "__class__")}
-        if instructor_reward not in REWARDS:
-            raise ConfigError(f"task.instructor_reward={instructor_reward!r}: expected raw "
-                              "(the inpainter's error) or relative (minus its per-position "
-                              "moving average)")
+        hparams["mask_policy"] = check_mask_policy(mask_policy)
         k = accumulate_grad_batches
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ConfigError(f"task.accumulate_grad_batches={k!r}: expected an integer >= 1")
@@ -140,36 +143,32 @@ class PretrainTask(BaseTask):
                              persistent=False)
         self._val_cells: list[Tensor] | None = None  # [sum of hard cells (h, w), count]
 
+    @property
+    def instructor_settings(self) -> dict[str, Any] | None:
+        """``mask_policy.instructor`` (every key filled in); None for the baselines."""
+        return self.hparams.mask_policy["instructor"]
+
     def configure_models(self) -> None:
         """The inpainter; the instructor (None for the baselines) and the random holes
         of the warm-up and validation (the baselines' only holes)."""
         hp = self.hparams
         self.inpainter = Inpainter(instantiate(hp.backbone), hp.in_channels,
                                    tuple(hp.decoder_channels), output=hp.output)
-        policy = instantiate(hp.mask_policy)
+        settings = self.instructor_settings
         self.instructor = None
-        if isinstance(policy, functools.partial):  # the instructor needs its encoder
-            if hp.instructor_backbone is None:
-                raise SssiError("task.instructor_backbone is required when mask_policy is "
-                                "the instructor")
-            self.instructor = policy(encoder=instantiate(hp.instructor_backbone))
-            self.random_policy = instantiate(hp.warmup_policy) if hp.warmup_policy else None
-            if self.random_policy is None:
-                raise SssiError("task.warmup_policy is required when mask_policy is the "
-                                "instructor (random masks for the warm-up and validation)")
-            if hp.instructor_optimizer is None:
-                raise SssiError("task.instructor_optimizer is required with an instructor")
-        else:
-            self.random_policy = policy
+        if settings is not None:
+            self.instructor = Instructor(instantiate(settings["backbone"]), **settings["network"])
+        own = settings["random"] if settings is not None else None  # the game's own holes
+        self.random_policy = instantiate(own or hp.mask_policy["random"])
 
     def configure_losses(self) -> None:
         """The inpainter's reconstruction loss; the relative reward's per-position
         baseline (only then in the state dict, so checkpoints of raw runs keep their keys)."""
-        hp = self.hparams
-        self.criterion = instantiate(hp.loss)
-        relative = hp.instructor_reward == "relative" and self.instructor is not None
-        self.reward_baseline = PositionBaseline(hp.reward_baseline_momentum) if relative \
-            else None
+        self.criterion = instantiate(self.hparams.loss)
+        settings = self.instructor_settings
+        self.reward_baseline = None
+        if settings is not None and settings["reward"] == "relative":
+            self.reward_baseline = PositionBaseline(settings["reward_baseline_momentum"])
 
     def compiled_modules(self) -> list:
         return [self.inpainter, self.instructor.encoder if self.instructor is not None else None]
@@ -310,8 +309,8 @@ class PretrainTask(BaseTask):
         self.inpainter.eval()
         out = self.instructor(images, generator=g)
         size = images.shape[-2:]
-        soft_cells = self.instructor.soft_mask(out.scores,
-                                               alpha=self.hparams.instructor_alpha_train)
+        settings = self.instructor_settings
+        soft_cells = self.instructor.soft_mask(out.scores, alpha=settings["alpha_train"])
         soft = self.instructor.upsample(soft_cells, size)
         hard_cells = self.instructor.hard_mask(out.scores.detach())
         hard = self.instructor.upsample(hard_cells, size)
@@ -319,7 +318,7 @@ class PretrainTask(BaseTask):
             restored = self.inpainter(images * (1.0 - hard))
             err = self.criterion.error_map(restored, images)
         reward, hole_error = self._reward(soft, soft_cells, hard_cells, err)
-        loss = 1.0 - reward + self.hparams.kl_weight * out.kl
+        loss = 1.0 - reward + settings["kl_weight"] * out.kl
         self._update(INSTRUCTOR, loss, window)
         bs = images.shape[0]
         self.log("train/instructor_loss", loss, batch_size=bs)
@@ -494,19 +493,19 @@ class PretrainTask(BaseTask):
     # ------------------------------------------------------------------------ optimizers
     def configure_optimizers(self):
         """One optimizer per player, in the order of :data:`PLAYERS`."""
-        hp = self.hparams
+        hp, settings = self.hparams, self.instructor_settings
         opt_inp = instantiate(hp.inpainter_optimizer)(params=self.inpainter.parameters())
         optimizers = [opt_inp]
-        if self.instructor is not None:
+        if settings is not None:
             optimizers.append(
-                instantiate(hp.instructor_optimizer)(params=self.instructor.parameters()))
+                instantiate(settings["optimizer"])(params=self.instructor.parameters()))
         # both players' rates follow the global batch (before the schedulers read them)
         self.scale_learning_rates(optimizers)
         schedulers = []
         if hp.inpainter_scheduler:
             schedulers.append(instantiate(hp.inpainter_scheduler)(optimizer=opt_inp))
-        if self.instructor is not None and hp.instructor_scheduler:
-            schedulers.append(instantiate(hp.instructor_scheduler)(optimizer=optimizers[1]))
+        if settings is not None and settings["scheduler"]:
+            schedulers.append(instantiate(settings["scheduler"])(optimizer=optimizers[1]))
         return optimizers, schedulers
 
     # ----------------------------------------------------------------------- checkpoints
@@ -544,7 +543,8 @@ class PositionBaseline(nn.Module):
         super().__init__()
         if isinstance(momentum, bool) or not isinstance(momentum, int | float) or \
                 not 0.0 <= float(momentum) < 1.0:
-            raise ConfigError(f"task.reward_baseline_momentum={momentum!r}: expected a number "
+            raise ConfigError(f"mask_policy.instructor.reward_baseline_momentum={momentum!r}: "
+                              "expected a number "
                               "in [0, 1) (the weight of the old baseline in the moving average)")
         self.momentum = float(momentum)
         self.register_buffer("mean", torch.zeros(0, 0))
@@ -572,7 +572,7 @@ class PositionBaseline(nn.Module):
         elif tuple(self.mean.shape) != tuple(grid):
             h, w = self.mean.shape
             raise ConfigError(
-                f"task.instructor_reward=relative: the instructor's cell grid changed from "
+                f"mask_policy.instructor.reward=relative: the instructor's cell grid changed from "
                 f"{h}x{w} to {grid[0]}x{grid[1]} during the run; the per-position reward "
                 "baseline needs one crop size (data.crop_size) for the whole run")
 
@@ -598,3 +598,54 @@ class PositionBaseline(nn.Module):
 def cell_errors(err: Tensor, grid: tuple[int, int] | torch.Size) -> Tensor:
     """Per-pixel error ``(B, 1, H, W)`` -> mean error of each cell ``(B, 1, h, w)``."""
     return F.adaptive_avg_pool2d(err.float(), tuple(grid))
+
+
+# ---------------------------------------------------------------- the game's config
+def check_mask_policy(mask_policy: Mapping) -> dict[str, Any]:
+    """``task.mask_policy`` (a ``conf/mask_policy/*.yaml`` node) as plain values, checked:
+    ``{"random": <policy config>, "instructor": <settings> | None}``. ``instructor`` is
+    None for the baselines (given as ``null`` or ``enabled: false``); otherwise it holds
+    every key of ``conf/mask_policy/instructor.yaml``, defaults filled in. A bad key is
+    a :class:`ConfigError` naming it."""
+    mp = to_plain(mask_policy)
+    if not isinstance(mp, Mapping) or "random" not in mp:
+        raise ConfigError(f"mask_policy={mp!r}: expected {{random: <mask policy>, instructor: "
+                          "<settings, or null>}} (the layout of conf/mask_policy/*.yaml)")
+    unknown = sorted(set(mp) - {"random", "instructor"})
+    if unknown:
+        raise ConfigError(f"mask_policy has unknown keys {unknown}: expected random, instructor")
+    _check_policy(mp["random"], "mask_policy.random")
+    settings = mp.get("instructor")
+    if settings is not None and not isinstance(settings, Mapping):
+        raise ConfigError(f"mask_policy.instructor={settings!r}: expected the instructor's "
+                          "settings (conf/mask_policy/instructor.yaml), or null for none")
+    if settings is None or not settings.get("enabled", True):
+        return {"random": dict(mp["random"]), "instructor": None}
+    key = "mask_policy.instructor"
+    unknown = sorted(set(settings) - set(INSTRUCTOR_DEFAULTS) - set(INSTRUCTOR_REQUIRED))
+    if unknown:
+        raise ConfigError(f"{key} has unknown keys {unknown}: expected "
+                          f"{', '.join([*INSTRUCTOR_REQUIRED, *INSTRUCTOR_DEFAULTS])}")
+    for name in INSTRUCTOR_REQUIRED:
+        if not isinstance(settings.get(name), Mapping):
+            raise ConfigError(f"{key}.{name}={settings.get(name)!r}: required (see "
+                              "conf/mask_policy/instructor.yaml)")
+    settings = {**INSTRUCTOR_DEFAULTS, **settings, "enabled": True}
+    if settings["reward"] not in REWARDS:
+        raise ConfigError(f"{key}.reward={settings['reward']!r}: expected raw (the "
+                          "inpainter's error) or relative (minus its per-position moving "
+                          "average)")
+    allowed = [p for p in inspect.signature(Instructor).parameters if p != "encoder"]
+    unknown = sorted(set(settings["network"]) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{key}.network has unknown keys {unknown}: expected arguments of "
+                          f"sssi.models.instructor.Instructor ({', '.join(allowed)})")
+    if settings["random"] is not None:
+        _check_policy(settings["random"], f"{key}.random")
+    return {"random": dict(mp["random"]), "instructor": settings}
+
+
+def _check_policy(policy: Any, key: str) -> None:
+    if not isinstance(policy, Mapping) or "_target_" not in policy:
+        raise ConfigError(f"{key}={policy!r}: expected a mask policy config with a _target_ "
+                          "(e.g. sssi.masking.RandomBlocks)")
