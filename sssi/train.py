@@ -1,9 +1,9 @@
 """Training entry point: ``python -m sssi.train [+experiment=NAME] [key=value ...]``.
 
-Composes ``conf/train.yaml``, builds the datamodule, the task, the loggers, callbacks
-and the Trainer from their ``_target_`` configs, fits, then tests. Errors caused by
-input a user can fix (a missing tile, a corrupt GeoTIFF, a bad value) end the run
-with one line naming the file or key and exit status 1.
+Composes ``conf/train.yaml``, builds the datamodule (the one the task needs), the task,
+the loggers, callbacks and the Trainer from their ``_target_`` configs, fits, then
+tests. Errors caused by input a user can fix (a missing tile, a corrupt GeoTIFF, a bad
+value) end the run with one line naming the file or key and exit status 1.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import hydra
 import lightning as L
 from lightning.pytorch.strategies import StrategyRegistry
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 import sssi.config  # noqa: F401  (registers the ${sssi.*} resolvers)
 from sssi.cli import CONFIG_DIR, run_or_exit
@@ -43,7 +43,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         return json.loads(done.read_text())
     L.seed_everything(cfg.seed, workers=True)
 
-    datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
+    datamodule = build_datamodule(cfg)
     task: L.LightningModule = hydra.utils.instantiate(cfg.task)
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")),
@@ -65,6 +65,18 @@ def run(cfg: DictConfig) -> dict[str, float]:
         log.info("run folder: %s", output_dir)
     finish(trainer.loggers)  # close this job's W&B run (the next job of a sweep opens its own)
     return metrics
+
+
+def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
+    """``cfg.data`` as the datamodule the task needs: the task class's ``datamodule``
+    (``PretrainTask``: ``sssi.data.PretextDataModule``), written into
+    ``cfg.data._target_`` so that the logged config says which; a task class without
+    one keeps ``data._target_``."""
+    target = getattr(hydra.utils.get_class(cfg.task._target_), "datamodule", None)
+    if target:
+        with open_dict(cfg):
+            cfg.data._target_ = target
+    return hydra.utils.instantiate(cfg.data)
 
 
 def strategy_for(task: L.LightningModule, strategy: Any) -> Any:

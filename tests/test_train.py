@@ -112,13 +112,13 @@ def test_folder_config_reads_the_real_loveda_samples(tmp_path):
 def test_every_experiment_composes_and_instantiates(experiment, tmp_path):
     from omegaconf import OmegaConf
 
-    from sssi.train import instantiate_group
+    from sssi.train import build_datamodule, instantiate_group
 
     cfg = _compose([f"+experiment={experiment}"], tmp_path)
     if cfg.get("study"):  # study jobs start from stage 1's folders under study.dir
         assert str(cfg.study.dir) in str(cfg.task.get("init") or cfg.study.dir)
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
-    dm = instantiate(cfg.data)
+    dm = build_datamodule(cfg)  # the task's datamodule
     if cfg.task.get("require_init"):
         from hydra.errors import InstantiationException
 

@@ -630,7 +630,8 @@ def check_mask_policy(mask_policy: Mapping) -> dict[str, Any]:
         if not isinstance(settings.get(name), Mapping):
             raise ConfigError(f"{key}.{name}={settings.get(name)!r}: required (see "
                               "conf/mask_policy/instructor.yaml)")
-    settings = {**INSTRUCTOR_DEFAULTS, **settings, "enabled": True}
+    settings = {"enabled": True, **settings,
+                **{k: v for k, v in INSTRUCTOR_DEFAULTS.items() if k not in settings}}
     if settings["reward"] not in REWARDS:
         raise ConfigError(f"{key}.reward={settings['reward']!r}: expected raw (the "
                           "inpainter's error) or relative (minus its per-position moving "
