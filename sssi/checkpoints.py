@@ -18,13 +18,30 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sssi.errors import ConfigError, first_line
+from sssi.errors import ConfigError, DataError, first_line
 from sssi.models import load_backbone_state, load_backbone_weights
 
 log = logging.getLogger(__name__)
 
 #: state-dict prefixes of the encoder inside each task's checkpoint
 ENCODER_PREFIXES = {"inpainter.encoder.": "pretext", "model.encoder.": "segmentation"}
+
+
+def read_lightning_file(path: Path, prefix: str, expected: str) -> object:
+    """Load a checkpoint file safely (tensors and plain containers only, never pickled
+    code); a missing, non-zip or unreadable file is a :class:`DataError` that starts
+    with ``prefix`` (e.g. ``"ckpt=PATH"``) and says what was ``expected``."""
+    import zipfile
+
+    if not path.is_file():
+        raise DataError(f"{prefix}: checkpoint not found")
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{prefix}: not a PyTorch checkpoint (expected {expected})")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated archives, unpickling and weights_only errors
+        raise DataError(f"{prefix}: not a readable checkpoint ({type(exc).__name__}: "
+                        f"{first_line(exc).split('. ')[0]})") from exc
 
 
 def init_encoder(encoder: nn.Module, path: str | Path) -> str:

@@ -35,7 +35,6 @@ import logging
 import os
 import re
 import uuid
-import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor, nn
 
 import sssi
+from sssi.checkpoints import read_lightning_file
 from sssi.cli import CONFIG_DIR, run_or_exit
 from sssi.errors import ConfigError, DataError, first_line
 from sssi.models import build_backbone, load_backbone_state
@@ -85,16 +85,8 @@ def read_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any], str]:
     ``pretext`` or ``segmentation``. Missing, unreadable or foreign files raise an error
     naming the file."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise DataError(f"ckpt={path}: checkpoint not found")
-    if not zipfile.is_zipfile(path):
-        raise DataError(f"ckpt={path}: not a PyTorch checkpoint (expected the Lightning "
-                        ".ckpt of a pretext or segmentation run)")
-    try:  # plain containers and tensors only: never execute pickled code from a file
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated archives, unpickling and weights_only errors
-        raise DataError(f"ckpt={path}: not a readable checkpoint ({type(exc).__name__}: "
-                        f"{first_line(exc).split('. ')[0]})") from exc
+    ckpt = read_lightning_file(path, f"ckpt={path}", "the Lightning .ckpt of a pretext "
+                               "or segmentation run")
     state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise ConfigError(f"ckpt={path}: not a Lightning checkpoint (no 'state_dict'); a "

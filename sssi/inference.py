@@ -19,7 +19,6 @@ its ``Window`` type, lazily, so the tensor code runs where rasterio is not insta
 
 from __future__ import annotations
 
-import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sssi.errors import ConfigError, DataError, first_line
+from sssi.errors import ConfigError, first_line
 from sssi.utils.grid import grid_offsets
 
 if TYPE_CHECKING:
@@ -114,17 +113,10 @@ def load_segmenter(ckpt_path: str | Path, map_location: str | torch.device = "cp
     for a checkpoint of another kind (a pretext run, a plain state dict), naming it.
     """
     path = Path(ckpt_path).expanduser()
-    if not path.is_file():
-        raise DataError(f"{path}: checkpoint not found")
-    if not zipfile.is_zipfile(path):
-        raise DataError(f"{path}: not a PyTorch checkpoint (expected a Lightning .ckpt file "
-                        "of a segmentation run)")
-    try:  # plain containers and tensors only: never execute pickled code from a file
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated archives, unpickling and weights_only errors alike
-        reason = first_line(exc).split(". ")[0]
-        raise DataError(f"{path}: not a readable checkpoint ({type(exc).__name__}: "
-                        f"{reason})") from exc
+    from sssi.checkpoints import read_lightning_file
+
+    ckpt = read_lightning_file(path, str(path), "a Lightning .ckpt file of a segmentation "
+                               "run")
     hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     data = ckpt.get(DATAMODULE_KEY) if isinstance(ckpt, dict) else None
     if not isinstance(hp, dict) or "num_classes" not in hp or "backbone" not in hp \
