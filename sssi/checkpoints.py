@@ -26,6 +26,30 @@ log = logging.getLogger(__name__)
 #: state-dict prefixes of the encoder inside each task's checkpoint
 ENCODER_PREFIXES = {"inpainter.encoder.": "pretext", "model.encoder.": "segmentation"}
 
+#: where every task's checkpoint keeps its datamodule's state (bands, normalisation,
+#: dataset; see ``BaseTask.on_save_checkpoint``), whichever datamodule it trained on
+DATA_KEY = "sssi_data"
+#: where checkpoints written before that keep it: Lightning's key, the class's name
+LEGACY_DATA_KEYS = ("SegmentationDataModule", "PretextDataModule")
+
+
+def checkpoint_kind(ckpt: object) -> str | None:
+    """``pretext`` or ``segmentation`` (from where the encoder's weights are), or None."""
+    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        return None
+    return next((kind for prefix, kind in ENCODER_PREFIXES.items()
+                 if any(k.startswith(prefix) for k in state)), None)
+
+
+def data_state(ckpt: object) -> dict | None:
+    """The datamodule state a checkpoint was saved with (``mean``, ``std``,
+    ``band_names``, ...), from old and new checkpoints alike; None when it has none."""
+    if not isinstance(ckpt, dict):
+        return None
+    return next((ckpt[key] for key in (DATA_KEY, *LEGACY_DATA_KEYS)
+                 if isinstance(ckpt.get(key), dict)), None)
+
 
 def read_lightning_file(path: Path, prefix: str, expected: str) -> object:
     """Load a checkpoint file safely (tensors and plain containers only, never pickled

@@ -22,7 +22,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from sssi.errors import SssiError
+from sssi.errors import ConfigError, SssiError
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -82,3 +82,20 @@ def run_or_exit(run: Callable[[DictConfig], T], cfg: DictConfig) -> T:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
 
+
+
+def other_shard(shard: str | None) -> bool:
+    """Whether this job of a Hydra multirun belongs to another lane: ``shard="i/n"`` keeps
+    the jobs whose number modulo ``n`` is ``i``, so ``n`` processes started with
+    ``shard=0/n`` ... ``shard=n-1/n`` share one sweep (run.sh's ``LANES``); ``null``
+    keeps every job. Outside a multirun the job number is 0."""
+    if shard in (None, ""):
+        return False
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(shard))
+    if match is None or not int(match[1]) < int(match[2]):
+        raise ConfigError(f"shard={shard!r}: expected 'i/n' with 0 <= i < n (e.g. 0/2), "
+                          "or null")
+    from hydra.core.hydra_config import HydraConfig
+
+    num = HydraConfig.get().job.num if HydraConfig.initialized() else 0
+    return num % int(match[2]) != int(match[1])

@@ -32,7 +32,7 @@ import numpy as np
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 import sssi.config  # noqa: F401  (registers the ${sssi.*} resolvers)
-from sssi.cli import CONFIG_DIR, run_or_exit
+from sssi.cli import CONFIG_DIR, other_shard, run_or_exit
 from sssi.errors import ConfigError
 from sssi.inference import (
     BLENDS,
@@ -124,6 +124,8 @@ def check_compatible(loaded: LoadedModel, band_names: Sequence[str], classes: Se
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt`` on every tile of ``cfg.split``; write and return the metrics."""
+    if other_shard(cfg.get("shard")):
+        return {}
     require(cfg, "ckpt")
     if cfg.blend not in BLENDS:
         raise ConfigError(f"blend={cfg.blend!r}: expected one of {list(BLENDS)}")

@@ -45,7 +45,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor, nn
 
 import sssi
-from sssi.checkpoints import read_lightning_file
+from sssi.checkpoints import ENCODER_PREFIXES, checkpoint_kind, data_state, read_lightning_file
 from sssi.cli import CONFIG_DIR, run_or_exit
 from sssi.errors import ConfigError, DataError, first_line
 from sssi.models import build_backbone, load_backbone_state
@@ -57,12 +57,8 @@ ENCODER_FORMATS = ("state_dict", "safetensors")
 SEGMENTER_FORMATS = ("torch_export", "onnx")
 FORMATS = ENCODER_FORMATS + SEGMENTER_FORMATS
 
-#: where each task keeps its encoder, and the datamodule state that holds bands and
-#: normalisation (see sssi.checkpoints.ENCODER_PREFIXES and sssi.inference)
-KINDS = {
-    "pretext": ("inpainter.encoder.", "PretextDataModule"),
-    "segmentation": ("model.encoder.", "SegmentationDataModule"),
-}
+#: where each task keeps its encoder (kind -> state-dict prefix)
+PREFIXES = {kind: prefix for prefix, kind in ENCODER_PREFIXES.items()}
 
 #: the torchvision model whose state-dict keys each sssi backbone has
 TORCHVISION_MODELS = {"resnet18": "resnet18", "resnet34": "resnet34", "resnet50": "resnet50",
@@ -91,11 +87,10 @@ def read_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any], str]:
     if not isinstance(state, dict):
         raise ConfigError(f"ckpt={path}: not a Lightning checkpoint (no 'state_dict'); a "
                           "plain state dict is already an encoder file")
-    kind = next((kind for kind, (prefix, _) in KINDS.items()
-                 if any(k.startswith(prefix) for k in state)), None)
+    kind = checkpoint_kind(ckpt)
     if kind is None:
         raise ConfigError(f"ckpt={path}: a Lightning checkpoint without an encoder (no keys "
-                          f"under {', '.join(p for p, _ in KINDS.values())})")
+                          f"under {', '.join(ENCODER_PREFIXES)})")
     hp = ckpt.get("hyper_parameters")
     if not isinstance(hp, dict) or not isinstance(hp.get("backbone"), dict) \
             or not hp["backbone"].get("name"):
@@ -197,11 +192,11 @@ def _source(path: Path, ckpt: Mapping[str, Any], kind: str) -> dict[str, Any]:
 
 
 def _bands(ckpt: Mapping[str, Any], kind: str, path: Path) -> dict[str, Any]:
-    data = ckpt.get(KINDS[kind][1])
+    data = data_state(ckpt)
     if not isinstance(data, dict) or not data.get("band_names") or not data.get("mean") \
             or not data.get("std"):
-        log.warning("%s: no band names or normalisation under %r; recorded as null", path,
-                    KINDS[kind][1])
+        log.warning("%s: the %s checkpoint records no band names or normalisation; "
+                    "recorded as null", path, kind)
         data = {}
     return {"bands": list(data["band_names"]) if data.get("band_names") else None,
             "mean": [float(m) for m in data["mean"]] if data.get("mean") else None,
@@ -235,7 +230,7 @@ def encoder_state(ckpt: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     name and hash).
     """
     path, ck, kind = read_checkpoint(ckpt)
-    prefix = KINDS[kind][0]
+    prefix = PREFIXES[kind]
     sub = {k[len(prefix):]: v for k, v in ck["state_dict"].items() if k.startswith(prefix)}
     options = backbone_options(ck["hyper_parameters"]["backbone"])
     name = str(options.pop("name"))

@@ -48,8 +48,6 @@ __all__ = [
     "resolve_device",
 ]
 
-#: Datamodule state saved in every Lightning checkpoint of a segmentation run.
-DATAMODULE_KEY = "SegmentationDataModule"
 BLENDS = ("gaussian", "uniform")
 
 ModelFn = Callable[[Tensor], Tensor]
@@ -113,21 +111,21 @@ def load_segmenter(ckpt_path: str | Path, map_location: str | torch.device = "cp
     for a checkpoint of another kind (a pretext run, a plain state dict), naming it.
     """
     path = Path(ckpt_path).expanduser()
-    from sssi.checkpoints import read_lightning_file
+    from sssi.checkpoints import checkpoint_kind, data_state, read_lightning_file
 
     ckpt = read_lightning_file(path, str(path), "a Lightning .ckpt file of a segmentation "
                                "run")
     hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    data = ckpt.get(DATAMODULE_KEY) if isinstance(ckpt, dict) else None
+    data = data_state(ckpt)
     if not isinstance(hp, dict) or "num_classes" not in hp or "backbone" not in hp \
-            or not isinstance(data, dict):
+            or data is None:
         kind = "a pretext (inpainting) checkpoint; fine-tune it first" \
-            if isinstance(ckpt, dict) and "PretextDataModule" in ckpt else \
+            if checkpoint_kind(ckpt) == "pretext" else \
             "not a checkpoint of a segmentation run (python -m sssi.train)"
         raise ConfigError(f"{path}: {kind}")
     if not data.get("mean") or not data.get("std") or not data.get("band_names"):
-        raise ConfigError(f"{path}: checkpoint has no normalisation statistics or band names "
-                          f"under {DATAMODULE_KEY!r}")
+        raise ConfigError(f"{path}: checkpoint has no normalisation statistics or band "
+                          "names")
 
     from sssi.tasks.segment import SegmentTask
 

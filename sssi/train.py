@@ -19,7 +19,7 @@ from lightning.pytorch.strategies import StrategyRegistry
 from omegaconf import DictConfig, open_dict
 
 import sssi.config  # noqa: F401  (registers the ${sssi.*} resolvers)
-from sssi.cli import CONFIG_DIR, run_or_exit
+from sssi.cli import CONFIG_DIR, other_shard, run_or_exit
 from sssi.loggers import finish, log_config
 from sssi.utils.io import atomic_write_text
 
@@ -36,6 +36,8 @@ def instantiate_group(cfg: DictConfig | None) -> list[Any]:
 
 def run(cfg: DictConfig) -> dict[str, float]:
     """Fit and/or test as ``cfg`` says; return the final metrics."""
+    if other_shard(cfg.get("shard")):
+        return {}
     output_dir = Path(cfg.paths.output_dir)
     done = output_dir / "metrics.json"
     if cfg.get("skip_if_done") and done.is_file():

@@ -1,4 +1,5 @@
-"""Shared fixtures: small synthetic datasets in the real ISPRS layout, real samples."""
+"""Shared fixtures: small synthetic datasets in the real ISPRS layout (the real samples:
+``tests.helpers.real_sample``)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 
 
 @pytest.fixture(scope="session")
@@ -24,11 +23,3 @@ def potsdam_copy(synthetic_root, tmp_path) -> Path:
     dst = tmp_path / "potsdam"
     shutil.copytree(synthetic_root, dst)
     return dst
-
-
-def real_sample(*parts: str) -> Path:
-    """Path of a file of the shared real samples; skips the test where they are absent."""
-    path = REAL.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"real sample data not present: {path}")
-    return path

@@ -1,16 +1,22 @@
-"""What several test files share: composing the real configs, running an entry point
-as a subprocess, a poisoned loss, and test-only callbacks (added to runs with
-``+callbacks.NAME._target_=tests.helpers.X``)."""
+"""What several test files share: where things are, the run sizes (the ``debug`` config
+group), composing the real configs, running an entry point as a subprocess, the shared
+real samples, a poisoned loss, and test-only callbacks (added to runs with
+``+callbacks.NAME._target_=tests.helpers.X``). Fixtures live in ``conftest.py``."""
 
 from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import lightning as L
+import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
@@ -18,12 +24,26 @@ from omegaconf import DictConfig, open_dict
 
 from sssi.cli import CONFIG_DIR
 
-# small enough for 2 CPU cores: 3 tiles of 256 px, 64 px crops, one short epoch
-TINY = [
-    "data.synthetic.size=256", "data.synthetic.tiles=3", "data.crop_size=64",
-    "data.batch_size=4", "data.samples_per_epoch=8", "data.num_workers=0",
-    "data.region_size=128", "trainer.max_epochs=1", "trainer.log_every_n_steps=1",
-]
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+#: test data kept in the repository (reference key lists, old checkpoint skeletons)
+ASSETS = REPO / "tests" / "assets"
+#: the shared real imagery beside the checkout (never copied into the repository)
+REAL = REPO.parent / "shared" / "data" / "real"
+
+# run sizes from conf/debug/ (after any +experiment: the later default wins)
+#: small enough for 2 CPU cores: 3 tiles of 256 px, 64 px crops, one short epoch
+TINY = ["+debug=tiny"]
+#: the demo game, smaller: 3 tiles of 256 px, 4 steps of batch 8 per epoch
+SMALL = ["+experiment=demo_pretrain", "+debug=small"]
+
+
+def real_sample(*parts: str) -> Path:
+    """Path of a file of the shared real samples; skips the test where they are absent."""
+    path = REAL.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real sample data not present: {path}")
+    return path
 
 
 def compose_train(overrides: list[str], out: Path | None = None, data_dir: Path | None = None,
@@ -105,11 +125,11 @@ class RecordValMetrics(L.Callback):
         self.path.write_text(json.dumps(self.history))
 
 
-LEGACY = Path(__file__).resolve().parent / "data" / "legacy"
+LEGACY = ASSETS / "legacy"
 
 
 def legacy_checkpoint(kind: str, path: Path, seed: int = 0) -> Path:
-    """Rebuild a checkpoint written by an earlier sssi (``tests/data/legacy/KIND_*.json``:
+    """Rebuild a checkpoint written by an earlier sssi (``tests/assets/legacy/KIND_*.json``:
     everything the file held but the tensors, which are stored as shapes and refilled
     with seeded random values) at ``path``. Keeps the old format's keys and hyper-
     parameters exactly, so loaders can be tested against it without 100 MB of weights."""
@@ -130,3 +150,91 @@ def legacy_checkpoint(kind: str, path: Path, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ckpt, path)
     return path
+
+
+# ------------------------------------------------------------------ offline W&B run files
+# Offline runs keep everything in their binary run-*.wandb file until `wandb sync`
+# uploads it; the logging tests read back what sssi sent.
+_HEADER = b":W&B"
+_BLOCK = 32768  # LevelDB log format, as wandb writes it
+_RECORD_HEADER = 7
+
+
+def _records(path: Path) -> Iterator[Any]:
+    """The protobuf records of a ``run-*.wandb`` file."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    if data[:4] != _HEADER:
+        raise ValueError(f"{path}: not a W&B run file")
+    pos, parts = 7, []
+    while pos + _RECORD_HEADER <= len(data):
+        left = _BLOCK - pos % _BLOCK
+        if left < _RECORD_HEADER:  # block trailer padding
+            pos += left
+            continue
+        crc, length, kind = struct.unpack("<IHB", data[pos : pos + _RECORD_HEADER])
+        if kind == 0 and length == 0:
+            pos += left  # zero padding to the end of the block
+            continue
+        chunk = data[pos + _RECORD_HEADER : pos + _RECORD_HEADER + length]
+        if len(chunk) < length:  # a run still writing: stop at its last whole record
+            break
+        if kind not in (1, 2, 3, 4) or zlib.crc32(chunk, zlib.crc32(bytes([kind]))) != crc:
+            raise ValueError(f"{path}: corrupt record at byte {pos}")
+        pos += _RECORD_HEADER + length
+        if kind in (1, 2):  # full, first
+            parts = [chunk]
+        else:  # middle, last
+            parts.append(chunk)
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(b"".join(parts))
+            yield record
+
+
+def _apply(target: dict, items) -> None:
+    for item in items:
+        keys = list(item.nested_key) or [item.key]
+        node = target
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = json.loads(item.value_json)
+
+
+def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
+    """What an offline W&B run folder (``.../wandb/offline-run-*``) recorded:
+    ``{"id", "project", "group", "job_type", "config", "summary", "artifacts",
+    "complete"}``; ``complete``: the run's exit record is there (a run still going, or
+    one whose process died, lacks it).
+
+    ``summary`` holds the final values; a metric with a summary aggregation (see
+    :class:`sssi.callbacks.WandbSummary`) is a dict such as ``{"max": 0.71}``.
+    ``artifacts`` lists ``{"name", "type", "aliases", "files"}``.
+    """
+    run_dir = Path(run_dir)
+    files = sorted(run_dir.glob("run-*.wandb"))
+    if not files:
+        raise FileNotFoundError(f"{run_dir}: no run-*.wandb file")
+    out: dict[str, Any] = {"config": {}, "summary": {}, "artifacts": [], "complete": False}
+    for record in _records(files[0]):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            r = record.run
+            out.update(id=r.run_id, project=r.project, group=r.run_group, job_type=r.job_type)
+            _apply(out["config"], r.config.update)
+            _apply(out["summary"], r.summary.update)
+        elif kind == "config":
+            _apply(out["config"], record.config.update)
+        elif kind == "summary":
+            _apply(out["summary"], record.summary.update)
+            for item in record.summary.remove:
+                out["summary"].pop(item.key, None)
+        elif kind == "artifact":
+            a = record.artifact
+            out["artifacts"].append({"name": a.name, "type": a.type, "aliases": list(a.aliases),
+                                     "files": [e.path for e in a.manifest.contents]})
+        elif kind == "exit":
+            out["complete"] = True
+    out["config"].pop("_wandb", None)
+    return out

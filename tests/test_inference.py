@@ -26,8 +26,7 @@ from sssi.inference import (
 )
 from sssi.metrics import confusion_matrix, evaluation_metrics, markdown_table, scores
 from sssi.predict import predict_file
-from tests.conftest import real_sample
-from tests.helpers import run_module
+from tests.helpers import real_sample, run_module
 
 # one short real training run: 2 synthetic tiles of 256 px (one train, one test),
 # a single step, no validation; ~20 s on 2 cores
@@ -197,7 +196,8 @@ def test_load_segmenter_reads_model_normalisation_and_classes(trained, tmp_path)
     with pytest.raises(DataError, match=re.escape("junk.ckpt")):
         load_segmenter(junk)
     pretext = tmp_path / "pretext.ckpt"
-    torch.save({"hyper_parameters": {"lr": 0.1}, "PretextDataModule": {}}, pretext)
+    torch.save({"hyper_parameters": {"lr": 0.1}, "sssi_data": {},
+                "state_dict": {"inpainter.encoder.conv1.weight": torch.zeros(1)}}, pretext)
     with pytest.raises(ConfigError, match=re.escape("pretext.ckpt: a pretext")):
         load_segmenter(pretext)
 

@@ -14,11 +14,11 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
-from sssi.callbacks import WandbSummary, make_prediction_grid
+from sssi.callbacks import WandbSummary, make_grid, make_prediction_grid
 from sssi.data.palettes import colorize
-from sssi.loggers import flatten, read_offline_run, sweep_group
+from sssi.loggers import flatten, sweep_group
 from sssi.train import CONFIG_DIR, run
-from tests.helpers import TINY, compose_train
+from tests.helpers import TINY, compose_train, read_offline_run
 
 
 def _compose(overrides: list[str], tmp_path: Path):
@@ -204,3 +204,15 @@ def test_wandb_summary_patterns():
 def test_flatten_gives_dotted_keys():
     assert flatten({"data": {"label_fraction": 0.1, "scale": [1, 2]}, "seed": 0, "e": {}}) == {
         "data.label_fraction": 0.1, "data.scale": [1, 2], "seed": 0, "e": {}}
+
+
+def test_image_grid_layout():
+    images = torch.randn(2, 4, 8, 8)
+    masks = torch.zeros(2, 1, 8, 8)
+    masks[:, :, :4] = 1
+    grid = make_grid(images, masks, images.clone())
+    assert grid.shape == (16, 40, 3) and grid.dtype == np.uint8
+    # mask column: white in the holes, black elsewhere
+    assert (grid[:4, 8:16] == 255).all() and (grid[4:8, 8:16] == 0).all()
+    # the filled result equals the input when the restoration is perfect
+    assert np.abs(grid[:, 32:40].astype(int) - grid[:, 0:8].astype(int)).max() <= 1

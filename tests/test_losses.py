@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
-from sssi.callbacks import make_grid
 from sssi.losses import ReconstructionLoss, SegmentationLoss, reconstruction_error
 
 
@@ -54,14 +52,3 @@ def test_segmentation_ce_ignores_255():
     target_bad = torch.tensor([[[0, 0], [255, 255]]])
     assert SegmentationLoss()(logits, target_bad)[0].item() > 5
 
-
-def test_image_grid_layout():
-    images = torch.randn(2, 4, 8, 8)
-    masks = torch.zeros(2, 1, 8, 8)
-    masks[:, :, :4] = 1
-    grid = make_grid(images, masks, images.clone())
-    assert grid.shape == (16, 40, 3) and grid.dtype == np.uint8
-    # mask column: white in the holes, black elsewhere
-    assert (grid[:4, 8:16] == 255).all() and (grid[4:8, 8:16] == 0).all()
-    # the filled result equals the input when the restoration is perfect
-    assert np.abs(grid[:, 32:40].astype(int) - grid[:, 0:8].astype(int)).max() <= 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,8 +20,9 @@ from sssi.masking import (
     count_holes,
     mask_stats,
 )
+from tests.helpers import CONF
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "mask_policy"
+CONF_DIR = CONF / "mask_policy"
 RATIOS = (0.1, 0.25, 0.5)
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

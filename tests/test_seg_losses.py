@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,11 +12,12 @@ from omegaconf import OmegaConf
 
 from sssi.errors import ConfigError
 from sssi.losses import SegmentationLoss, soft_overlap_loss
+from tests.helpers import CONF
 
 IGNORE = 255
 K = 4
 ALL_TERMS = {"ce_weight": 1.0, "ssim_weight": 1.0, "dice_weight": 1.0, "iou_weight": 1.0}
-CONF = Path(__file__).resolve().parents[1] / "conf" / "loss"
+LOSS_CONF = CONF / "loss"
 
 
 def _blocky_target(batch: int = 2, size: int = 32, seed: int = 0) -> torch.Tensor:
@@ -185,7 +185,7 @@ def test_bad_settings_are_config_errors(kwargs: dict):
 def test_loss_configs(name: str, active: set[str]):
     from hydra.utils import instantiate
 
-    cfg = OmegaConf.load(CONF / f"{name}.yaml")
+    cfg = OmegaConf.load(LOSS_CONF / f"{name}.yaml")
     assert cfg._target_ == "sssi.losses.SegmentationLoss"
     params = set(inspect.signature(SegmentationLoss).parameters)
     if name != "cross_entropy":  # the configs list every key but the ignore index,

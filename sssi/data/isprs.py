@@ -83,7 +83,6 @@ class PotsdamLayout(Layout):
 
     name = "potsdam"
     palette = ISPRS
-    train_tiles = POTSDAM_TRAIN_TILES
     val_tiles = POTSDAM_VAL_TILES
     test_tiles = POTSDAM_TEST_TILES
 
@@ -148,7 +147,6 @@ class VaihingenLayout(Layout):
 
     name = "vaihingen"
     palette = ISPRS
-    train_tiles = VAIHINGEN_TRAIN_TILES
     val_tiles = VAIHINGEN_VAL_TILES
     test_tiles = VAIHINGEN_TEST_TILES
 

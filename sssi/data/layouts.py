@@ -19,22 +19,29 @@ LAYOUTS: dict[str, type[Layout]] = {}
 
 
 def register_layout(name: str) -> Callable[[type[Layout]], type[Layout]]:
-    """Class decorator: make a layout buildable by name from config (``data.dataset``)."""
+    """Class decorator: make a layout buildable by name from config (``data.dataset``),
+    as :func:`sssi.models.register` does for backbones. A name is registered once."""
 
     def wrap(cls: type[Layout]) -> type[Layout]:
+        known = LAYOUTS.get(name)
+        if known is not None and known is not cls:
+            raise ValueError(f"layout {name!r} is already registered (by {known!r})")
         LAYOUTS[name] = cls
         return cls
 
     return wrap
 
 
+def list_layouts() -> list[str]:
+    """Names that :func:`build_layout` accepts, sorted (importing :mod:`sssi.data`
+    registers the built-in ones)."""
+    return sorted(LAYOUTS)
+
+
 def build_layout(dataset: str, root: str | Path, **options) -> Layout:
     """Build the layout registered as ``dataset`` over ``root``."""
-    import sssi.data.dubai  # registers the Dubai layout
-    import sssi.data.isprs  # noqa: F401  (registers the ISPRS layouts)
-
     if dataset not in LAYOUTS:
-        raise ConfigError(f"data.dataset={dataset!r}: unknown dataset; known: {sorted(LAYOUTS)}")
+        raise ConfigError(f"data.dataset={dataset!r}: unknown dataset; known: {list_layouts()}")
     return LAYOUTS[dataset](root, **options)
 
 
@@ -83,7 +90,6 @@ class Layout:
 
     name = "layout"
     palette: Palette = ISPRS
-    train_tiles: tuple[str, ...] = ()
     val_tiles: tuple[str, ...] = ()  # held out of the training tiles for model selection
     test_tiles: tuple[str, ...] = ()
     label_bands = 3

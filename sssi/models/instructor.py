@@ -202,11 +202,3 @@ class Instructor(nn.Module):
                 return self.upsample(self.hard_mask(scores), size)
         scores = self(images, generator=generator).scores
         return self.upsample(self.soft_mask(scores, alpha=alpha), size)
-
-    def policy(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """The instructor as a mask policy: hard, upsampled masks, 1 = hole.
-
-        Same call shape as :class:`sssi.masking.MaskPolicy`; whether ``z`` is sampled
-        follows the module's train/eval mode, which the task sets.
-        """
-        return self.masks(images, hard=True, generator=generator)

@@ -17,6 +17,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from sssi.checkpoints import DATA_KEY
 from sssi.scaling import compile_in_place, compile_options, scale_learning_rates, scale_lr_options
 
 
@@ -69,6 +70,13 @@ class BaseTask(L.LightningModule):
     def setup(self, stage: str) -> None:
         if stage == "fit":  # in place: state-dict keys stay those of the plain modules
             compile_in_place(self.compiled_modules(), self.hparams.get("compile"))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the datamodule's state (bands, normalisation) under one key that does not
+        depend on the datamodule's class (``sssi.checkpoints.data_state`` reads it)."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        if datamodule is not None:
+            checkpoint[DATA_KEY] = datamodule.state_dict()
 
     def scale_learning_rates(self, optimizers: Iterable[torch.optim.Optimizer]) -> float:
         """Multiply the optimizers' rates as ``task.scale_lr`` says (call before creating

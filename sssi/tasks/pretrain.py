@@ -510,6 +510,7 @@ class PretrainTask(BaseTask):
 
     # ----------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["game"] = {
             "phase": self.phase, "epoch": self.current_epoch, "global_step": self.global_step,
             "round": self.schedule.round(self.current_epoch),

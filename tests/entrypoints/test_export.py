@@ -2,7 +2,7 @@
 torchvision-style state dict (+ ``.json`` description), and the whole segmenter for
 deployment (torch.export, ONNX).
 
-The reference key lists ``tests/data/torchvision_resnet{18,50}_keys.txt`` were generated
+The reference key lists ``tests/assets/torchvision_resnet{18,50}_keys.txt`` were generated
 once from torchvision 0.28.0's ``resnet18().state_dict()`` / ``resnet50().state_dict()``
 (key, shape, in order; ``num_batches_tracked`` included, as torchvision writes them);
 torchvision itself does not run with the CPU torch here. Checkpoints are rebuilt from
@@ -21,7 +21,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from sssi.checkpoints import init_encoder
+from sssi.checkpoints import data_state, init_encoder
 from sssi.cli import CONFIG_DIR, run_or_exit
 from sssi.errors import ConfigError
 from sssi.export import (
@@ -34,9 +34,9 @@ from sssi.export import (
 )
 from sssi.inference import load_segmenter
 from sssi.models import build_backbone
-from tests.helpers import legacy_checkpoint, run_module
+from tests.helpers import ASSETS, legacy_checkpoint, run_module
 
-DATA = Path(__file__).resolve().parent / "data"
+DATA = ASSETS
 
 
 def reference(name: str) -> dict[str, tuple[int, ...]]:
@@ -116,8 +116,8 @@ def test_pretext_encoder_exports_and_round_trips(ckpts, tmp_path):
     assert desc["torchvision"]["model"] == "resnet18" and desc["torchvision"]["same_network"]
     ck = torch.load(pretext, weights_only=True)
     assert desc["bands"] == ["R", "G", "B"]
-    assert desc["mean"] == pytest.approx(ck["PretextDataModule"]["mean"])
-    assert desc["std"] == pytest.approx(ck["PretextDataModule"]["std"])
+    assert desc["mean"] == pytest.approx(data_state(ck)["mean"])
+    assert desc["std"] == pytest.approx(data_state(ck)["std"])
     src = desc["source"]
     assert src["kind"] == "pretext" and src["checkpoint"] == str(pretext.resolve())
     assert src["config"]["task_name"] == "pretrain" and src["commit"] == "0123abc"

@@ -13,7 +13,6 @@ from omegaconf import open_dict
 from sssi.train import CONFIG_DIR
 from tests.helpers import TINY, compose_train, run_module
 
-ROOT = Path(__file__).resolve().parents[1]
 CONF = Path(CONFIG_DIR)
 
 def _compose(overrides: list[str], tmp_path: Path):
@@ -93,7 +92,7 @@ def test_bad_value_names_the_key(tmp_path):
 
 
 def test_folder_config_reads_the_real_loveda_samples(tmp_path):
-    from tests.conftest import real_sample
+    from tests.helpers import real_sample
 
     root = real_sample("loveda")
     cfg = _compose(["data=folder", f"data.root={root}", "data.layout_options.palette=loveda",
@@ -142,7 +141,7 @@ def test_every_experiment_composes_and_instantiates(experiment, tmp_path):
         assert type(dm).__name__ == "PretextDataModule"
         assert (task.instructor is not None) == ("inpaint" not in experiment)
         assert cfg.task.schedule.warmup_epochs >= 1
-    if experiment == "potsdam_pretrain":  # the paper's settings (design.md)
+    if experiment == "potsdam_pretrain":  # the paper's settings (He et al. 2022)
         assert cfg.data.crop_size == 128 and cfg.data.batch_size == 128
         assert cfg.backbone.name == "drn_a_50" and task.inpainter.encoder.reductions[-1] == 8
         assert task.instructor.encoder.reductions[-1] == 16

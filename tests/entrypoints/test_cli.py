@@ -27,3 +27,26 @@ def test_known_noise_is_dropped_and_other_warnings_stay(caplog):
     assert [r.getMessage() for r in caplog.records] == ["GPU available: False, used: False"]
     quiet_noise()  # idempotent: one filter, however often the entry points call it
     assert len(log.filters) == 1
+
+
+def test_shards_split_a_multirun_round_robin_and_bad_values_name_the_key():
+    import pytest
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import read_write
+
+    from sssi.cli import other_shard
+    from sssi.errors import ConfigError
+    from tests.helpers import compose_train
+
+    cfg = compose_train([], hydra_node=True)
+    kept = {}
+    for num in range(5):
+        with read_write(cfg.hydra.job):
+            cfg.hydra.job.num = num
+        HydraConfig.instance().set_config(cfg)
+        kept[num] = [i for i in range(2) if not other_shard(f"{i}/2")]
+        assert not other_shard(None) and not other_shard("0/1")
+    assert kept == {0: [0], 1: [1], 2: [0], 3: [1], 4: [0]}  # each job in exactly one lane
+    for bad in ("2/2", "1", "a/b", "-1/2"):
+        with pytest.raises(ConfigError, match=r"shard="):
+            other_shard(bad)

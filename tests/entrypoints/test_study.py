@@ -19,7 +19,7 @@ import yaml
 from sssi.aggregate import aggregate
 from sssi.config import study_init
 from sssi.errors import ConfigError
-from tests.helpers import TINY, run_module
+from tests.helpers import REPO, TINY, run_module
 
 METHODS = ("instructor", "scratch")
 TRAIN = [*TINY, "trainer.max_steps=2"]
@@ -61,7 +61,7 @@ def test_demo_tells_the_whole_story(demo):
     # real-image measurements, which exist
     assert "not evidence either way" in proc.stdout
     assert "experiments/label_efficiency/results_dubai/" in proc.stdout
-    repo = Path(__file__).resolve().parents[1]
+    repo = REPO
     assert (repo / "experiments/label_efficiency/results_dubai/README.md").is_file()
     table = (out / "results.md").read_text()
     tile = _test_tile(data)

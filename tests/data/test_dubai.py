@@ -21,7 +21,7 @@ from sssi.data.palettes import DUBAI, IGNORE_INDEX
 from sssi.data.raster import describe, read_label_window
 from sssi.data.splits import partition_regions, select_label_regions
 from sssi.errors import DataError
-from tests.conftest import real_sample
+from tests.helpers import real_sample
 
 ARCHIVE = "Semantic segmentation dataset"
 

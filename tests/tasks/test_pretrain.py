@@ -30,21 +30,7 @@ from sssi.tasks.schedule import (
     warmup_end_step,
 )
 from sssi.train import run
-from tests.helpers import compose_train, poison_reconstruction_loss
-
-ROOT = Path(__file__).resolve().parents[1]
-
-# the demo game, smaller: 3 tiles of 256 px, 64 px crops, 4 steps of 8 per epoch
-SMALL = [
-    "+experiment=demo_pretrain", "data.synthetic.size=256", "data.synthetic.tiles=3",
-    "data.batch_size=8", "data.samples_per_epoch=32", "data.num_workers=0",
-    "data.val_max_windows=4", "trainer.log_every_n_steps=1", "logger=csv",
-    "trainer.enable_progress_bar=false",
-]
-
-
-def compose_cfg(overrides: list[str], out: Path, data_dir: Path):
-    return compose_train(overrides, out, data_dir)
+from tests.helpers import REPO, SMALL, compose_train, poison_reconstruction_loss
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +189,7 @@ def test_heat_map_colours():
 def test_instructor_finds_regions_harder_than_random_masks(tmp_path, data_dir):
     """Warm-up on random masks, then instructor training: its holes are harder to fill."""
     record = tmp_path / "val.json"
-    cfg = compose_cfg([*SMALL, "data.samples_per_epoch=128", "trainer.max_epochs=4",
+    cfg = compose_train([*SMALL, "data.samples_per_epoch=128", "trainer.max_epochs=4",
                        "task.schedule.warmup_epochs=3", "task.schedule.instructor_epochs=1",
                        "task.image_every_n_steps=0",
                        "+callbacks.record._target_=tests.helpers.RecordValMetrics",
@@ -234,7 +220,7 @@ def test_resume_mid_phase_gives_the_same_weights(tmp_path, data_dir):
             "task.image_every_n_steps=0", "trainer.num_sanity_val_steps=0",
             "mask_policy.instructor.reward=relative",
             "mask_policy.instructor.network.border_cells=1"]
-    straight = compose_cfg([*SMALL, *game, "trainer.max_epochs=4"], tmp_path / "a", data_dir)
+    straight = compose_train([*SMALL, *game, "trainer.max_epochs=4"], tmp_path / "a", data_dir)
     metrics = run(straight)
     # 64 px crops: 4x4 cells, the 12 edge cells never erased, k = 4 clamped to 3 of 4
     for key in ("mask/border_freq", "val/border_freq", "val/border_ratio"):
@@ -245,14 +231,14 @@ def test_resume_mid_phase_gives_the_same_weights(tmp_path, data_dir):
                                  f"instructor_cells_epoch{epoch:03d}.png"))
         assert picture.shape == (4 * 32, 4 * 32, 3)
         assert (picture[:32] == RAMP[0][::-1]).all()  # edge cells: never erased (BGR)
-    first = compose_cfg([*SMALL, *game, "trainer.max_epochs=2"], tmp_path / "b", data_dir)
+    first = compose_train([*SMALL, *game, "trainer.max_epochs=2"], tmp_path / "b", data_dir)
     run(first)
     ckpt = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["game"]["phase"] == INSTRUCTOR and ckpt["game"]["epoch"] == 1
     assert len(ckpt["optimizer_states"]) == 2 and len(ckpt["lr_schedulers"]) == 1
     seen = ckpt["state_dict"]["reward_baseline.seen"]
     assert seen.shape == (4, 4) and seen[1:3, 1:3].all() and not seen[0].any()
-    resumed = compose_cfg([*SMALL, *game, "trainer.max_epochs=4",
+    resumed = compose_train([*SMALL, *game, "trainer.max_epochs=4",
                            f"ckpt_path={tmp_path / 'b' / 'checkpoints' / 'last.ckpt'}"],
                           tmp_path / "c", data_dir)
     run(resumed)
@@ -272,7 +258,7 @@ def test_resume_mid_phase_gives_the_same_weights(tmp_path, data_dir):
 def test_nan_loss_stops_with_step_and_player_and_keeps_last_checkpoint(tmp_path, data_dir,
                                                                        monkeypatch):
     poison_reconstruction_loss(monkeypatch, 6)  # the second step of epoch 1
-    cfg = compose_cfg([*SMALL, "trainer.max_epochs=3", "task.image_every_n_steps=0"],
+    cfg = compose_train([*SMALL, "trainer.max_epochs=3", "task.image_every_n_steps=0"],
                       tmp_path / "run", data_dir)
     with pytest.raises(TrainingDivergedError, match=r"inpainter's loss is NaN .* step 5") as err:
         run(cfg)
@@ -289,7 +275,7 @@ def test_nan_loss_stops_with_step_and_player_and_keeps_last_checkpoint(tmp_path,
 
 @pytest.mark.slow
 def test_game_runs_in_bf16_mixed_precision(tmp_path, data_dir):
-    cfg = compose_cfg([*SMALL, "trainer.precision=bf16-mixed", "trainer.max_epochs=2",
+    cfg = compose_train([*SMALL, "trainer.precision=bf16-mixed", "trainer.max_epochs=2",
                        "data.samples_per_epoch=16", "data.val_max_windows=2",
                        "task.schedule.warmup_epochs=1", "task.image_every_n_steps=0"],
                       tmp_path / "run", data_dir)
@@ -306,13 +292,13 @@ def test_game_runs_in_bf16_mixed_precision(tmp_path, data_dir):
 @pytest.mark.slow
 def test_two_process_cpu_ddp_game_ends_with_identical_weights(tmp_path, data_dir):
     dump = tmp_path / "ranks"
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     proc = subprocess.run(
         [sys.executable, "-m", "sssi.train", *SMALL, "trainer=ddp_cpu", "trainer.max_epochs=2",
          "task.schedule.warmup_epochs=1", "task.image_every_n_steps=0",
          f"paths.data_dir={data_dir}", f"hydra.run.dir={tmp_path / 'run'}",
          "+callbacks.dump._target_=tests.helpers.DumpWeights", f"+callbacks.dump.dirpath={dump}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0 = torch.load(dump / "rank0.pt")
     r1 = torch.load(dump / "rank1.pt")
@@ -326,7 +312,7 @@ def test_two_process_cpu_ddp_game_ends_with_identical_weights(tmp_path, data_dir
 
 @pytest.mark.slow
 def test_alternate_schedule_interleaves_the_players(tmp_path, data_dir):
-    cfg = compose_cfg([*SMALL, "data.samples_per_epoch=48", "trainer.max_epochs=2",
+    cfg = compose_train([*SMALL, "data.samples_per_epoch=48", "trainer.max_epochs=2",
                        "task.schedule.mode=alternate", "task.schedule.warmup_epochs=1",
                        "task.schedule.inpainter_steps=2", "task.schedule.instructor_steps=1",
                        "task.image_every_n_steps=0"], tmp_path / "run", data_dir)

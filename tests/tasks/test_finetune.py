@@ -10,29 +10,31 @@ from pathlib import Path
 import pytest
 import torch
 
-from sssi.checkpoints import init_encoder
+from sssi.checkpoints import checkpoint_kind, data_state, init_encoder
 from sssi.errors import ConfigError
 from sssi.models import build_backbone
 from sssi.train import run
-from tests.test_pretrain import SMALL, compose_cfg
+from tests.helpers import REPO, SMALL, TINY, compose_train
 
-TINY_SEG = ["data.synthetic.size=256", "data.synthetic.tiles=3", "data.crop_size=64",
-            "data.batch_size=4", "data.samples_per_epoch=8", "data.num_workers=0",
-            "data.region_size=128", "trainer.max_epochs=1", "trainer.enable_progress_bar=false"]
+TINY_SEG = [*TINY, "trainer.enable_progress_bar=false"]
 
 
 @pytest.fixture(scope="module")
 def pretext_ckpt(tmp_path_factory) -> Path:
     """A real checkpoint of the game (2 epochs: warm-up, then the instructor)."""
     root = tmp_path_factory.mktemp("game")
-    cfg = compose_cfg([*SMALL, "trainer.max_epochs=2", "task.schedule.warmup_epochs=1",
+    cfg = compose_train([*SMALL, "trainer.max_epochs=2", "task.schedule.warmup_epochs=1",
                        "task.image_every_n_steps=0"], root / "run", root / "data")
     run(cfg)
     return root / "run" / "checkpoints" / "last.ckpt"
 
 
 def test_encoder_initialised_from_the_game_has_the_inpainters_weights(pretext_ckpt):
-    state = torch.load(pretext_ckpt, weights_only=True)["state_dict"]
+    ckpt = torch.load(pretext_ckpt, weights_only=True)
+    state = ckpt["state_dict"]
+    # bands and normalisation under a key that names no datamodule class
+    assert data_state(ckpt) is ckpt["sssi_data"] and ckpt["sssi_data"]["band_names"]
+    assert checkpoint_kind(ckpt) == "pretext"
     encoder = build_backbone("resnet18", in_channels=3)
     assert init_encoder(encoder, pretext_ckpt) == "pretext"
     own = encoder.state_dict()
@@ -59,7 +61,7 @@ def test_mismatched_backbone_or_file_is_reported_with_keys(pretext_ckpt, tmp_pat
 
 @pytest.mark.slow
 def test_demo_finetune_from_the_game_end_to_end(pretext_ckpt, tmp_path):
-    cfg = compose_cfg(["+experiment=demo_finetune", f"task.init={pretext_ckpt}",
+    cfg = compose_train(["+experiment=demo_finetune", f"task.init={pretext_ckpt}",
                        "data.label_fraction=0.1", *TINY_SEG], tmp_path / "ft",
                       pretext_ckpt.parents[2] / "data")
     metrics = run(cfg)
@@ -72,7 +74,7 @@ def test_demo_finetune_from_the_game_end_to_end(pretext_ckpt, tmp_path):
 
 
 def test_finetune_without_init_is_one_line_naming_the_key(tmp_path):
-    root = Path(__file__).resolve().parents[1]
+    root = REPO
     proc = subprocess.run([sys.executable, "-m", "sssi.train", "+experiment=demo_finetune",
                            f"hydra.run.dir={tmp_path / 'o'}", f"paths.data_dir={tmp_path}"],
                           cwd=root, capture_output=True, text=True, timeout=300,

@@ -1,6 +1,6 @@
 """Checkpoints written before the house redesign (issue 12) still load: for evaluation
 and prediction (a segmentation run) and as ``task.init`` (a pretext run and a
-segmentation run). The files are rebuilt from ``tests/data/legacy/`` (see
+segmentation run). The files are rebuilt from ``tests/assets/legacy/`` (see
 ``tests.helpers.legacy_checkpoint``)."""
 
 from __future__ import annotations

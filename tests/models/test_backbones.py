@@ -19,8 +19,9 @@ from sssi.models import (
     registry,
 )
 from sssi.models.resnet import ResNet
+from tests.helpers import CONF
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "backbone"
+CONF_DIR = CONF / "backbone"
 SIZE = 64
 
 # torchvision's ResNet definitions: block type and blocks per stage.

@@ -253,23 +253,23 @@ def test_upsample_is_nearest_per_cell(instructor: Instructor) -> None:
 
 
 @pytest.mark.parametrize("size", [(64, 64), (128, 128), (64, 128)])
-def test_masks_and_policy(instructor: Instructor, size: tuple[int, int]) -> None:
+def test_hard_and_soft_masks(instructor: Instructor, size: tuple[int, int]) -> None:
     instructor.eval()
     x = torch.randn(2, 3, *size)
     masks = instructor.masks(x)
     assert masks.shape == (2, 1, *size) and masks.dtype == torch.float32
     assert not masks.requires_grad
     assert (masks.mean(dim=(1, 2, 3)) == instructor.ratio).all()  # exact: sizes divide
-    assert torch.equal(instructor.policy(x), masks)
     soft = instructor.masks(x, hard=False, alpha=100.0)
     assert soft.requires_grad and soft.shape == masks.shape
 
 
-def test_policy_generator_determinism_in_train_mode() -> None:
+def test_masks_follow_the_generator_in_train_mode() -> None:
     torch.manual_seed(0)
     model = Instructor(instructor_encoder(), latent_dim=8).train()
     x = torch.randn(2, 3, 64, 64)
-    assert torch.equal(model.policy(x, generator=gen(2)), model.policy(x, generator=gen(2)))
+    assert torch.equal(model.masks(x, generator=gen(2)), model.masks(x, generator=gen(2)))
+    assert not torch.equal(model.masks(x, generator=gen(2)), model.masks(x, generator=gen(3)))
 
 
 @pytest.mark.parametrize("tied", [False, True])
@@ -339,7 +339,7 @@ def test_instructor_bad_options(kwargs: dict, match: str) -> None:
 def test_instructor_follows_device() -> None:
     model = Instructor(instructor_encoder(), latent_dim=8).cuda().train()
     x = torch.randn(2, 3, 64, 64, device="cuda")
-    masks = model.policy(x, generator=gen(0))  # a CPU generator is fine
+    masks = model.masks(x, generator=gen(0))  # a CPU generator is fine
     assert masks.device == x.device
     soft: Tensor = model.masks(x, hard=False, generator=torch.Generator("cuda").manual_seed(0))
     assert soft.device == x.device

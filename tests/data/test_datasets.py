@@ -25,7 +25,7 @@ from sssi.data.splits import select_label_regions
 from sssi.data.stats import band_stats
 from sssi.errors import ConfigError, DataError
 from sssi.utils.grid import grid_offsets
-from tests.conftest import real_sample
+from tests.helpers import real_sample
 
 # ------------------------------------------------------------------------------ palettes
 
