@@ -24,7 +24,13 @@ from omegaconf.errors import OmegaConfBaseException
 
 from sssi.errors import ConfigError, SssiError
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+_PACKAGE = Path(__file__).resolve().parent
+#: The Hydra configs: the package's own copy when sssi is installed from a wheel
+#: (``sssi/conf``), the repository's top-level ``conf/`` in a checkout or an editable
+#: install. Add a folder of your own with Hydra's ``--config-dir DIR`` (or
+#: ``hydra.searchpath=[file://DIR]``): its groups and experiments join these.
+CONFIG_DIR = str(next((d for d in (_PACKAGE / "conf", _PACKAGE.parent / "conf") if d.is_dir()),
+                      _PACKAGE.parent / "conf"))
 
 T = TypeVar("T")
 

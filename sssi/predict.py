@@ -195,7 +195,9 @@ def predict_file(loaded: LoadedModel, input_path: str | Path, output_path: str |
                      100 * done / (src.width * src.height), time.perf_counter() - t0)
         for w in writers:
             resampling = "NEAREST" if w is labels else "AVERAGE"
-            w.finish(compress="DEFLATE", blocksize=BLOCK, overview_resampling=resampling)
+            # BIGTIFF=IF_SAFER: a BigTIFF whenever the map could pass 4 GB uncompressed
+            w.finish(compress="DEFLATE", blocksize=BLOCK, overview_resampling=resampling,
+                     BIGTIFF="IF_SAFER")
         for w in writers:
             w.commit()
     log.info("wrote %s (%dx%d, %d classes)", out_path, src.width, src.height,
@@ -253,16 +255,40 @@ def _bands(value: Any) -> list[int] | None:
 
 
 def run(cfg: DictConfig) -> Path:
-    """Predict ``cfg.input`` into ``cfg.output`` with ``cfg.ckpt``."""
+    """Predict ``cfg.input`` into ``cfg.output`` with ``cfg.ckpt``; then the legend and the
+    STAC Item beside it (and the folder's Collection) as ``cfg`` says."""
     require(cfg, "ckpt", "input", "output")
     device = resolve_device(cfg.device)
     loaded = load_segmenter(cfg.ckpt, map_location=device)
-    return predict_file(
+    out = predict_file(
         loaded, cfg.input, cfg.output, bands=_bands(cfg.bands),
         probabilities=cfg.probabilities, probabilities_dtype=cfg.probabilities_dtype,
         chunk=int(cfg.chunk), window=int(cfg.window), stride=int(cfg.stride),
         batch_size=int(cfg.batch_size), blend=cfg.blend, flip_tta=bool(cfg.flip_tta),
         device=device, progress=bool(cfg.get("progress", True)))
+    describe_outputs(out, loaded, cfg)
+    return out
+
+
+def describe_outputs(out: Path, loaded: LoadedModel, cfg: DictConfig) -> None:
+    """``OUT.qml`` (``legend``), ``OUT.json`` (``stac``: a STAC Item) and the output
+    folder's ``collection.json`` (``stac_collection``), each written whole or not at all."""
+    from sssi.legend import write_qml
+    from sssi.stac import prediction_item, write_collection, write_item
+
+    names, colors = loaded.class_names, loaded.palette.colors
+    assets: dict[str, Path] = {}
+    if cfg.get("legend", True):
+        assets["style"] = write_qml(out, names, colors)
+        log.info("wrote %s (QGIS legend)", assets["style"])
+    if cfg.get("probabilities"):
+        assets["probabilities"] = Path(cfg.probabilities).expanduser()
+    if cfg.get("stac", True):
+        item = prediction_item(out, names, colors, NODATA, source=cfg.input,
+                               checkpoint=loaded.path, extra_assets=assets)
+        log.info("wrote %s (STAC Item)", write_item(item, out.with_suffix(".json")))
+        if cfg.get("stac_collection", False):
+            log.info("wrote %s (STAC Collection)", write_collection(out.parent))
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")

@@ -272,6 +272,62 @@ def test_predict_keeps_georeferencing_and_writes_a_cog(sample, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.tif"]  # no temporaries
 
 
+def test_the_map_is_a_valid_cog_with_a_qgis_legend_and_a_stac_item(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    import pystac
+    from omegaconf import OmegaConf
+    from rio_cogeo.cogeo import cog_validate
+
+    from sssi.predict import describe_outputs
+    from sssi.stac import write_collection
+
+    loaded = _fake(_pointwise(k=6))
+    outs = []
+    for name, win in (("west", Window(0, 0, 300, 200)), ("east", Window(300, 0, 300, 200))):
+        piece = tmp_path / "in" / f"{name}.tif"
+        piece.parent.mkdir(exist_ok=True)
+        _crop(real_sample(*ADELAIDE), piece, win)
+        out = tmp_path / "maps" / f"{name}.tif"
+        predict_file(loaded, piece, out, window=128, stride=96)
+        cfg = OmegaConf.create({"input": str(piece), "probabilities": None, "legend": True,
+                                "stac": True, "stac_collection": True})
+        describe_outputs(out, loaded, cfg)
+        outs.append(out)
+    valid, errors, _ = cog_validate(str(outs[0]))  # rio-cogeo: GDAL's COG rules
+    assert valid and not errors
+    palette = ET.parse(outs[0].with_suffix(".qml")).getroot().find(".//colorPalette")
+    entries = [(e.get("value"), e.get("label"), e.get("color")) for e in palette]
+    assert entries == [(str(i), name, "#{:02x}{:02x}{:02x}".format(*ISPRS.colors[i]))
+                       for i, name in enumerate(ISPRS.classes)]
+
+    item = pystac.Item.from_file(str(outs[0].with_suffix(".json")))
+    assert item.id == "west" and item.assets["labels"].href == "./west.tif"
+    assert item.assets["style"].href == "./west.qml"
+    classes = item.assets["labels"].extra_fields["classification:classes"]
+    assert [c["name"] for c in classes] == [*ISPRS.classes, "no_data"]
+    assert classes[-1] == {"value": 255, "name": "no_data", "nodata": True}
+    assert item.assets["labels"].extra_fields["raster:bands"][0]["nodata"] == 255
+    with rasterio.open(outs[0]) as ds:
+        assert item.properties["proj:shape"] == [ds.height, ds.width] == [200, 300]
+        assert item.properties["proj:code"] == f"EPSG:{ds.crs.to_epsg()}"
+        assert item.properties["proj:transform"] == list(ds.transform)[:6]
+    west, south, east, north = item.bbox  # Adelaide, in WGS 84
+    assert 138 < west < east < 139.5 and -35.5 < south < north < -34
+    assert sorted(e.split("/")[3] for e in item.stac_extensions) == [
+        "classification", "projection", "raster"]  # https://stac-extensions.github.io/NAME/
+
+    collection = pystac.Collection.from_file(str(tmp_path / "maps" / "collection.json"))
+    assert [link.href for link in collection.links if link.rel == "item"] == [
+        "./east.json", "./west.json"]
+    box = collection.extent.spatial.bboxes[0]
+    assert box[0] == pytest.approx(west) and box[2] > east  # both maps
+    assert write_collection(tmp_path / "maps").name == "collection.json"  # rewritten
+    assert sorted(q.name for q in (tmp_path / "maps").iterdir()) == [
+        "collection.json", "east.json", "east.qml", "east.tif", "west.json", "west.qml",
+        "west.tif"]  # no temporaries
+
+
 def test_chunked_prediction_equals_one_chunk(tmp_path):
     src_path = tmp_path / "corner.tif"  # has both no-data collar and image
     _crop(real_sample(*RGB_BYTE), src_path, Window(0, 0, 230, 190))
@@ -331,7 +387,10 @@ def test_predict_cli_with_a_real_checkpoint(trained, tmp_path):
         assert (np.abs(p.read().astype(int).sum(0) - 255) <= 6).all()
     assert (tmp_path / "logs" / "predict").is_dir()  # Hydra's files: not beside the output
     assert "crop.tif: 100%" not in proc.stderr  # progress=false: no bar
-    assert sorted(q.name for q in out.parent.iterdir()) == ["labels.tif", "probs.tif"]
+    assert sorted(q.name for q in out.parent.iterdir()) == [
+        "labels.json", "labels.qml", "labels.tif", "probs.tif"]
+    item = json.loads((out.parent / "labels.json").read_text())
+    assert item["assets"]["probabilities"]["href"] == "./probs.tif"
 
 
 @pytest.mark.slow

@@ -39,11 +39,14 @@ case "$lanes" in ''|*[!0-9]*|0) echo "error: LANES=$lanes: expected a positive i
 threads=$(( $(nproc) / lanes )); [ "$threads" -ge 1 ] || threads=1
 mkdir -p "$study/logs"
 
-# timed NAME CMD...: run CMD, append "NAME<TAB>seconds" to the study's wall_time.tsv
+# timed NAME CMD...: echo and run CMD; when it succeeds, append "NAME<TAB>seconds" to the
+# study's wall_time.tsv; its exit status either way
 timed() {
-  local name="$1" start=$SECONDS; shift
-  "$@"
-  printf '%s\t%s\n' "$name" "$((SECONDS - start))" >> "$study/wall_time.tsv"
+  local name="$1" start=$SECONDS status=0; shift
+  echo "+ $*"
+  "$@" || status=$?
+  [ "$status" -ne 0 ] || printf '%s\t%s\n' "$name" "$((SECONDS - start))" >> "$study/wall_time.tsv"
+  return "$status"
 }
 # in_lanes NAME CMD...: CMD (a Hydra multirun) once, or as $lanes processes that share its
 # jobs (shard=i/n), each with its own log; fails if any lane fails
@@ -64,13 +67,11 @@ in_lanes() {
   return "$status"
 }
 
-set -x
 timed pretrain "$PY" -m sssi.train -m "+experiment=label_efficiency/${scale}_pretrain" "study.dir=$study" "$@"
 for protocol in "${stage2[@]}"; do
   timed "$protocol" in_lanes "$protocol" \
     "$PY" -m sssi.train -m "+experiment=label_efficiency/${scale}_${protocol}" "study.dir=$study" "$@"
 done
-set +x
 # stage 3: every finished fine-tuning job not yet scored, in one evaluation multirun
 # (shared by the lanes; each job writes JOB/evaluation/)
 pending=()
@@ -92,6 +93,6 @@ if [ "${#pending[@]}" -gt 0 ]; then
     ${EVAL_ARGS:-} > "$study/logs/evaluate.log" 2>&1 \
     || { echo "error: evaluation failed; see $study/logs/" >&2; exit 1; }
 fi
-set -x
+echo "+ aggregate"
 "$PY" -m sssi.aggregate "$study/finetune" --metrics-file evaluation/metrics.json --out "$results" \
   --versus scratch --versus random_blocks

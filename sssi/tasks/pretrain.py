@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 from collections.abc import Mapping
 from contextlib import nullcontext
 from typing import Any
@@ -208,10 +209,20 @@ class PretrainTask(BaseTask):
                 opt.optimizer.state.clear()
         log.debug("epoch %d: phase %s", self.current_epoch, self.phase)
 
+    def input_multiple(self) -> int:
+        """Window sides must be multiples of this: the encoders reduce by it, and the
+        inpainter's decoder and the instructor's cells need whole steps."""
+        multiple = self.inpainter.reduction
+        if self.instructor is not None:
+            multiple = math.lcm(multiple, self.instructor.cell_size)
+        return multiple
+
     def configure_callbacks(self):
-        # The first hook that sees the trainer, before Lightning refuses its own
-        # accumulation under manual optimisation with a message naming the Trainer.
+        # The first hook that sees the trainer: settings that would fail in the first
+        # step (window sizes) or that Lightning would refuse with a message naming the
+        # Trainer (its own accumulation under manual optimisation) end the run here.
         trainer = self.trainer
+        check_window_sides(trainer.datamodule, self.input_multiple())
         if trainer.state.fn == TrainerFn.FITTING and trainer.accumulate_grad_batches != 1:
             raise ConfigError(
                 f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches}: the game "
@@ -523,6 +534,19 @@ class PretrainTask(BaseTask):
         if game and dict(self.hparams.schedule or {}) != game.get("schedule"):
             log.warning("resuming with a different schedule than the checkpoint's: %s -> %s",
                         game.get("schedule"), dict(self.hparams.schedule or {}))
+
+
+def check_window_sides(datamodule: object, multiple: int) -> None:
+    """One error naming the key when the datamodule's training or validation windows
+    (``data.crop_size``, ``data.val_window``) are not multiples of ``multiple``."""
+    for key in ("crop_size", "val_window"):
+        size = getattr(datamodule, key, None)
+        if size is None or int(size) % multiple == 0:
+            continue
+        lower = int(size) // multiple * multiple
+        choices = " or ".join(str(v) for v in (lower, lower + multiple) if v > 0)
+        raise ConfigError(f"data.{key}={size}: the game's networks need window sides that "
+                          f"are multiples of {multiple}; use {choices}")
 
 
 # ---------------------------------------------------------------------- reward helpers

@@ -150,3 +150,14 @@ def test_every_experiment_composes_and_instantiates(experiment, tmp_path):
         sch = cfg.task.schedule
         assert cfg.trainer.max_epochs == sch.warmup_epochs + sch.rounds * (
             sch.instructor_epochs + sch.inpainter_epochs) == 700
+
+
+def test_a_window_the_game_cannot_take_is_one_line_at_set_up(tmp_path):
+    proc = _run(["+experiment=demo_pretrain", *TINY, "data.crop_size=72",
+                 f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'o'}"],
+                cwd=tmp_path, timeout=300)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: data.crop_size=72: the game's networks need window sides that "
+                      "are multiples of 32; use 64 or 96"], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
