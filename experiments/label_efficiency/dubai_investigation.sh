@@ -9,13 +9,15 @@
 #   python experiments/label_efficiency/collect_investigation.py OUT
 # A third argument picks the rows: full (the first rows, at full resolution, 12 pretext
 # epochs), study (the settings of the recorded study: half resolution, 6 pretext epochs,
-# 3 fine-tuning epochs; names start with study_) or all (default).
+# 6 fine-tuning epochs; names start with study_) or all (default). ONLY=REGEX runs only
+# the settings whose names match (e.g. two processes with disjoint ONLY share 2 cores).
 set -euo pipefail
 root="${1:?usage: dubai_investigation.sh DATA_ROOT [OUT] [full|study|all]}"
 out="${2:-outputs/dubai_investigation}"
 rows="${3:-all}"
 PY="${PYTHON:-python}"
 common=("data.root=$root" "data.num_workers=1")
+wanted() { [ -z "${ONLY:-}" ] || [[ "$1" =~ ^(${ONLY})$ ]]; }
 
 pretext() {  # NAME EXPERIMENT [overrides]: 12 epochs of 512 crops, checkpoints every 3
   local name=$1 exp=$2; shift 2
@@ -39,17 +41,19 @@ score() {  # PROTOCOL(probe|finetune) NAME INIT(none|ckpt) SEED [overrides]: val
 
 study_rows() {
   # At the study's scale (label_efficiency/dubai_*: half resolution, 6 pretext epochs of
-  # 512 crops, 3 fine-tuning / probe epochs of 256 crops, tile 6 scored at the end), one
+  # 512 crops, 6 fine-tuning / 3 probe epochs of 256 crops, tile 6 scored at the end), one
   # change per row against the study's game (relative reward, 25 % of 16 px cells, 2
   # warm-up epochs, 2 rounds, instructor Adam 1e-3).
   spre() {  # NAME [overrides]
     local name=$1; shift
+    wanted "$name" || return 0
     [ -f "$out/pretext/$name/metrics.json" ] && return 0
     "$PY" -m sssi.train +experiment=label_efficiency/dubai_pretrain mask_policy=instructor \
       "${common[@]}" "hydra.run.dir=$out/pretext/$name" "$@"
   }
   sscore() {  # PROTOCOL NAME INIT SEED [overrides]
     local protocol=$1 name=$2 init=$3 seed=$4; shift 4
+    wanted "$name" || return 0
     local dir="$out/$protocol/$name/seed_$seed"
     [ -f "$dir/metrics.json" ] && return 0
     local start=("task.init=$init")
@@ -64,11 +68,11 @@ study_rows() {
   spre study_game
   both study_game "$out/pretext/study_game/checkpoints/last.ckpt" 0
   both study_scratch none 0
-  # epochs per fraction: 6 fine-tuning epochs instead of 3 at 10 % labels
-  sscore finetune study_game_ft6 "$out/pretext/study_game/checkpoints/last.ckpt" 0 \
-    trainer.max_epochs=6 trainer.check_val_every_n_epoch=6
-  sscore finetune study_scratch_ft6 none 0 trainer.max_epochs=6 \
-    trainer.check_val_every_n_epoch=6
+  # epochs per fraction: 3 fine-tuning epochs (the first study's) instead of 6
+  sscore finetune study_game_ft3 "$out/pretext/study_game/checkpoints/last.ckpt" 0 \
+    trainer.max_epochs=3 trainer.check_val_every_n_epoch=3
+  sscore finetune study_scratch_ft3 none 0 trainer.max_epochs=3 \
+    trainer.check_val_every_n_epoch=3
   # the paper's raw reward instead of the relative one
   spre study_game_raw mask_policy.instructor.reward=raw
   both study_game_raw "$out/pretext/study_game_raw/checkpoints/last.ckpt" 0

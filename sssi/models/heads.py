@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -19,7 +19,25 @@ from torch import Tensor, nn
 
 from sssi.errors import ConfigError
 
+#: Heads by the name a config gives in ``task.head.name`` (see :func:`register_head`).
+HEADS: dict[str, type[nn.Module]] = {}
 
+
+def register_head(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator: make a head buildable by name (``task.head.name``), as
+    :func:`sssi.models.register` does for backbones. A name is registered once."""
+
+    def wrap(cls: type[nn.Module]) -> type[nn.Module]:
+        known = HEADS.get(name)
+        if known is not None and known is not cls:
+            raise ValueError(f"head {name!r} is already registered (by {known!r})")
+        HEADS[name] = cls
+        return cls
+
+    return wrap
+
+
+@register_head("fcn")
 class FCNFusionHead(nn.Module):
     """Multi-level fusion in the FCN spirit, as in the paper's segmentation network.
 
@@ -105,6 +123,7 @@ def _check_levels(in_channels: Sequence[int], reductions: Sequence[int]) -> None
         raise ValueError(f"reductions must be ordered shallow to deep, got {list(reductions)}")
 
 
+@register_head("unet")
 class UNetHead(nn.Module):
     """U-Net-style decoder: from the deepest feature back up through every skip level.
 
@@ -204,6 +223,7 @@ def _closest_level(reductions: Sequence[int], target: int) -> int:
                key=lambda i: (abs(math.log2(reductions[i] / target)), reductions[i], i))
 
 
+@register_head("deeplabv3plus")
 class DeepLabV3PlusHead(nn.Module):
     """DeepLabV3+: ASPP on the deepest feature, refined with a low-level feature.
 
@@ -244,6 +264,7 @@ class DeepLabV3PlusHead(nn.Module):
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
+@register_head("linear")
 class LinearProbeHead(nn.Module):
     """A linear classifier on the deepest feature only: the frozen-encoder probe.
 
@@ -266,15 +287,6 @@ class LinearProbeHead(nn.Module):
     def forward(self, features: Sequence[Tensor], size: tuple[int, int]) -> Tensor:
         logits = self.classifier(self.norm(features[self.level]))
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-
-
-#: Heads by the name a config gives in ``task.head.name``.
-HEADS: dict[str, type[nn.Module]] = {
-    "linear": LinearProbeHead,
-    "fcn": FCNFusionHead,
-    "unet": UNetHead,
-    "deeplabv3plus": DeepLabV3PlusHead,
-}
 
 
 def build_head(name: str, in_channels: Sequence[int], reductions: Sequence[int],
