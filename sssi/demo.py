@@ -136,9 +136,9 @@ def _summary(out: Path, runs: dict[str, Path], maps: dict[str, Path], seconds: f
           "here: one seed, one labelled subset, minutes of CPU training on synthetic "
           "tiles.\n   That is a smoke test of the pipeline, not evidence either way: "
           "between seeds\n   (which regions are labelled) such runs differ by more than "
-          "this. What is measured\n   on real images (seeds, both protocols, the spread; "
-          "validation tile so far) is in\n   experiments/label_efficiency/results_dubai/ "
-          "(README: \"Real images\").")
+          "this. On real images\n   (Dubai, 3 seeds, both protocols, the test tile) "
+          "pretraining does not beat scratch\n   at CPU scale either: "
+          "experiments/label_efficiency/results_dubai/ (README: \"Real images\").")
     rows = [
         (out / "results.md", "the comparison table (also results.csv and the plot)"),
         (out / "pretrain" / "instructor", "the game: checkpoints/, images/ (mask grids)"),

@@ -19,9 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import rasterio
 from rasterio.warp import transform_bounds
 
+from sssi.data.raster import open_raster
 from sssi.errors import DataError
 from sssi.utils.io import atomic_write_text
 
@@ -48,7 +48,7 @@ def prediction_item(labels: str | Path, class_names: Sequence[str],
     from pystac.extensions.raster import DataType, RasterBand, RasterExtension
 
     labels = Path(labels)
-    with rasterio.open(labels) as ds:
+    with open_raster(labels) as ds:  # a map of a plain JPEG has no georeferencing
         geometry, bbox = _footprint(ds)
         shape = [ds.height, ds.width]
         transform = list(ds.transform)[:6] if ds.crs is not None else None

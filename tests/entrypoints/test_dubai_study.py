@@ -95,6 +95,9 @@ def test_probe_keeps_the_pretrained_encoder_and_maps_a_plain_jpeg(study, tmp_pat
                                        f"hydra.run.dir={tmp_path / 'logs'}"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Warning" not in proc.stderr  # no georeferencing warnings for plain JPEGs
+    item = json.loads((tmp_path / "map.json").read_text())  # its STAC Item: no footprint
+    assert item["geometry"] is None and "bbox" not in item
+    assert item["properties"]["proj:code"] is None
     with rasterio.open(tmp_path / "map.tif") as ds:
         assert ds.crs is None and ds.transform.is_identity
         assert (ds.width, ds.height) == (509, 544)
