@@ -1,5 +1,5 @@
 """Scaling: global batch and lr rule, the game's gradient accumulation, torch.compile,
-SLURM trainer and sweep launcher configs. (bf16 and CPU DDP runs: tests/test_pretrain.py.)"""
+SLURM trainer and sweep launcher configs. (bf16 and CPU DDP runs: tests/tasks/test_pretrain.py.)"""
 
 from __future__ import annotations
 
