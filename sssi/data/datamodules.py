@@ -62,7 +62,7 @@ class TileDataModule(L.LightningDataModule):
             per-device batch becomes ``global_batch_size / (world size x accumulation)``
             at set-up (see :mod:`sssi.scaling`), replacing ``batch_size``.
         samples_per_epoch: random windows per epoch (default: cover the area once).
-        seed: seed of the training windows and their augmentation (``${seed}``).
+        seed: seed of the training windows and their augmentation (the run's ``seed``).
         mean, std: per-band statistics in raw units; computed from the training tiles
             when omitted.
         synthetic: parameters of the embedded synthetic dataset, generated into
