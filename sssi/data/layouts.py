@@ -14,6 +14,7 @@ from pathlib import Path
 from sssi.data.palettes import ISPRS, Palette, get_palette
 from sssi.data.raster import RasterInfo, check_readable
 from sssi.errors import ConfigError, DataError
+from sssi.utils.registry import register_into
 
 LAYOUTS: dict[str, type[Layout]] = {}
 
@@ -21,15 +22,7 @@ LAYOUTS: dict[str, type[Layout]] = {}
 def register_layout(name: str) -> Callable[[type[Layout]], type[Layout]]:
     """Class decorator: make a layout buildable by name from config (``data.dataset``),
     as :func:`sssi.models.register` does for backbones. A name is registered once."""
-
-    def wrap(cls: type[Layout]) -> type[Layout]:
-        known = LAYOUTS.get(name)
-        if known is not None and known is not cls:
-            raise ValueError(f"layout {name!r} is already registered (by {known!r})")
-        LAYOUTS[name] = cls
-        return cls
-
-    return wrap
+    return register_into(LAYOUTS, "layout", name)
 
 
 def list_layouts() -> list[str]:

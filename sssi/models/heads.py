@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sssi.errors import ConfigError
+from sssi.utils.registry import register_into
 
 #: Heads by the name a config gives in ``task.head.name`` (see :func:`register_head`).
 HEADS: dict[str, type[nn.Module]] = {}
@@ -26,15 +27,7 @@ HEADS: dict[str, type[nn.Module]] = {}
 def register_head(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
     """Class decorator: make a head buildable by name (``task.head.name``), as
     :func:`sssi.models.register` does for backbones. A name is registered once."""
-
-    def wrap(cls: type[nn.Module]) -> type[nn.Module]:
-        known = HEADS.get(name)
-        if known is not None and known is not cls:
-            raise ValueError(f"head {name!r} is already registered (by {known!r})")
-        HEADS[name] = cls
-        return cls
-
-    return wrap
+    return register_into(HEADS, "head", name)
 
 
 @register_head("fcn")

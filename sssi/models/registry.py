@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from sssi.errors import ConfigError
+from sssi.utils.registry import register_into
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +62,7 @@ def register(name: str) -> Callable[[BuilderT], BuilderT]:
     A name may be registered once: a second, different builder under the same name is a
     programming error (two backbones would silently shadow each other in configs).
     """
-
-    def decorator(builder: BuilderT) -> BuilderT:
-        known = _REGISTRY.get(name)
-        if known is not None and known is not builder:
-            raise ValueError(f"backbone {name!r} is already registered (by {known!r})")
-        _REGISTRY[name] = builder
-        return builder
-
-    return decorator
+    return register_into(_REGISTRY, "backbone", name)
 
 
 def list_backbones() -> list[str]:
