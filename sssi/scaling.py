@@ -1,13 +1,16 @@
 """Scaling a run across devices: global batch size, learning-rate rule, compilation.
 
-Shared by the tasks and the datamodules (pure functions plus small helpers that read
-a Lightning trainer). The rule:
+Pure functions and one value, :class:`BatchPlan`, that ``sssi.train`` works out once
+per run (from the datamodule's batch keys, the trainer's world size and the task's
+accumulation) and hands to both the datamodule and the task, so neither reads the
+other through the trainer. The rule:
 
     global batch = per-device batch x world size (devices x nodes) x accumulation
 
 where accumulation is ``trainer.accumulate_grad_batches`` for automatic optimisation
 (segmentation) and ``task.accumulate_grad_batches`` for the game (manual
-optimisation, which Lightning's own accumulation does not support).
+optimisation, which Lightning's own accumulation does not support); each task says
+which through ``BaseTask.micro_batches_per_step``.
 
 - ``data.global_batch_size`` (optional) fixes the global batch: the per-device batch
   becomes ``global / (world size x accumulation)``, which must divide exactly.
@@ -22,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -57,6 +61,33 @@ def per_device_batch_size(global_batch: int, world_size: int = 1, accumulation: 
     return global_batch // parts
 
 
+@dataclass(frozen=True)
+class BatchPlan:
+    """How many samples one optimizer step sees, and how they are split."""
+
+    per_device: int
+    world_size: int = 1
+    accumulation: int = 1
+
+    @property
+    def global_batch(self) -> int:
+        return global_batch_size(self.per_device, self.world_size, self.accumulation)
+
+    def describe(self) -> str:
+        return (f"global batch {self.global_batch} = {self.per_device} per device x "
+                f"{self.world_size} devices x {self.accumulation} accumulation")
+
+
+def plan_batches(batch_size: int, global_batch: int | None = None, world_size: int = 1,
+                 accumulation: int = 1) -> BatchPlan:
+    """The run's :class:`BatchPlan`: ``data.batch_size`` per device, or, when
+    ``data.global_batch_size`` is set, the per-device batch that gives it (a
+    :class:`ConfigError` naming the key when world size x accumulation does not divide it)."""
+    per_device = batch_size if global_batch is None else \
+        per_device_batch_size(global_batch, world_size, accumulation)
+    return BatchPlan(int(per_device), int(world_size), int(accumulation))
+
+
 # ------------------------------------------------------------------------ learning rate
 def lr_scale_factor(global_batch: int, base_batch_size: int, rule: str = "linear") -> float:
     """Multiplier of the configured learning rates at ``global_batch``."""
@@ -85,46 +116,28 @@ def scale_lr_options(options: Mapping | None) -> dict[str, Any] | None:
     return {"base_batch_size": opts["base_batch_size"], "rule": opts.get("rule", "linear")}
 
 
-def accumulation(trainer) -> int:
-    """Micro-batches per optimizer step: the task's own count under manual
-    optimisation (the game), else the trainer's ``accumulate_grad_batches``."""
-    module = getattr(trainer, "lightning_module", None)
-    if module is not None and not module.automatic_optimization:
-        return int(getattr(module, "accumulate_grad_batches", 1))
-    value = getattr(trainer, "accumulate_grad_batches", 1)
-    return int(value) if isinstance(value, int) else 1
-
-
-def trainer_global_batch(trainer) -> tuple[int, int, int, int]:
-    """``(global, per_device, world_size, accumulation)`` of a trainer's fit."""
-    dm = getattr(trainer, "datamodule", None)
-    per_device = getattr(dm, "batch_size", None)
-    if not isinstance(per_device, int):
-        raise ConfigError("task.scale_lr.enabled=true needs the per-device batch size: train "
-                          "with a datamodule that has `batch_size` (data.batch_size)")
-    world, acc = int(trainer.world_size), accumulation(trainer)
-    return global_batch_size(per_device, world, acc), per_device, world, acc
-
-
-def scale_learning_rates(trainer, optimizers: Iterable[torch.optim.Optimizer],
-                         options: Mapping | None) -> float:
+def scale_learning_rates(plan: BatchPlan | None, optimizers: Iterable[torch.optim.Optimizer],
+                         options: Mapping | None, announce: bool = True) -> float:
     """Multiply every param group's ``lr`` of ``optimizers`` by the ``task.scale_lr``
-    factor (call before creating the schedulers, which then start from the scaled
-    rates); log the numbers once. Returns the factor (1.0 when disabled)."""
+    factor at ``plan``'s global batch (call before creating the schedulers, which then
+    start from the scaled rates); log the numbers once when ``announce``. Returns the
+    factor (1.0 when disabled)."""
     opts = scale_lr_options(options)
     if opts is None:
         return 1.0
-    total, per_device, world, acc = trainer_global_batch(trainer)
-    factor = lr_scale_factor(total, opts["base_batch_size"], opts["rule"])
+    if plan is None:
+        raise ConfigError("task.scale_lr.enabled=true needs the run's batch plan: train with "
+                          "sssi.train, or set task.batch_plan = sssi.scaling.plan_batches(...) "
+                          "before fitting")
+    factor = lr_scale_factor(plan.global_batch, opts["base_batch_size"], opts["rule"])
     lrs = []
     for opt in optimizers:
         for group in opt.param_groups:
             group["lr"] = group["lr"] * factor
             lrs.append(group["lr"])
-    if getattr(trainer, "is_global_zero", True):
-        log.info("scale_lr: global batch %d = %d per device x %d devices x %d accumulation; "
-                 "learning rates x %.4g (%s rule, base batch %d) -> %s", total, per_device,
-                 world, acc, factor, opts["rule"], opts["base_batch_size"],
+    if announce:
+        log.info("scale_lr: %s; learning rates x %.4g (%s rule, base batch %d) -> %s",
+                 plan.describe(), factor, opts["rule"], opts["base_batch_size"],
                  ", ".join(f"{lr:.4g}" for lr in lrs))
     return factor
 

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, open_dict
 import sssi.config  # noqa: F401  (registers the ${sssi.*} resolvers)
 from sssi.cli import CONFIG_DIR, other_shard, run_or_exit
 from sssi.loggers import finish, log_config
+from sssi.scaling import BatchPlan
 from sssi.utils.io import atomic_write_text
 
 log = logging.getLogger("sssi.train")
@@ -50,6 +51,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")),
         logger=instantiate_group(cfg.get("logger")) or False, **trainer_overrides(cfg, task))
+    task.batch_plan = plan_batches(datamodule, task, trainer)
     log_config(trainer.loggers, cfg)
 
     metrics: dict[str, float] = {}
@@ -79,6 +81,19 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
         with open_dict(cfg):
             cfg.data._target_ = target
     return hydra.utils.instantiate(cfg.data)
+
+
+def plan_batches(datamodule: L.LightningDataModule, task: L.LightningModule,
+                 trainer: L.Trainer) -> BatchPlan | None:
+    """The run's :class:`~sssi.scaling.BatchPlan`, worked out once from the
+    datamodule's batch keys, the trainer's world size and the task's accumulation, and
+    applied to the datamodule (its per-device batch); None for a datamodule without
+    ``plan_batches`` (a user's own)."""
+    if not hasattr(datamodule, "plan_batches"):
+        return None
+    per_step = getattr(task, "micro_batches_per_step", int)
+    accumulation = per_step(trainer.accumulate_grad_batches)
+    return datamodule.plan_batches(trainer.world_size, accumulation)
 
 
 def strategy_for(task: L.LightningModule, strategy: Any) -> Any:

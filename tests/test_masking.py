@@ -355,7 +355,7 @@ def test_instructor_config() -> None:
     instructor setting; the instructor's ratio follows the random holes' ratio."""
     hydra_utils = pytest.importorskip("hydra.utils")
     from sssi.models.instructor import Instructor
-    from sssi.tasks.pretrain import check_mask_policy
+    from sssi.tasks.game_config import check_mask_policy
     from tests.helpers import compose_train
 
     node = compose_train(["mask_policy=instructor"]).mask_policy

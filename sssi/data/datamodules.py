@@ -37,7 +37,7 @@ from sssi.data.splits import select_label_regions, write_split
 from sssi.data.stats import band_stats
 from sssi.data.transforms import train_transform
 from sssi.errors import ConfigError
-from sssi.scaling import accumulation, per_device_batch_size
+from sssi.scaling import BatchPlan, plan_batches
 from sssi.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,8 @@ class TileDataModule(L.LightningDataModule):
         batch_size: windows per batch on each device (per process).
         global_batch_size: when set, samples per optimizer step over all devices; the
             per-device batch becomes ``global_batch_size / (world size x accumulation)``
-            at set-up (see :mod:`sssi.scaling`), replacing ``batch_size``.
+            when ``sssi.train`` plans the run (:meth:`plan_batches`, :mod:`sssi.scaling`),
+            replacing ``batch_size``.
         samples_per_epoch: random windows per epoch (default: cover the area once).
         seed: seed of the training windows and their augmentation (the run's ``seed``).
         mean, std: per-band statistics in raw units; computed from the training tiles
@@ -148,23 +149,20 @@ class TileDataModule(L.LightningDataModule):
         self.val_set: torch.utils.data.Dataset | None = None
         self.test_set: torch.utils.data.Dataset | None = None
 
-    def resolve_batch_size(self) -> int:
-        """The per-device batch: ``data.batch_size``, or derived from
-        ``data.global_batch_size`` and the attached trainer's world size and
-        accumulation (a clear error when they do not divide it)."""
-        if self.global_batch_size is None:
-            return self.batch_size
-        trainer = self.trainer
-        world = int(trainer.world_size) if trainer is not None else 1
-        acc = accumulation(trainer) if trainer is not None else 1
-        per_device = per_device_batch_size(self.global_batch_size, world, acc)
-        if per_device != self.batch_size:
+    def plan_batches(self, world_size: int = 1, accumulation: int = 1) -> BatchPlan:
+        """The run's batch plan, applied: ``data.batch_size`` per device, or the per-device
+        batch that ``data.global_batch_size`` gives over ``world_size`` devices and
+        ``accumulation`` micro-batches (a clear error when they do not divide it).
+        ``sssi.train`` calls this once and hands the plan to the task."""
+        plan = plan_batches(self.batch_size, self.global_batch_size, world_size, accumulation)
+        if plan.per_device != self.batch_size:
             log.info("data.global_batch_size=%d over %d devices x %d accumulation: %d windows "
-                     "per device batch", self.global_batch_size, world, acc, per_device)
-        self.batch_size = per_device
+                     "per device batch", self.global_batch_size, world_size, accumulation,
+                     plan.per_device)
+        self.batch_size = plan.per_device
         if self._eval_batch_follows:
-            self.eval_batch_size = per_device
-        return per_device
+            self.eval_batch_size = plan.per_device
+        return plan
 
     # ---------------------------------------------------------------------------- layout
     @property
@@ -306,7 +304,6 @@ class PretextDataModule(TileDataModule):
     """
 
     def setup(self, stage: str | None = None) -> None:
-        self.resolve_batch_size()
         if stage in (None, "fit") and self.train_set is None:
             tiles, sizes = self._tiles(self.train_split, labels=False)
             self._ensure_stats(tiles)
@@ -337,7 +334,6 @@ class SegmentationDataModule(TileDataModule):
     """
 
     def setup(self, stage: str | None = None) -> None:
-        self.resolve_batch_size()
         if stage in (None, "fit") and self.train_set is None:
             tiles, sizes = self._tiles(self.train_split, labels=True)
             self._ensure_stats(tiles)

@@ -18,7 +18,13 @@ import torch
 from torch import nn
 
 from sssi.checkpoints import DATA_KEY
-from sssi.scaling import compile_in_place, compile_options, scale_learning_rates, scale_lr_options
+from sssi.scaling import (
+    BatchPlan,
+    compile_in_place,
+    compile_options,
+    scale_learning_rates,
+    scale_lr_options,
+)
 
 
 class BaseTask(L.LightningModule):
@@ -33,7 +39,9 @@ class BaseTask(L.LightningModule):
     - ``find_unused_parameters``: whether DDP must look for parameters that get no
       gradient in a step; ``sssi.train`` then picks the Lightning strategy that does.
     - :meth:`compiled_modules`: what ``task.compile`` compiles, in place, when fitting.
-    - :meth:`scale_learning_rates`: ``task.scale_lr`` applied to the optimizers.
+    - :meth:`micro_batches_per_step`: the accumulation that makes one optimizer step;
+      ``sssi.train`` puts it into the run's :class:`~sssi.scaling.BatchPlan` and sets
+      ``batch_plan``, which :meth:`scale_learning_rates` (``task.scale_lr``) reads.
     - :meth:`keep_visuals` / :meth:`pop_visuals`: pictures for the image callbacks, by
       kind (``sssi.callbacks``); popping a kind the task never keeps gives None.
     """
@@ -47,6 +55,7 @@ class BaseTask(L.LightningModule):
         compile_options(self.hparams.get("compile"))  # fail early on a bad task.compile
         scale_lr_options(self.hparams.get("scale_lr"))  # and on a bad task.scale_lr
         self._visuals: dict[str, Any] = {}
+        self.batch_plan: BatchPlan | None = None  # set by sssi.train before fitting
         self.configure_models()
         self.configure_losses()
         self.configure_metrics()
@@ -78,10 +87,19 @@ class BaseTask(L.LightningModule):
         if datamodule is not None:
             checkpoint[DATA_KEY] = datamodule.state_dict()
 
+    def micro_batches_per_step(self, trainer_accumulation: int) -> int:
+        """Batches per optimizer step: Lightning's ``trainer.accumulate_grad_batches``
+        under automatic optimisation (a task that steps by hand overrides this)."""
+        return int(trainer_accumulation)
+
     def scale_learning_rates(self, optimizers: Iterable[torch.optim.Optimizer]) -> float:
-        """Multiply the optimizers' rates as ``task.scale_lr`` says (call before creating
-        the schedulers, which then start from the scaled rates); the factor."""
-        return scale_learning_rates(self.trainer, optimizers, self.hparams.get("scale_lr"))
+        """Multiply the optimizers' rates as ``task.scale_lr`` says at ``batch_plan``'s
+        global batch (call before creating the schedulers, which then start from the
+        scaled rates); the factor."""
+        trainer = self._trainer
+        announce = trainer is None or getattr(trainer, "is_global_zero", True)
+        return scale_learning_rates(self.batch_plan, optimizers, self.hparams.get("scale_lr"),
+                                    announce=announce)
 
     def keep_visuals(self, kind: str, value: Any) -> None:
         """Keep ``value`` for the image callback of ``kind`` (replacing an older one)."""

@@ -32,12 +32,13 @@ instructor, off (``null`` or ``enabled: false``) for the baselines.
 
 The file reads top to bottom: construction, schedule and phase, the training step,
 the two players' steps, the reward, divergence, validation, optimizers, checkpoint
-metadata; then the reward's helpers.
+metadata. Beside it: the schedule and seed mixing (:mod:`sssi.tasks.schedule`), the
+reward's maths (:mod:`sssi.tasks.reward`) and the config checks
+(:mod:`sssi.tasks.game_config`).
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 from collections.abc import Mapping
@@ -48,8 +49,7 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.strategies import ParallelStrategy
 from lightning.pytorch.trainer.states import TrainerFn
-from torch import Tensor, nn
-from torch.nn import functional as F
+from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from sssi.config import to_plain
@@ -58,6 +58,8 @@ from sssi.masking import cell_border_stats, mask_stats
 from sssi.models.inpainter import Inpainter
 from sssi.models.instructor import Instructor
 from sssi.tasks.base import BaseTask
+from sssi.tasks.game_config import check_mask_policy, check_window_sides
+from sssi.tasks.reward import PositionBaseline, cell_errors, raw_reward, relative_reward
 from sssi.tasks.schedule import (
     INPAINTER,
     INSTRUCTOR,
@@ -73,14 +75,6 @@ log = logging.getLogger(__name__)
 
 #: The two players, in the order of their optimizers (and of the NaN watch).
 PLAYERS = (INPAINTER, INSTRUCTOR)
-REWARDS = ("raw", "relative")
-
-
-#: ``mask_policy.instructor``: the keys that may be left out, with their values
-INSTRUCTOR_DEFAULTS = {"enabled": True, "scheduler": None, "alpha_train": 1.0, "kl_weight": 1e-6,
-                       "reward": "raw", "reward_baseline_momentum": 0.9, "random": None}
-#: ... and those that must be given
-INSTRUCTOR_REQUIRED = ("network", "backbone", "optimizer")
 
 
 class TrainingDivergedError(SssiError):
@@ -223,13 +217,20 @@ class PretrainTask(BaseTask):
         # Trainer (its own accumulation under manual optimisation) end the run here.
         trainer = self.trainer
         check_window_sides(trainer.datamodule, self.input_multiple())
-        if trainer.state.fn == TrainerFn.FITTING and trainer.accumulate_grad_batches != 1:
-            raise ConfigError(
-                f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches}: the game "
-                "uses manual optimisation, which Lightning cannot accumulate; set "
-                f"task.accumulate_grad_batches={trainer.accumulate_grad_batches} instead "
-                "(and leave trainer.accumulate_grad_batches=1)")
+        if trainer.state.fn == TrainerFn.FITTING:
+            self.micro_batches_per_step(trainer.accumulate_grad_batches)
         return []
+
+    def micro_batches_per_step(self, trainer_accumulation: int) -> int:
+        """``task.accumulate_grad_batches``: the game steps by hand, so Lightning's own
+        accumulation must stay 1 (an error naming both keys otherwise)."""
+        if trainer_accumulation != 1:
+            raise ConfigError(
+                f"trainer.accumulate_grad_batches={trainer_accumulation}: the game "
+                "uses manual optimisation, which Lightning cannot accumulate; set "
+                f"task.accumulate_grad_batches={trainer_accumulation} instead "
+                "(and leave trainer.accumulate_grad_batches=1)")
+        return self.accumulate_grad_batches
 
     def on_fit_start(self) -> None:
         # After the strategy wrapped the module: DDP must find the unused parameters of
@@ -373,7 +374,7 @@ class PretrainTask(BaseTask):
         """``(reward, hole_error)`` of the instructor's soft mask over the inpainter's
         per-pixel error ``err``."""
         if self.reward_baseline is None:  # the paper: the raw error in the soft holes
-            hole_error = (soft * err).sum() / soft.sum().clamp_min(1e-6)
+            hole_error = raw_reward(soft, err)
             return hole_error, hole_error
         # per cell: the error minus what the inpainter gets wrong at that position
         cell_err = cell_errors(err, soft_cells.shape[-2:])
@@ -385,14 +386,11 @@ class PretrainTask(BaseTask):
         """``(reward, hole_error)`` of soft cell masks ``(B, 1, h, w)`` over the per-cell
         errors ``cell_err``: the soft-mask-weighted mean of ``cell_err - baseline`` (0
         when every cell's error is its position's baseline) and of ``cell_err`` (the raw
-        reward, for the logs). Does not update the baseline."""
+        reward, for the logs) at this run's baseline (:func:`sssi.tasks.reward.relative_reward`).
+        Does not update the baseline."""
         assert self.reward_baseline is not None
-        grid = tuple(cell_err.shape[-2:])
-        baseline = self.reward_baseline.value(grid, cell_err.device)
-        total = soft_cells.sum().clamp_min(1e-6)
-        reward = (soft_cells * (cell_err - baseline)).sum() / total
-        hole_error = (soft_cells.detach() * cell_err).sum() / total.detach()
-        return reward, hole_error
+        baseline = self.reward_baseline.value(tuple(cell_err.shape[-2:]), cell_err.device)
+        return relative_reward(soft_cells, cell_err, baseline)
 
     @torch.no_grad()
     def _update_baseline(self, cell_err: Tensor, hard_cells: Tensor) -> None:
@@ -534,144 +532,3 @@ class PretrainTask(BaseTask):
         if game and dict(self.hparams.schedule or {}) != game.get("schedule"):
             log.warning("resuming with a different schedule than the checkpoint's: %s -> %s",
                         game.get("schedule"), dict(self.hparams.schedule or {}))
-
-
-def check_window_sides(datamodule: object, multiple: int) -> None:
-    """One error naming the key when the datamodule's training or validation windows
-    (``data.crop_size``, ``data.val_window``) are not multiples of ``multiple``."""
-    for key in ("crop_size", "val_window"):
-        size = getattr(datamodule, key, None)
-        if size is None or int(size) % multiple == 0:
-            continue
-        lower = int(size) // multiple * multiple
-        choices = " or ".join(str(v) for v in (lower, lower + multiple) if v > 0)
-        raise ConfigError(f"data.{key}={size}: the game's networks need window sides that "
-                          f"are multiples of {multiple}; use {choices}")
-
-
-# ---------------------------------------------------------------------- reward helpers
-class PositionBaseline(nn.Module):
-    """Exponential moving average of the inpainter's hole error per cell position.
-
-    The relative instructor reward subtracts it, so that a cell pays only for being
-    harder than what the inpainter usually gets wrong *at that position* (the crop's
-    edge is always hard: a positional, not a content, signal). Buffers, so that
-    checkpoints resume exactly: ``mean`` ``(h, w)`` float32 and ``seen`` ``(h, w)``
-    bool. The grid is sized on the first update (or by the checkpoint loaded): it is
-    the instructor's cell grid, fixed for a run (zoomed crops are resized back to the
-    crop size); a different grid later raises :class:`ConfigError`. A position takes
-    its first observation as is, later ones with ``momentum``; unseen positions have
-    baseline 0 (the raw reward), which also draws the instructor to explore them.
-    """
-
-    def __init__(self, momentum: float = 0.9) -> None:
-        super().__init__()
-        if isinstance(momentum, bool) or not isinstance(momentum, int | float) or \
-                not 0.0 <= float(momentum) < 1.0:
-            raise ConfigError(f"mask_policy.instructor.reward_baseline_momentum={momentum!r}: "
-                              "expected a number "
-                              "in [0, 1) (the weight of the old baseline in the moving average)")
-        self.momentum = float(momentum)
-        self.register_buffer("mean", torch.zeros(0, 0))
-        self.register_buffer("seen", torch.zeros(0, 0, dtype=torch.bool))
-        self.register_load_state_dict_pre_hook(self._resize_to_checkpoint)
-
-    def extra_repr(self) -> str:
-        return f"momentum={self.momentum}, grid={tuple(self.mean.shape)}"
-
-    @staticmethod
-    def _resize_to_checkpoint(module: PositionBaseline, state_dict: Mapping, prefix: str,
-                              *args: Any) -> None:
-        # lazily sized: take the checkpoint's grid before load_state_dict copies into it
-        for name in ("mean", "seen"):
-            value = state_dict.get(prefix + name)
-            current = getattr(module, name)
-            if value is not None and value.shape != current.shape:
-                setattr(module, name, torch.zeros(value.shape, dtype=current.dtype,
-                                                  device=current.device))
-
-    def _check_grid(self, grid: tuple[int, int], device: torch.device) -> None:
-        if self.mean.numel() == 0:
-            self.mean = torch.zeros(grid, device=device)
-            self.seen = torch.zeros(grid, dtype=torch.bool, device=device)
-        elif tuple(self.mean.shape) != tuple(grid):
-            h, w = self.mean.shape
-            raise ConfigError(
-                f"mask_policy.instructor.reward=relative: the instructor's cell grid changed from "
-                f"{h}x{w} to {grid[0]}x{grid[1]} during the run; the per-position reward "
-                "baseline needs one crop size (data.crop_size) for the whole run")
-
-    def value(self, grid: tuple[int, int], device: torch.device) -> Tensor:
-        """The baseline ``(h, w)``: the moving average where seen, else 0."""
-        self._check_grid(grid, device)
-        return torch.where(self.seen, self.mean, torch.zeros_like(self.mean))
-
-    @torch.no_grad()
-    def update(self, sums: Tensor, counts: Tensor) -> None:
-        """Fold in one batch: ``sums`` ``(h, w)`` of per-cell mean hole errors over the
-        images that erased that cell, ``counts`` ``(h, w)`` how many did. Positions not
-        erased (count 0) keep their value."""
-        self._check_grid(tuple(sums.shape), sums.device)
-        erased = counts > 0
-        batch_mean = sums / counts.clamp_min(1)
-        ema = self.momentum * self.mean + (1.0 - self.momentum) * batch_mean
-        new = torch.where(self.seen, ema, batch_mean)
-        self.mean = torch.where(erased, new, self.mean)
-        self.seen = self.seen | erased
-
-
-def cell_errors(err: Tensor, grid: tuple[int, int] | torch.Size) -> Tensor:
-    """Per-pixel error ``(B, 1, H, W)`` -> mean error of each cell ``(B, 1, h, w)``."""
-    return F.adaptive_avg_pool2d(err.float(), tuple(grid))
-
-
-# ---------------------------------------------------------------- the game's config
-def check_mask_policy(mask_policy: Mapping) -> dict[str, Any]:
-    """``task.mask_policy`` (a ``conf/mask_policy/*.yaml`` node) as plain values, checked:
-    ``{"random": <policy config>, "instructor": <settings> | None}``. ``instructor`` is
-    None for the baselines (given as ``null`` or ``enabled: false``); otherwise it holds
-    every key of ``conf/mask_policy/instructor.yaml``, defaults filled in. A bad key is
-    a :class:`ConfigError` naming it."""
-    mp = to_plain(mask_policy)
-    if not isinstance(mp, Mapping) or "random" not in mp:
-        raise ConfigError(f"mask_policy={mp!r}: expected {{random: <mask policy>, instructor: "
-                          "<settings, or null>}} (the layout of conf/mask_policy/*.yaml)")
-    unknown = sorted(set(mp) - {"random", "instructor"})
-    if unknown:
-        raise ConfigError(f"mask_policy has unknown keys {unknown}: expected random, instructor")
-    _check_policy(mp["random"], "mask_policy.random")
-    settings = mp.get("instructor")
-    if settings is not None and not isinstance(settings, Mapping):
-        raise ConfigError(f"mask_policy.instructor={settings!r}: expected the instructor's "
-                          "settings (conf/mask_policy/instructor.yaml), or null for none")
-    if settings is None or not settings.get("enabled", True):
-        return {"random": dict(mp["random"]), "instructor": None}
-    key = "mask_policy.instructor"
-    unknown = sorted(set(settings) - set(INSTRUCTOR_DEFAULTS) - set(INSTRUCTOR_REQUIRED))
-    if unknown:
-        raise ConfigError(f"{key} has unknown keys {unknown}: expected "
-                          f"{', '.join([*INSTRUCTOR_REQUIRED, *INSTRUCTOR_DEFAULTS])}")
-    for name in INSTRUCTOR_REQUIRED:
-        if not isinstance(settings.get(name), Mapping):
-            raise ConfigError(f"{key}.{name}={settings.get(name)!r}: required (see "
-                              "conf/mask_policy/instructor.yaml)")
-    settings = {"enabled": True, **settings,
-                **{k: v for k, v in INSTRUCTOR_DEFAULTS.items() if k not in settings}}
-    if settings["reward"] not in REWARDS:
-        raise ConfigError(f"{key}.reward={settings['reward']!r}: expected raw (the "
-                          "inpainter's error) or relative (minus its per-position moving "
-                          "average)")
-    allowed = [p for p in inspect.signature(Instructor).parameters if p != "encoder"]
-    unknown = sorted(set(settings["network"]) - set(allowed))
-    if unknown:
-        raise ConfigError(f"{key}.network has unknown keys {unknown}: expected arguments of "
-                          f"sssi.models.instructor.Instructor ({', '.join(allowed)})")
-    if settings["random"] is not None:
-        _check_policy(settings["random"], f"{key}.random")
-    return {"random": dict(mp["random"]), "instructor": settings}
-
-
-def _check_policy(policy: Any, key: str) -> None:
-    if not isinstance(policy, Mapping) or "_target_" not in policy:
-        raise ConfigError(f"{key}={policy!r}: expected a mask policy config with a _target_ "
-                          "(e.g. sssi.masking.RandomBlocks)")

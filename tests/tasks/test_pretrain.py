@@ -19,7 +19,8 @@ from hydra.utils import instantiate
 from sssi.callbacks import RAMP, heat_map
 from sssi.errors import ConfigError
 from sssi.masking import border_cell_grid
-from sssi.tasks.pretrain import PositionBaseline, TrainingDivergedError, check_mask_policy
+from sssi.tasks.pretrain import TrainingDivergedError
+from sssi.tasks.reward import raw_reward
 from sssi.tasks.schedule import (
     INPAINTER,
     INSTRUCTOR,
@@ -75,30 +76,6 @@ def _task(*overrides: str):
     return instantiate(compose_train(["+experiment=demo_pretrain", *overrides]).task)
 
 
-def test_position_baseline_moving_average_and_state():
-    baseline = PositionBaseline(momentum=0.5)
-    assert baseline.mean.shape == (0, 0)  # sized by the first use
-    assert torch.equal(baseline.value((2, 3), torch.device("cpu")), torch.zeros(2, 3))
-    baseline.update(torch.tensor([[2.0, 0, 0], [0, 0, 3]]), torch.tensor([[2.0, 0, 0],
-                                                                         [0, 0, 1]]))
-    # a first observation is taken as is, never-erased positions stay unseen (0)
-    assert baseline.value((2, 3), torch.device("cpu")).tolist() == [[1, 0, 0], [0, 0, 3]]
-    baseline.update(torch.tensor([[4.0, 0, 0], [0, 5, 0]]), torch.tensor([[1.0, 0, 0],
-                                                                         [0, 1, 0]]))
-    assert baseline.mean.tolist() == [[2.5, 0, 0], [0, 5, 3]]  # 0.5 * 1 + 0.5 * 4 at (0, 0)
-    assert baseline.seen.tolist() == [[True, False, False], [False, True, True]]
-    fresh = PositionBaseline(momentum=0.5)  # lazily sized from the checkpoint
-    fresh.load_state_dict(baseline.state_dict())
-    assert torch.equal(fresh.mean, baseline.mean) and torch.equal(fresh.seen, baseline.seen)
-    with pytest.raises(ConfigError,
-                       match=r"mask_policy\.instructor\.reward=relative: .* from 2x3 to 4x4"):
-        baseline.update(torch.zeros(4, 4), torch.ones(4, 4))
-    for momentum in (1.0, -0.1, "0.9"):
-        with pytest.raises(ConfigError,
-                           match=r"mask_policy\.instructor\.reward_baseline_momentum="):
-            PositionBaseline(momentum)
-
-
 def test_relative_reward_ignores_what_a_position_always_costs():
     """The edge is always harder to restore (error 1 vs 0.5 inside): the raw reward pulls
     the instructor to the edge, the relative one is 0 for errors equal to their position's
@@ -119,7 +96,7 @@ def test_relative_reward_ignores_what_a_position_always_costs():
     task.relative_reward(soft, cell_err)[0].backward()
     assert (soft.grad[:, :, ring] < 0).all() and (soft.grad[:, :, 1, 2] > 0).all()
     raw_soft = torch.full((2, 1, 4, 4), 0.5, requires_grad=True)
-    ((raw_soft * cell_err).sum() / raw_soft.sum()).backward()  # the paper's reward
+    raw_reward(raw_soft, cell_err).backward()  # the paper's reward
     assert (raw_soft.grad[:, :, ring] > raw_soft.grad[:, :, 1, 2, None]).all()
 
 
@@ -134,39 +111,6 @@ def test_reward_option_defaults_and_errors():
     with pytest.raises((ConfigError, InstantiationException),
                        match=r"mask_policy\.instructor\.reward='bogus'"):
         _task("mask_policy.instructor.reward=bogus")
-
-
-def test_mask_policy_node_is_checked_and_names_the_key():
-    game = check_mask_policy(compose_train(["+experiment=demo_pretrain"]).task.mask_policy)
-    full = game["instructor"]
-    assert full["enabled"] and full["random"]["block_size"] == 8  # the demo game's own holes
-    random = {"_target_": "sssi.masking.RandomBlocks", "ratio": 0.25}
-    # no instructor: null, or switched off (game settings an experiment gave are ignored)
-    for off in (None, {"enabled": False, "reward": "relative", "optimizer": {"lr": 1.0}}):
-        assert check_mask_policy({"random": random, "instructor": off}) == {
-            "random": random, "instructor": None}
-    minimal = {k: full[k] for k in ("network", "backbone", "optimizer")}
-    filled = check_mask_policy({"random": random, "instructor": minimal})["instructor"]
-    assert filled["reward"] == "raw" and filled["kl_weight"] == 1e-6 and filled["random"] is None
-    bad = [
-        ({"_target_": "sssi.models.instructor.Instructor", "_partial_": True},
-         r"^mask_policy=.*expected \{random"),  # the layout before the instructor node
-        ({"random": random, "ratio": 0.5}, r"mask_policy has unknown keys \['ratio'\]"),
-        ({"random": {"ratio": 0.25}}, r"mask_policy\.random=.*_target_"),
-        ({"random": random, "instructor": {"network": {}, "backbone": {}}},
-         r"mask_policy\.instructor\.optimizer=None: required"),
-        ({"random": random, "instructor": {**full, "kl": 1}},
-         r"mask_policy\.instructor has unknown keys \['kl'\]"),
-        ({"random": random, "instructor": {**full, "network": {"latent": 8}}},
-         r"mask_policy\.instructor\.network has unknown keys \['latent'\]"),
-        ({"random": random, "instructor": {**full, "reward": "bogus"}},
-         r"mask_policy\.instructor\.reward='bogus'"),
-        ({"random": random, "instructor": {**full, "random": {"block_size": 8}}},
-         r"mask_policy\.instructor\.random=.*_target_"),
-    ]
-    for node, match in bad:
-        with pytest.raises(ConfigError, match=match):
-            check_mask_policy(node)
 
 
 def test_heat_map_colours():

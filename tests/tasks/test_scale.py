@@ -17,13 +17,14 @@ from torch import nn
 
 from sssi.errors import ConfigError
 from sssi.scaling import (
+    BatchPlan,
     compile_options,
     global_batch_size,
     lr_scale_factor,
     per_device_batch_size,
 )
 from sssi.tasks.schedule import step_seed
-from sssi.train import run
+from sssi.train import plan_batches, run
 from tests.helpers import compose_train, poison_reconstruction_loss
 
 
@@ -86,12 +87,6 @@ def _ckpt(run_dir: Path) -> dict:
                       weights_only=False)
 
 
-def _fake_trainer(module=None, world_size=1, accumulate=1, batch_size=8):
-    return SimpleNamespace(world_size=world_size, accumulate_grad_batches=accumulate,
-                           datamodule=SimpleNamespace(batch_size=batch_size),
-                           lightning_module=module, is_global_zero=True)
-
-
 # ----------------------------------------------------------------------- the rule
 
 
@@ -126,19 +121,30 @@ def test_scale_lr_multiplies_both_players_rates_by_global_over_base(caplog):
                     "task.scale_lr.enabled=true", "task.scale_lr.base_batch_size=32",
                     "data.batch_size=8"])
     task = instantiate(cfg.task)
-    task._trainer = _fake_trainer(task, world_size=4, accumulate=1, batch_size=8)
+    with pytest.raises(ConfigError, match=r"task.scale_lr.enabled=true needs the run's batch"):
+        task.configure_optimizers()  # no plan: one clear error, not a silent factor 1
+    # the plan sssi.train makes: the task's accumulation (2), not the trainer's (1)
+    trainer = SimpleNamespace(world_size=4, accumulate_grad_batches=1)
+    task.batch_plan = plan_batches(instantiate(cfg.data), task, trainer)
+    assert task.batch_plan == BatchPlan(per_device=8, world_size=4, accumulation=2)
     with caplog.at_level(logging.INFO, logger="sssi.scaling"):
         (inp, ins), (sched,) = task.configure_optimizers()
-    # global batch 8 x 4 devices x 2 (the task's accumulation, not the trainer's) = 64
+    # global batch 8 x 4 devices x 2 = 64, base 32: rates x 2
     assert inp.param_groups[0]["lr"] == pytest.approx(cfg.task.inpainter_optimizer.lr * 2)
     assert ins.param_groups[0]["lr"] == pytest.approx(cfg.mask_policy.instructor.optimizer.lr * 2)
     assert sched.base_lrs == [pytest.approx(cfg.task.inpainter_optimizer.lr * 2)]
     assert "global batch 64 = 8 per device x 4 devices x 2 accumulation" in caplog.text
+    with pytest.raises(ConfigError, match=r"set task.accumulate_grad_batches=3 instead"):
+        plan_batches(instantiate(cfg.data), task,
+                     SimpleNamespace(world_size=1, accumulate_grad_batches=3))
 
     seg_cfg = _compose(["task.scale_lr.enabled=true", "task.scale_lr.base_batch_size=16",
-                        "task.scale_lr.rule=sqrt"])
+                        "task.scale_lr.rule=sqrt", "data.batch_size=4"])
     seg = instantiate(seg_cfg.task)
-    seg._trainer = _fake_trainer(seg, world_size=4, accumulate=4, batch_size=4)  # global 64
+    # segmentation accumulates with Lightning: the trainer's count is the plan's
+    seg.batch_plan = plan_batches(instantiate(seg_cfg.data), seg,
+                                  SimpleNamespace(world_size=4, accumulate_grad_batches=4))
+    assert seg.batch_plan.global_batch == 64
     opt = seg.configure_optimizers()["optimizer"]
     assert opt.param_groups[0]["lr"] == pytest.approx(seg_cfg.task.optimizer.lr * 2)
 
@@ -146,15 +152,15 @@ def test_scale_lr_multiplies_both_players_rates_by_global_over_base(caplog):
 def test_global_batch_size_sets_the_per_device_batch():
     cfg = _compose(["++data.global_batch_size=64"])
     dm = instantiate(cfg.data)
-    game = SimpleNamespace(automatic_optimization=False, accumulate_grad_batches=2)
-    dm.trainer = _fake_trainer(game, world_size=4, accumulate=1)
-    assert dm.resolve_batch_size() == 8 and dm.batch_size == dm.eval_batch_size == 8
-    seg = SimpleNamespace(automatic_optimization=True)
-    dm.trainer = _fake_trainer(seg, world_size=2, accumulate=8)
-    assert dm.resolve_batch_size() == 4
-    dm.trainer = _fake_trainer(seg, world_size=3, accumulate=1)
+    plan = dm.plan_batches(world_size=4, accumulation=2)
+    assert plan == BatchPlan(8, 4, 2) and plan.global_batch == 64
+    assert dm.batch_size == dm.eval_batch_size == 8
+    assert dm.plan_batches(world_size=2, accumulation=8).per_device == 4
     with pytest.raises(ConfigError, match=r"data.global_batch_size=64 is not divisible by"):
-        dm.resolve_batch_size()
+        dm.plan_batches(world_size=3, accumulation=1)
+    # without a global batch the per-device batch is data.batch_size whatever the world
+    dm = instantiate(_compose(["data.batch_size=5"]).data)
+    assert dm.plan_batches(world_size=8, accumulation=2) == BatchPlan(5, 8, 2)
 
 
 # ------------------------------------------------------------ the game's accumulation
