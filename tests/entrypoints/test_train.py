@@ -161,3 +161,16 @@ def test_a_window_the_game_cannot_take_is_one_line_at_set_up(tmp_path):
     assert errors == ["error: data.crop_size=72: the game's networks need window sides that "
                       "are multiples of 32; use 64 or 96"], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+
+
+def test_task_pretrain_alone_says_the_game_and_named_groups_win(tmp_path):
+    game = _compose(["task=pretrain"], tmp_path)
+    assert game.task._target_ == "sssi.tasks.PretrainTask"
+    assert game.mask_policy.instructor.enabled  # the instructor comes with the task
+    assert game.callbacks.model_checkpoint.monitor is None  # no mIoU in a pretext run
+    blocks = _compose(["task=pretrain", "mask_policy=random_blocks"], tmp_path)
+    assert not blocks.mask_policy.instructor.enabled  # a named mask policy wins
+    assert blocks.callbacks.model_checkpoint.monitor is None
+    segment = _compose([], tmp_path)  # segmentation keeps its own groups
+    assert segment.callbacks.model_checkpoint.monitor == "val/mIoU"
+    assert not segment.mask_policy.instructor.enabled
