@@ -66,14 +66,33 @@ def quiet_noise() -> None:
 
 
 def user_error(exc: BaseException | None) -> SssiError | None:
-    """The :class:`SssiError` behind ``exc``, also when Hydra wrapped it."""
+    """The :class:`SssiError` behind ``exc``, also when Hydra wrapped it; or, when Hydra
+    could not build a config node because its class refused a value (a ``ValueError``
+    or ``TypeError`` raised by the constructor, e.g. ``trainer.precision=17``), a
+    :class:`ConfigError` naming that node."""
     seen = set()
+    first = exc
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, SssiError):
             return exc
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
-    return None
+    return _refused_value(first)
+
+
+def _refused_value(exc: BaseException | None) -> ConfigError | None:
+    if not isinstance(exc, InstantiationException):
+        return None
+    cause = exc.__cause__
+    if not isinstance(cause, ValueError | TypeError):
+        return None
+    node = re.search(r"full_key: (\S+)", str(exc))
+    target = re.search(r"target '([^']+)'", str(exc))
+    where = node[1] if node else "config"
+    if target:
+        where += f" ({target[1]})"
+    message = " ".join(str(cause).split())
+    return ConfigError(f"{where}: {message}")
 
 
 def run_or_exit(run: Callable[[DictConfig], T], cfg: DictConfig) -> T:

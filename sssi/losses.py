@@ -185,7 +185,14 @@ class ReconstructionLoss(nn.Module):
                  ssim_range: float = 6.0) -> None:
         super().__init__()
         if kind not in ("l1", "l2"):
-            raise ValueError(f"loss.kind={kind!r}: expected 'l1' or 'l2'")
+            raise ConfigError(f"task.loss.kind={kind!r}: expected 'l1' or 'l2'")
+        for key, weight in (("hole_weight", hole_weight), ("context_weight", context_weight),
+                            ("ssim_weight", ssim_weight)):
+            if float(weight) < 0:
+                raise ConfigError(f"task.loss.{key}={float(weight)}: expected a weight >= 0")
+        if clamp is not None and float(clamp) <= 0:
+            raise ConfigError(f"task.loss.clamp={float(clamp)}: expected a positive error bound "
+                              "or null (no clamp)")
         self.kind = kind
         self.clamp = clamp
         self.hole_weight = float(hole_weight)

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, open_dict
 
 import sssi.config  # noqa: F401  (registers the ${sssi.*} resolvers)
 from sssi.cli import CONFIG_DIR, other_shard, run_or_exit
+from sssi.errors import DataError
 from sssi.loggers import finish, log_config
 from sssi.scaling import BatchPlan
 from sssi.utils.io import atomic_write_text
@@ -44,6 +45,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("skip_if_done") and done.is_file():
         log.info("skipped: %s exists (skip_if_done=true)", done)
         return json.loads(done.read_text())
+    ckpt = cfg.get("ckpt_path")
+    if ckpt not in (None, "last") and not Path(str(ckpt)).expanduser().is_file():
+        raise DataError(f"ckpt_path={ckpt}: file not found (a checkpoint file, `last` for this "
+                        "run folder's last.ckpt, or null)")
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = build_datamodule(cfg)

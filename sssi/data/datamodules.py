@@ -9,6 +9,7 @@ checkpoint knows how its inputs were normalised (prediction needs that).
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from collections.abc import Sequence
@@ -144,10 +145,45 @@ class TileDataModule(L.LightningDataModule):
         self.region_size = int(region_size)
         self.split_seed = int(split_seed)
         self.seed = int(seed)
+        self._check_values()
         self._layout: Layout | None = None
         self.train_set: torch.utils.data.Dataset | None = None
         self.val_set: torch.utils.data.Dataset | None = None
         self.test_set: torch.utils.data.Dataset | None = None
+
+    def _check_values(self) -> None:
+        """Values that would otherwise fail deep inside a loader or the first step end
+        the run at construction, with the key named."""
+        for key, minimum in (("crop_size", 1), ("val_window", 1), ("batch_size", 1),
+                             ("eval_batch_size", 1), ("num_workers", 0)):
+            value = getattr(self, key)
+            if value < minimum:
+                raise ConfigError(f"data.{key}={value}: expected an integer >= {minimum}")
+        for key in ("samples_per_epoch", "val_max_windows"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or int(value) < 1):
+                raise ConfigError(f"data.{key}={value!r}: expected a positive integer or null")
+        if self.scale is not None:
+            lo_hi = [float(v) for v in self.scale]
+            if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1]:
+                raise ConfigError(f"data.scale={list(self.scale)}: expected [low, high] zoom "
+                                  "factors with 0 < low <= high (e.g. [0.75, 1.5]), or null")
+        if (self.mean is None) != (self.std is None):
+            given, missing = ("mean", "std") if self.std is None else ("std", "mean")
+            raise ConfigError(f"data.{given} is set but data.{missing} is not: give both "
+                              "(per band, raw units) or neither (computed from the training "
+                              "tiles)")
+        if self.std is not None and any(float(v) <= 0 for v in self.std):
+            raise ConfigError(f"data.std={self.std}: every band's std must be positive")
+        allowed = list(inspect.signature(train_transform).parameters)
+        unknown = sorted(set(self.augment) - set(allowed))
+        if unknown:
+            raise ConfigError(f"data.augment has unknown keys {unknown}: expected "
+                              f"{', '.join(allowed)}")
+        for key in ("brightness_contrast", "noise"):
+            value = self.augment.get(key, 0.0)
+            if not 0.0 <= float(value) <= 1.0:
+                raise ConfigError(f"data.augment.{key}={value}: expected a probability in [0, 1]")
 
     def plan_batches(self, world_size: int = 1, accumulation: int = 1) -> BatchPlan:
         """The run's batch plan, applied: ``data.batch_size`` per device, or the per-device

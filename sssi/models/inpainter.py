@@ -68,7 +68,8 @@ class Inpainter(nn.Module):
     ) -> None:
         super().__init__()
         if output not in _OUTPUTS:
-            raise ConfigError(f"inpainter output={output!r}: expected one of {_OUTPUTS}")
+            raise ConfigError(f"inpainter output={output!r} (task.output): expected one of "
+                              f"{_OUTPUTS}")
         if isinstance(out_channels, bool) or not isinstance(out_channels, int) or out_channels < 1:
             raise ConfigError(f"inpainter out_channels={out_channels!r}: expected a positive int")
         channels = list(decoder_channels)

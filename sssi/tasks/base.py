@@ -15,9 +15,12 @@ from typing import Any, ClassVar
 
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from torch import nn
 
 from sssi.checkpoints import DATA_KEY
+from sssi.errors import ConfigError
 from sssi.scaling import (
     BatchPlan,
     compile_in_place,
@@ -101,6 +104,19 @@ class BaseTask(L.LightningModule):
         return scale_learning_rates(self.batch_plan, optimizers, self.hparams.get("scale_lr"),
                                     announce=announce)
 
+    @staticmethod
+    def build_optimizer(config: Mapping, params: Any, key: str) -> torch.optim.Optimizer:
+        """``config`` (a partial ``torch.optim`` config) over ``params``; a value the
+        optimizer refuses (a negative rate, an unknown argument) is a
+        :class:`~sssi.errors.ConfigError` naming ``key``."""
+        return _built(key, lambda: instantiate(config)(params=params))
+
+    @staticmethod
+    def build_scheduler(config: Mapping, optimizer: torch.optim.Optimizer, key: str) -> Any:
+        """``config`` (a partial ``torch.optim.lr_scheduler`` config) over ``optimizer``,
+        with the errors of :meth:`build_optimizer`."""
+        return _built(key, lambda: instantiate(config)(optimizer=optimizer))
+
     def keep_visuals(self, kind: str, value: Any) -> None:
         """Keep ``value`` for the image callback of ``kind`` (replacing an older one)."""
         self._visuals[kind] = value
@@ -108,3 +124,12 @@ class BaseTask(L.LightningModule):
     def pop_visuals(self, kind: str) -> Any:
         """What was kept for ``kind``, once; None when nothing was."""
         return self._visuals.pop(kind, None)
+
+
+def _built(key: str, build: Any) -> Any:
+    try:
+        return build()
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{key}: {exc}") from exc
+    except InstantiationException as exc:
+        raise ConfigError(f"{key}: {exc}") from exc

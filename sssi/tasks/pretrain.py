@@ -503,18 +503,22 @@ class PretrainTask(BaseTask):
     def configure_optimizers(self):
         """One optimizer per player, in the order of :data:`PLAYERS`."""
         hp, settings = self.hparams, self.instructor_settings
-        opt_inp = instantiate(hp.inpainter_optimizer)(params=self.inpainter.parameters())
+        opt_inp = self.build_optimizer(hp.inpainter_optimizer, self.inpainter.parameters(),
+                                       "task.inpainter_optimizer")
         optimizers = [opt_inp]
         if settings is not None:
-            optimizers.append(
-                instantiate(settings["optimizer"])(params=self.instructor.parameters()))
+            optimizers.append(self.build_optimizer(settings["optimizer"],
+                                                   self.instructor.parameters(),
+                                                   "mask_policy.instructor.optimizer"))
         # both players' rates follow the global batch (before the schedulers read them)
         self.scale_learning_rates(optimizers)
         schedulers = []
         if hp.inpainter_scheduler:
-            schedulers.append(instantiate(hp.inpainter_scheduler)(optimizer=opt_inp))
+            schedulers.append(self.build_scheduler(hp.inpainter_scheduler, opt_inp,
+                                                   "task.inpainter_scheduler"))
         if settings is not None and settings["scheduler"]:
-            schedulers.append(instantiate(settings["scheduler"])(optimizer=optimizers[1]))
+            schedulers.append(self.build_scheduler(settings["scheduler"], optimizers[1],
+                                                   "mask_policy.instructor.scheduler"))
         return optimizers, schedulers
 
     # ----------------------------------------------------------------------- checkpoints

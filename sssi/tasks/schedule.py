@@ -48,6 +48,9 @@ class Schedule:
                     "instructor_steps"):
             if getattr(self, key) < 1:
                 raise SssiError(f"task.schedule.{key}={getattr(self, key)}: expected >= 1")
+        for key in ("warmup_epochs", "rounds"):
+            if getattr(self, key) < 0:
+                raise SssiError(f"task.schedule.{key}={getattr(self, key)}: expected >= 0")
 
     def phase(self, epoch: int, step: int, steps_at_warmup_end: int | None = None) -> str:
         """The phase at ``epoch`` / global ``step``."""

@@ -184,13 +184,13 @@ class SegmentTask(BaseTask):
         groups = [{"params": [p for p in params if id(p) not in encoder]},
                   {"params": [p for p in params if id(p) in encoder]}]
         groups = [g for g in groups if g["params"]]
-        optimizer = instantiate(self.hparams.optimizer)(params=groups)
+        optimizer = self.build_optimizer(self.hparams.optimizer, groups, "task.optimizer")
         if scale != 1.0 and len(groups) == 2:
             optimizer.param_groups[1]["lr"] *= scale
         self.scale_learning_rates([optimizer])
         if not self.hparams.scheduler:
             return optimizer
-        scheduler = instantiate(self.hparams.scheduler)(optimizer=optimizer)
+        scheduler = self.build_scheduler(self.hparams.scheduler, optimizer, "task.scheduler")
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler,
                                                          "interval": "epoch"}}
 

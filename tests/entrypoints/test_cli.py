@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 
 from sssi.cli import quiet_noise
@@ -50,3 +51,24 @@ def test_shards_split_a_multirun_round_robin_and_bad_values_name_the_key():
     for bad in ("2/2", "1", "a/b", "-1/2"):
         with pytest.raises(ConfigError, match=r"shard="):
             other_shard(bad)
+
+
+def test_a_value_the_constructor_refuses_becomes_one_error_naming_the_node():
+    import pytest
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from sssi.cli import user_error
+    from sssi.errors import ConfigError
+
+    cfg = OmegaConf.create({"trainer": {"_target_": "lightning.pytorch.Trainer",
+                                        "precision": 17, "logger": False}})
+    with pytest.raises(InstantiationException) as info:
+        instantiate(cfg.trainer)
+    err = user_error(info.value)
+    assert isinstance(err, ConfigError)
+    assert re.match(r"trainer \(lightning\.[\w.]*Trainer\): Precision 17 is invalid", str(err))
+    assert "\n" not in str(err)
+    # an error that is not about a value stays a traceback (None: re-raised)
+    assert user_error(RuntimeError("a bug")) is None

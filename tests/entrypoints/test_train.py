@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
+from sssi.errors import ConfigError
 from sssi.train import CONFIG_DIR
 from tests.helpers import TINY, compose_train, run_module
 
@@ -89,6 +92,64 @@ def test_bad_value_names_the_key(tmp_path):
                  f"hydra.run.dir={tmp_path / 'o'}"], cwd=tmp_path, timeout=300)
     assert proc.returncode == 1
     assert "error: data.label_fraction=1.5" in proc.stderr
+
+
+@pytest.mark.parametrize(("override", "match"), [
+    ("data.crop_size=0", r"data\.crop_size=0: expected an integer >= 1"),
+    ("data.batch_size=0", r"data\.batch_size=0: expected an integer >= 1"),
+    ("data.num_workers=-1", r"data\.num_workers=-1: expected an integer >= 0"),
+    ("data.samples_per_epoch=0", r"data\.samples_per_epoch=0: expected a positive"),
+    ("data.scale=[2.0,1.0]", r"data\.scale=\[2\.0, 1\.0\]: expected \[low, high\]"),
+    ("data.mean=[1,2,3]", r"data\.mean is set but data\.std is not"),
+    ("data.std=[1,2,3]", r"data\.std is set but data\.mean is not"),
+    ("data.std=[0,1,1]", r"data\.mean is set but|data\.std=\[0, 1, 1\]: every band"),
+    ("data.augment.noise=-1", r"data\.augment\.noise=-1: expected a probability"),
+    ("++data.augment.hflipp=true", r"data\.augment has unknown keys \['hflipp'\]"),
+])
+def test_bad_data_values_fail_at_construction_naming_the_key(override, match, tmp_path):
+    overrides = [override] + (["data.mean=[1,1,1]"] if override == "data.std=[0,1,1]" else [])
+    cfg = _compose(overrides, tmp_path)
+    with pytest.raises((ConfigError, InstantiationException), match=match):
+        instantiate(cfg.data)
+
+
+@pytest.mark.parametrize(("overrides", "match"), [
+    (["task.optimizer.lr=-1"], r"task\.optimizer: Invalid learning rate: -1"),
+    (["+experiment=demo_pretrain", "mask_policy.instructor.optimizer.lr=-1"],
+     r"mask_policy\.instructor\.optimizer: Invalid learning rate"),
+    (["+experiment=demo_pretrain", "++task.inpainter_scheduler.gama=0.1"],
+     r"task\.inpainter_scheduler: .*gama"),
+])
+def test_optimizer_values_torch_refuses_name_the_key(overrides, match, tmp_path):
+    task = instantiate(_compose(overrides, tmp_path).task)
+    with pytest.raises(ConfigError, match=match):
+        task.configure_optimizers()
+
+
+@pytest.mark.parametrize(("override", "match"), [
+    ("task.loss.kind=l3", r"task\.loss\.kind='l3': expected 'l1' or 'l2'"),
+    ("task.output=sigmoid", r"output='sigmoid' \(task\.output\)"),
+    ("task.loss.hole_weight=-1", r"task\.loss\.hole_weight=-1\.0: expected a weight >= 0"),
+    ("task.loss.clamp=0", r"task\.loss\.clamp=0\.0: expected a positive error bound"),
+])
+def test_bad_pretext_task_values_name_the_key(override, match, tmp_path):
+    from sssi.cli import user_error
+
+    cfg = _compose(["+experiment=demo_pretrain", override], tmp_path)
+    with pytest.raises((ConfigError, InstantiationException)) as info:
+        instantiate(cfg.task)
+    assert re.search(match, str(user_error(info.value)))  # what the command line prints
+
+
+def test_a_missing_resume_checkpoint_is_one_error_before_anything_runs(tmp_path):
+    from sssi.errors import DataError
+    from sssi.train import run
+
+    missing = tmp_path / "gone.ckpt"
+    cfg = _compose([f"ckpt_path={missing}"], tmp_path)
+    with pytest.raises(DataError, match=rf"ckpt_path={missing}: file not found"):
+        run(cfg)
+    assert not (tmp_path / "run" / "metrics.json").exists()
 
 
 def test_folder_config_reads_the_real_loveda_samples(tmp_path):

@@ -17,7 +17,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
 from sssi.callbacks import RAMP, heat_map
-from sssi.errors import ConfigError
+from sssi.errors import ConfigError, SssiError
 from sssi.masking import border_cell_grid
 from sssi.tasks.pretrain import TrainingDivergedError
 from sssi.tasks.reward import raw_reward
@@ -57,6 +57,11 @@ def test_paper_schedule_phases_and_rounds():
     alt = Schedule(mode="alternate", warmup_epochs=1, inpainter_steps=2, instructor_steps=1)
     assert [alt.phase(1, step, 10) for step in range(10, 16)] == [
         INPAINTER, INPAINTER, INSTRUCTOR, INPAINTER, INPAINTER, INSTRUCTOR]
+    for bad, match in (({"mode": "bogus"}, r"task\.schedule\.mode='bogus'"),
+                       ({"warmup_epochs": -1}, r"task\.schedule\.warmup_epochs=-1: expected >= 0"),
+                       ({"inpainter_epochs": 0}, r"task\.schedule\.inpainter_epochs=0")):
+        with pytest.raises(SssiError, match=match):
+            Schedule(**bad)
 
 
 def test_accumulation_windows_and_the_end_of_the_warmup():
