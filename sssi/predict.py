@@ -54,6 +54,14 @@ NODATA = 255  # label value where the input has no data (the ignore index)
 BLOCK = 512  # internal tile size of the outputs
 
 
+#: the temporary tiled GTiff that chunks are written into, and its translation to a
+#: Cloud-Optimized GeoTIFF; BIGTIFF=IF_SAFER: GDAL writes a BigTIFF whenever the file
+#: could pass 4 GB uncompressed (a classic TIFF cannot address more)
+GTIFF_OPTIONS = {"driver": "GTiff", "tiled": True, "blockxsize": BLOCK, "blockysize": BLOCK,
+                 "compress": "deflate", "BIGTIFF": "IF_SAFER"}
+COG_OPTIONS = {"compress": "DEFLATE", "blocksize": BLOCK, "BIGTIFF": "IF_SAFER"}
+
+
 class CogWriter:
     """One output GeoTIFF: chunks go to a temporary tiled GTiff beside ``path``;
     :meth:`finish` translates it to a COG under a second temporary name; :meth:`commit`
@@ -153,10 +161,7 @@ def predict_file(loaded: LoadedModel, input_path: str | Path, output_path: str |
         stack.callback(handles.close)
         # an input without georeferencing (plain JPEG/PNG) gives an output without it
         georef = {"crs": src.crs, "transform": src.transform} if _georeferenced(src) else {}
-        base = {"driver": "GTiff", "width": src.width, "height": src.height, **georef,
-                "tiled": True,
-                "blockxsize": BLOCK, "blockysize": BLOCK, "compress": "deflate",
-                "BIGTIFF": "IF_SAFER"}
+        base = {**GTIFF_OPTIONS, "width": src.width, "height": src.height, **georef}
         writers: list[CogWriter] = []
         stack.callback(lambda: [w.discard() for w in writers])
         labels = CogWriter(out_path, {**base, "count": 1, "dtype": "uint8", "nodata": NODATA})
@@ -195,9 +200,7 @@ def predict_file(loaded: LoadedModel, input_path: str | Path, output_path: str |
                      100 * done / (src.width * src.height), time.perf_counter() - t0)
         for w in writers:
             resampling = "NEAREST" if w is labels else "AVERAGE"
-            # BIGTIFF=IF_SAFER: a BigTIFF whenever the map could pass 4 GB uncompressed
-            w.finish(compress="DEFLATE", blocksize=BLOCK, overview_resampling=resampling,
-                     BIGTIFF="IF_SAFER")
+            w.finish(**COG_OPTIONS, overview_resampling=resampling)
         for w in writers:
             w.commit()
     log.info("wrote %s (%dx%d, %d classes)", out_path, src.width, src.height,

@@ -272,6 +272,29 @@ def test_predict_keeps_georeferencing_and_writes_a_cog(sample, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.tif"]  # no temporaries
 
 
+def test_outputs_past_4_gb_become_bigtiff_and_small_ones_stay_classic_tiff(tmp_path):
+    """The probabilities of a 33,000 px square map with one class in float32 (4.4 GB
+    uncompressed) need 64-bit offsets; GDAL decides from the options sssi.predict
+    writes with (overviews and the empty blocks, left out here to keep the test short,
+    do not change it)."""
+    from sssi.predict import COG_OPTIONS, GTIFF_OPTIONS, CogWriter
+
+    magic = {}
+    for name, side in (("small", 1024), ("huge", 33_000)):
+        out = tmp_path / f"{name}.tif"
+        writer = CogWriter(out, {**GTIFF_OPTIONS, "width": side, "height": side, "count": 1,
+                                 "dtype": "float32", "nodata": float("nan")})
+        writer.write(np.ones((1, 512, 512), np.float32), Window(0, 0, 512, 512))
+        writer.finish(**COG_OPTIONS, overview_resampling="AVERAGE", OVERVIEWS="NONE",
+                      SPARSE_OK=True)
+        writer.commit()
+        magic[name] = out.read_bytes()[:4]
+        with rasterio.open(out) as ds:
+            assert ds.shape == (side, side) and ds.read(1, window=Window(0, 0, 2, 2)).min() == 1
+    assert magic == {"small": b"II*\x00", "huge": b"II+\x00"}  # classic TIFF 42, BigTIFF 43
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["huge.tif", "small.tif"]
+
+
 def test_the_map_is_a_valid_cog_with_a_qgis_legend_and_a_stac_item(tmp_path):
     import xml.etree.ElementTree as ET
 
