@@ -38,9 +38,6 @@ T = TypeVar("T")
 NOISE = (
     # torch deprecated LeafSpec; Lightning's own pytree helper still builds one
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
-    # the game moves its batches to channels_last itself; Lightning flags any task that
-    # transforms batches while a datamodule is given, which is how sssi is built
-    r"You have overridden `on_after_batch_transfer` in `LightningModule`",
     # an advertisement for a cloud logger, printed by every Trainer
     r"💡 Tip: For seamless cloud logging",
 )

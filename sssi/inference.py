@@ -97,10 +97,11 @@ class LoadedModel:
 
     def normalize(self, raw: np.ndarray) -> Tensor:
         """(H, W, C) raw pixel values -> (C, H, W) float32 tensor, standardised per band
-        with the training run's statistics (the datasets' own normaliser)."""
-        from sssi.data.datasets import normalizer
+        with the training run's statistics (the training batches' own normaliser)."""
+        from sssi.data.augment import BatchNormalizer
 
-        return torch.from_numpy(normalizer(self.mean, self.std)(raw))
+        image = torch.from_numpy(np.ascontiguousarray(raw.transpose(2, 0, 1)))
+        return BatchNormalizer(self.mean, self.std)(image)
 
 
 def load_segmenter(ckpt_path: str | Path, map_location: str | torch.device = "cpu"

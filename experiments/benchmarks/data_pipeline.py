@@ -1,18 +1,24 @@
-"""Data-pipeline benchmark: training-loader patches/s next to raw rasterio window reads.
+"""Data-pipeline benchmark: the training loader next to raw rasterio window reads.
 
-For each crop size it draws one fixed list of training windows, then times
-  raw     rasterio reads of exactly those windows (image + label, open handles kept),
-  sample  the dataset's own ``__getitem__`` (read, decode palette, augment, normalise),
-  loader  the training DataLoader (batches, collate) with 0 and N workers,
-and prints patches/s for each with the ratio to the raw read rate. A ratio near 1 for
-``sample`` means the pipeline costs little beyond the disk reads; loader rates above
-the raw rate show what workers buy.
+Writes one 6000 x 6000 ISPRS-style tile (RGB image + colour label, uncompressed) twice:
+``striped`` (GDAL's default row strips, as the originals are shipped) and ``tiled``
+(256 px blocks, what ``python -m sssi.data.prepare`` writes). For each layout and crop
+size it draws one fixed list of training windows, then times
 
-    python experiments/benchmarks/data_pipeline.py [--tile-size 2048] [--tiles 4]
-        [--crops 256 512] [--patches 256] [--workers 2] [--root DIR]
+  raw       rasterio reads of exactly those windows (image + label, open handles kept):
+            the ceiling
+  dataset   the dataset's own ``__getitem__`` (read, decode the label palette, resize
+            zoomed windows, draw augmentation parameters)
+  loader N  the training DataLoader with N workers (batches, collate; pinned on a GPU)
+  augment   the datamodule's per-batch step on the device (flips, rotations,
+            normalisation; ``--device``), in patches/s
 
-``--root`` benchmarks an existing Potsdam-layout folder (e.g. the real ISPRS data)
-instead of generating synthetic tiles.
+and prints patches/s with the ratio to the raw rate. The last line is a summary a
+script can read: ``loader_vs_raw 128=R 256=R 512=R`` (tiled tile, ``--workers``
+workers, image+label raw reads as the denominator).
+
+    python experiments/benchmarks/data_pipeline.py [--crops 128 256 512] [--patches 512]
+        [--workers 2] [--device cpu|cuda] [--size 6000]
 """
 
 from __future__ import annotations
@@ -20,38 +26,50 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
+import numpy as np
 import rasterio
+import rasterio.errors
 import torch
 from rasterio.windows import Window
 
-from sssi.data import SegmentationDataModule
-from sssi.data.synthetic import generate
+from sssi.data import ISPRS, SegmentationDataModule, build_layout
+
+TILE = "2_10"
 
 
-def _windows(dm: SegmentationDataModule, n: int) -> list[tuple[int, Window]]:
-    """The windows the training set draws for its first ``n`` samples."""
-    return [dm.train_set.window(i)[:2] for i in range(n)]
+def write_tile(root: Path, size: int, tiled: bool) -> None:
+    """One Potsdam tile (image + colour label) of ``size`` px, striped or tiled."""
+    paths = build_layout("potsdam", root).paths(TILE)
+    rng = np.random.default_rng(0)
+    coarse = rng.integers(0, 256, (3, size // 50 + 1, size // 50 + 1), dtype=np.uint8)
+    image = np.repeat(np.repeat(coarse, 50, axis=1), 50, axis=2)[:, :size, :size]
+    image = image + rng.integers(0, 16, image.shape, dtype=np.uint8)  # texture
+    classes = rng.integers(0, 6, (size // 100 + 1, size // 100 + 1))
+    index = np.repeat(np.repeat(classes, 100, axis=0), 100, axis=1)[:size, :size]
+    label = np.asarray(ISPRS.colors, dtype=np.uint8)[index].transpose(2, 0, 1)
+    layout = {"tiled": True, "blockxsize": 256, "blockysize": 256} if tiled else {}
+    for path, data in ((paths["RGB"], image), (paths["label"], label)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=3,
+                           dtype="uint8", **layout) as dst:
+            dst.write(data)
 
 
 def time_raw(dm: SegmentationDataModule, windows: list[tuple[int, Window]]) -> float:
-    tiles = dm.train_set.reader.tiles
-    handles = {}
-    for t in tiles:
-        handles[t.sources[0].path] = rasterio.open(t.sources[0].path)
-        handles[t.label] = rasterio.open(t.label)
-    start = time.perf_counter()
-    for t, win in windows:
-        handles[tiles[t].sources[0].path].read(window=win)
-        handles[tiles[t].label].read(window=win)
-    elapsed = time.perf_counter() - start
-    for h in handles.values():
-        h.close()
-    return len(windows) / elapsed
+    tile = dm.train_set.reader.tiles[0]
+    with rasterio.open(tile.sources[0].path) as img, rasterio.open(tile.label) as lab:
+        img.read(window=windows[0][1])
+        start = time.perf_counter()
+        for _, win in windows:
+            img.read(window=win)
+            lab.read(window=win)
+        return len(windows) / (time.perf_counter() - start)
 
 
-def time_samples(dm: SegmentationDataModule, n: int) -> float:
+def time_dataset(dm: SegmentationDataModule, n: int) -> float:
     ds = dm.train_set
     ds[0]  # open handles outside the timed part, as the raw reader does
     start = time.perf_counter()
@@ -63,11 +81,10 @@ def time_samples(dm: SegmentationDataModule, n: int) -> float:
 def time_loader(dm: SegmentationDataModule, workers: int, n: int) -> float:
     dm.num_workers = workers
     dm.persistent_workers = False
-    loader = dm.train_dataloader()
-    it = iter(loader)
-    next(it)  # worker start-up is not throughput
-    seen = 0
-    start = time.perf_counter()
+    it = iter(dm.train_dataloader())
+    for _ in range(max(1, workers)):  # worker start-up (one batch each) is not throughput
+        next(it)
+    seen, start = 0, time.perf_counter()
     for batch in it:
         seen += batch["image"].shape[0]
         if seen >= n:
@@ -75,45 +92,65 @@ def time_loader(dm: SegmentationDataModule, workers: int, n: int) -> float:
     return seen / (time.perf_counter() - start)
 
 
+def time_augment(dm: SegmentationDataModule, device: torch.device, rounds: int = 8) -> float:
+    dm.num_workers = 0
+    batch = next(iter(dm.train_dataloader()))
+    moved = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+             for _ in range(rounds + 1)]
+    dm.on_after_batch_transfer(moved[0], 0)  # warm-up (and the normaliser's tensors)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for b in moved[1:]:
+        dm.on_after_batch_transfer(b, 0)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return rounds * batch["image"].shape[0] / (time.perf_counter() - start)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--root", type=Path, default=None)
-    ap.add_argument("--tile-size", type=int, default=2048)
-    ap.add_argument("--tiles", type=int, default=4)
-    ap.add_argument("--crops", type=int, nargs="+", default=[256, 512])
-    ap.add_argument("--patches", type=int, default=256)
+    ap.add_argument("--size", type=int, default=6000)
+    ap.add_argument("--crops", type=int, nargs="+", default=[128, 256, 512])
+    ap.add_argument("--patches", type=int, default=1024)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
-
+    warnings.filterwarnings("ignore", category=rasterio.errors.NotGeoreferencedWarning)
+    device = torch.device(args.device)
+    print(f"torch {torch.__version__}, rasterio {rasterio.__version__}, "
+          f"{torch.get_num_threads()} threads, device {device}; one {args.size} px tile, "
+          f"{args.patches} patches per row, batch {args.batch_size}")
+    header = f"{'layout':<8} {'crop':>5} {'path':<12} {'patches/s':>10} {'x raw':>7} {'MB/s':>8}"
+    print(header)
+    print("-" * len(header))
+    summary: dict[int, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        root = args.root
-        if root is None:
-            t0 = time.perf_counter()
-            root = generate(Path(tmp) / "potsdam", tiles=args.tiles, size=args.tile_size, seed=0)
-            print(f"generated {args.tiles} synthetic tiles of {args.tile_size} px in "
-                  f"{time.perf_counter() - t0:.1f} s")
-        print(f"torch {torch.__version__}, rasterio {rasterio.__version__}, "
-              f"{torch.get_num_threads()} threads")
-        header = f"{'crop':>5} {'path':<22} {'patches/s':>10} {'x raw':>7} {'MB/s':>8}"
-        print(header)
-        print("-" * len(header))
-        for crop in args.crops:
-            dm = SegmentationDataModule(root=str(root), crop_size=crop,
-                                        batch_size=args.batch_size, num_workers=0,
-                                        samples_per_epoch=args.patches, region_size=600)
-            dm.setup("fit")
-            windows = _windows(dm, args.patches)
-            mb = crop * crop * (dm.layout.num_bands + 3) / 1e6  # image + colour label bytes
-            rates = {"raw rasterio read": time_raw(dm, windows),
-                     "dataset __getitem__": time_samples(dm, args.patches),
-                     "DataLoader 0 workers": time_loader(dm, 0, args.patches)}
-            if args.workers > 0:
-                rates[f"DataLoader {args.workers} workers"] = time_loader(dm, args.workers,
-                                                                          args.patches)
-            raw = rates["raw rasterio read"]
-            for name, rate in rates.items():
-                print(f"{crop:>5} {name:<22} {rate:>10.1f} {rate / raw:>7.2f} {rate * mb:>8.1f}")
+        for layout in ("striped", "tiled"):
+            root = Path(tmp) / layout
+            write_tile(root, args.size, tiled=layout == "tiled")
+            for crop in args.crops:
+                dm = SegmentationDataModule(
+                    root=str(root), crop_size=crop, batch_size=args.batch_size,
+                    num_workers=0, samples_per_epoch=args.patches, region_size=args.size,
+                    train_split=[TILE], val_split=None, test_split=None)
+                dm.setup("fit")
+                windows = [dm.train_set.window(i)[:2] for i in range(args.patches)]
+                mb = crop * crop * 6 / 1e6  # image + colour label bytes
+                rates = {"raw": time_raw(dm, windows), "dataset": time_dataset(dm, args.patches),
+                         "loader 0": time_loader(dm, 0, args.patches)}
+                if args.workers > 0:
+                    rates[f"loader {args.workers}"] = time_loader(dm, args.workers, args.patches)
+                rates["augment"] = time_augment(dm, device)
+                raw = rates["raw"]
+                for name, rate in rates.items():
+                    print(f"{layout:<8} {crop:>5} {name:<12} {rate:>10.1f} {rate / raw:>7.2f} "
+                          f"{rate * mb:>8.1f}")
+                if layout == "tiled":
+                    summary[crop] = rates[f"loader {args.workers}" if args.workers else
+                                          "loader 0"] / raw
+    print("loader_vs_raw " + " ".join(f"{c}={r:.2f}" for c, r in summary.items()))
 
 
 if __name__ == "__main__":

@@ -9,9 +9,9 @@ checkpoint knows how its inputs were normalised (prediction needs that).
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from rasterio.windows import Window
 from torch.utils.data import DataLoader
 
+from sssi.data.augment import Augment, BatchNormalizer, augment_batch, value_range
 from sssi.data.datasets import (
     EpochSampler,
     GridWindowDataset,
@@ -29,14 +30,12 @@ from sssi.data.datasets import (
     Region,
     TileReader,
     grid_regions,
-    normalizer,
 )
 from sssi.data.layouts import Layout, Tile, build_layout
 from sssi.data.palettes import IGNORE_INDEX, unpack_rgb
 from sssi.data.raster import describe
 from sssi.data.splits import select_label_regions, write_split
 from sssi.data.stats import band_stats
-from sssi.data.transforms import train_transform
 from sssi.errors import ConfigError
 from sssi.scaling import BatchPlan, plan_batches
 from sssi.utils.io import atomic_write_text
@@ -86,7 +85,8 @@ class TileDataModule(L.LightningDataModule):
         batch_size: int = 8,
         eval_batch_size: int | None = None,
         global_batch_size: int | None = None,
-        num_workers: int = 2,
+        num_workers: int | str = 2,
+        prefetch_factor: int = 4,
         pin_memory: bool = True,
         persistent_workers: bool = True,
         samples_per_epoch: int | None = None,
@@ -126,11 +126,12 @@ class TileDataModule(L.LightningDataModule):
         self.eval_batch_size = int(eval_batch_size or batch_size)
         self._eval_batch_follows = not eval_batch_size
         self.global_batch_size = global_batch_size
-        self.num_workers = int(num_workers)
+        self.num_workers = auto_workers() if num_workers == "auto" else int(num_workers)
+        self.prefetch_factor = int(prefetch_factor)
         self.pin_memory = bool(pin_memory)
         self.persistent_workers = bool(persistent_workers)
         self.samples_per_epoch = samples_per_epoch
-        self.augment = dict(augment or {})
+        self.augment_options = dict(augment or {})
         self.train_split = _as_split(train_split)
         self.val_split = _as_split(val_split)
         self.test_split = _as_split(test_split)
@@ -155,7 +156,8 @@ class TileDataModule(L.LightningDataModule):
         """Values that would otherwise fail deep inside a loader or the first step end
         the run at construction, with the key named."""
         for key, minimum in (("crop_size", 1), ("val_window", 1), ("batch_size", 1),
-                             ("eval_batch_size", 1), ("num_workers", 0)):
+                             ("eval_batch_size", 1), ("num_workers", 0),
+                             ("prefetch_factor", 1)):
             value = getattr(self, key)
             if value < minimum:
                 raise ConfigError(f"data.{key}={value}: expected an integer >= {minimum}")
@@ -175,15 +177,17 @@ class TileDataModule(L.LightningDataModule):
                               "tiles)")
         if self.std is not None and any(float(v) <= 0 for v in self.std):
             raise ConfigError(f"data.std={self.std}: every band's std must be positive")
-        allowed = list(inspect.signature(train_transform).parameters)
-        unknown = sorted(set(self.augment) - set(allowed))
+        allowed = Augment.keys()
+        unknown = sorted(set(self.augment_options) - set(allowed))
         if unknown:
             raise ConfigError(f"data.augment has unknown keys {unknown}: expected "
                               f"{', '.join(allowed)}")
         for key in ("brightness_contrast", "noise"):
-            value = self.augment.get(key, 0.0)
+            value = self.augment_options.get(key, 0.0)
             if not 0.0 <= float(value) <= 1.0:
                 raise ConfigError(f"data.augment.{key}={value}: expected a probability in [0, 1]")
+        self.augment = Augment(**self.augment_options)
+        self._normalizer: BatchNormalizer | None = None
 
     def plan_batches(self, world_size: int = 1, accumulation: int = 1) -> BatchPlan:
         """The run's batch plan, applied: ``data.batch_size`` per device, or the per-device
@@ -264,9 +268,34 @@ class TileDataModule(L.LightningDataModule):
         if self.output_dir is not None:
             atomic_write_text(self.output_dir / name, text)
 
-    def normalize(self):
-        assert self.mean is not None and self.std is not None
-        return normalizer(self.mean, self.std)
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """On the batch's device: each training window's augmentation (drawn by its
+        worker, :mod:`sssi.data.augment`), then per-band standardisation of every
+        batch; labels become int64 class indices."""
+        if not isinstance(batch, dict) or "image" not in batch:
+            return batch
+        image, label = batch["image"], batch.get("label")
+        params = batch.pop("augment", None)
+        if params is not None:
+            image, label = augment_batch(image, label, params, value_range(image.dtype))
+        batch["image"] = self.batch_normalizer()(image)
+        if label is not None:
+            batch["label"] = label.long()
+        return batch
+
+    def batch_normalizer(self) -> BatchNormalizer:
+        """Standardisation with the run's band statistics (computed or configured)."""
+        if self.mean is None or self.std is None:
+            raise ConfigError("the band statistics are unknown: set up the datamodule "
+                              "(or give data.mean and data.std) before using its batches")
+        current = self._normalizer
+        if current is None or (current.mean, current.std) != (
+                [float(m) for m in self.mean], [float(v) for v in self.std]):
+            self._normalizer = BatchNormalizer(self.mean, self.std)  # new or restored stats
+        return self._normalizer
+
+    def _augment(self) -> Augment | None:
+        return self.augment if self.augment.active else None
 
     def _epoch_length(self, regions: Sequence[Region]) -> int:
         if self.samples_per_epoch:
@@ -302,6 +331,8 @@ class TileDataModule(L.LightningDataModule):
     # ----------------------------------------------------------------------- loaders
     def _loader(self, dataset, batch_size: int, drop_last: bool, sampler=None) -> DataLoader:
         workers = self.num_workers
+        # samples are bytes, so pinned batches go to the GPU without a staging copy;
+        # persistent workers keep their open file handles between epochs
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -309,6 +340,7 @@ class TileDataModule(L.LightningDataModule):
             num_workers=workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers and workers > 0,
+            prefetch_factor=self.prefetch_factor if workers > 0 else None,
             drop_last=drop_last,
         )
 
@@ -328,9 +360,6 @@ class TileDataModule(L.LightningDataModule):
             return []
         return self._loader(self.test_set, self.eval_batch_size, False)
 
-    def _train_transform(self):
-        return train_transform(**self.augment)
-
 
 class PretextDataModule(TileDataModule):
     """Unlabelled images for the inpainting game: every image tile of ``train_split``.
@@ -346,8 +375,8 @@ class PretextDataModule(TileDataModule):
             regions = [Region(i, 0, 0, h, w) for i, (h, w) in enumerate(sizes)]
             reader = TileReader(tiles, self.layout.palette)
             self.train_set = RandomWindowDataset(
-                reader, regions, self.crop_size, self._epoch_length(regions), self.normalize(),
-                with_labels=False, transform=self._train_transform(), scale=self.window_scale,
+                reader, regions, self.crop_size, self._epoch_length(regions),
+                with_labels=False, augment=self._augment(), scale=self.window_scale,
                 seed=self.seed)
             log.info("pretext: %d tiles, %d windows of %d px per epoch", len(tiles),
                      len(self.train_set), self.crop_size)
@@ -355,7 +384,7 @@ class PretextDataModule(TileDataModule):
                 vtiles, vsizes = self._tiles(self.val_split, labels=False)
                 self.val_set = GridWindowDataset(
                     TileReader(vtiles, self.layout.palette),
-                    self._eval_regions(vsizes, self.val_max_windows), self.normalize(),
+                    self._eval_regions(vsizes, self.val_max_windows),
                     with_labels=False, out_size=self.val_window)
 
 
@@ -384,8 +413,8 @@ class SegmentationDataModule(TileDataModule):
             reader = TileReader(tiles, self.layout.palette)
             self._audit(reader, regions)
             self.train_set = RandomWindowDataset(
-                reader, regions, self.crop_size, self._epoch_length(regions), self.normalize(),
-                with_labels=True, transform=self._train_transform(), scale=self.window_scale,
+                reader, regions, self.crop_size, self._epoch_length(regions),
+                with_labels=True, augment=self._augment(), scale=self.window_scale,
                 seed=self.seed)
             share = sum(r.height * r.width for r in regions) / total_pixels
             log.info("segmentation: %d of %d labelled regions of ~%d px (%.3g of the pixels; "
@@ -396,19 +425,15 @@ class SegmentationDataModule(TileDataModule):
                 vtiles, vsizes = self._tiles(self.val_split, labels=True)
                 self.val_set = GridWindowDataset(
                     TileReader(vtiles, self.layout.palette),
-                    self._eval_regions(vsizes, self.val_max_windows), self._val_normalize(),
+                    self._eval_regions(vsizes, self.val_max_windows),
                     with_labels=True, out_size=self.val_window)
         if stage in (None, "test") and self.test_set is None and self.test_split is not None:
             ttiles, tsizes = self._tiles(self.test_split, labels=True)
+            if self.mean is None or self.std is None:  # testing without fitting: train stats
+                self._ensure_stats(self.layout.tiles(self.train_split))
             self.test_set = GridWindowDataset(
                 TileReader(ttiles, self.layout.palette, use_eval_labels=True),
-                self._eval_regions(tsizes, None), self._val_normalize(),
-                with_labels=True, out_size=self.val_window)
-
-    def _val_normalize(self):
-        if self.mean is None or self.std is None:  # testing without fitting: use train stats
-            self._ensure_stats(self.layout.tiles(self.train_split))
-        return self.normalize()
+                self._eval_regions(tsizes, None), with_labels=True, out_size=self.val_window)
 
     def _audit(self, reader: TileReader, regions: Sequence[Region]) -> None:
         """Count ignore and off-palette pixels of the labels a run will train on."""
@@ -436,6 +461,15 @@ class SegmentationDataModule(TileDataModule):
                             e["values"][:3], IGNORE_INDEX)
         self.label_audit = {"pixels": px, "off_palette": off, "tiles": per_tile}
         self._write("label_audit.json", json.dumps(self.label_audit, indent=1))
+
+
+def auto_workers() -> int:
+    """``data.num_workers=auto``: one worker per core this process may use, leaving one
+    for the training loop, at most 8 (2 on a 2-core machine, 8 on 16 cores). With
+    several GPU processes on one machine give an explicit count (cores / GPUs - 1)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        (os.cpu_count() or 1)
+    return max(1, min(8, cores - 1 if cores > 2 else cores))
 
 
 def _as_split(split):

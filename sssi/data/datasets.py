@@ -1,16 +1,19 @@
 """Patch datasets over large tiles: random windows for training, a grid for evaluation.
 
-A sample is a dict: ``image`` (float32 C x H x W, normalised), ``label`` (int64 H x W,
-255 = ignore; only when the dataset has labels), ``tile`` (tile id) and ``window``
-(int64 ``[row_off, col_off, height, width]`` in tile pixels). Only the window is read
-from disk, so a 6000x6000 tile never sits in memory whole.
+A sample is a dict: ``image`` (C x H x W in the files' dtype, raw values: ``uint8`` for
+ISPRS), ``label`` (``uint8`` H x W, 255 = ignore; only when the dataset has labels),
+``tile`` (tile id), ``window`` (int64 ``[row_off, col_off, height, width]`` in tile
+pixels) and, for training windows, ``augment`` (the sample's augmentation parameters,
+:mod:`sssi.data.augment`). Workers only read (and resize zoomed windows); the
+datamodule augments and normalises whole batches on their device. Only the window is
+read from disk, so a 6000x6000 tile never sits in memory whole.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +22,7 @@ import torch.distributed as dist
 from rasterio.windows import Window
 from torch.utils.data import Dataset, DistributedSampler
 
+from sssi.data.augment import Augment
 from sssi.data.layouts import Tile
 from sssi.data.palettes import DecodeResult, Palette
 from sssi.data.raster import HandleCache, read_label_window, read_window
@@ -26,9 +30,6 @@ from sssi.errors import DataError
 from sssi.utils.grid import grid_offsets
 
 log = logging.getLogger(__name__)
-
-Transform = Callable[..., dict]
-
 
 @dataclass(frozen=True)
 class Region:
@@ -53,25 +54,6 @@ def grid_regions(sizes: Sequence[tuple[int, int]], window: int, stride: int) -> 
             for c in grid_offsets(w, window, stride):
                 regions.append(Region(t, r, c, min(window, h), min(window, w)))
     return regions
-
-
-def normalizer(mean: Sequence[float], std: Sequence[float]) -> Callable[[np.ndarray], np.ndarray]:
-    """(H, W, C) raw -> (C, H, W) float32 standardised per band."""
-    m = np.asarray(mean, dtype=np.float32)
-    s = np.asarray(std, dtype=np.float32)
-    if np.any(s <= 0):
-        raise DataError(f"normalisation std must be positive, got {list(std)}")
-
-    inv = (1.0 / s)[:, None, None]
-    shift = m[:, None, None]
-
-    def apply(image: np.ndarray) -> np.ndarray:
-        out = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
-        out -= shift
-        out *= inv
-        return out
-
-    return apply
 
 
 class TileReader:
@@ -125,15 +107,11 @@ class TileReader:
 
 
 class _WindowDataset(Dataset):
-    """Shared sample assembly: read, augment (albumentations), normalise, tensorise."""
+    """Shared sample assembly: read (and resize), tensorise; no float work."""
 
-    def __init__(self, reader: TileReader, with_labels: bool,
-                 normalize: Callable[[np.ndarray], np.ndarray],
-                 transform: Transform | None = None) -> None:
+    def __init__(self, reader: TileReader, with_labels: bool) -> None:
         self.reader = reader
         self.with_labels = with_labels
-        self.normalize = normalize
-        self.transform = transform
 
     def _sample(self, t: int, window: Window, out_size: int | None = None) -> dict:
         image = self.reader.image(t, window)
@@ -141,17 +119,13 @@ class _WindowDataset(Dataset):
         h, w = image.shape[:2]
         if out_size is not None and (h, w) != (out_size, out_size):
             image, label = _resize(image, label, out_size)
-        if self.transform is not None:
-            out = self.transform(image=image, mask=label) if label is not None else \
-                self.transform(image=image)
-            image, label = out["image"], out.get("mask", label)
         sample = {
-            "image": torch.from_numpy(np.ascontiguousarray(self.normalize(image))),
+            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
             "tile": self.reader.tiles[t].id,
             "window": torch.tensor([int(window.row_off), int(window.col_off), h, w]),
         }
         if label is not None:
-            sample["label"] = torch.from_numpy(np.ascontiguousarray(label)).long()
+            sample["label"] = torch.from_numpy(np.ascontiguousarray(label, dtype=np.uint8))
         return sample
 
 
@@ -166,10 +140,10 @@ class RandomWindowDataset(_WindowDataset):
     """
 
     def __init__(self, reader: TileReader, regions: Sequence[Region], crop_size: int,
-                 length: int, normalize: Callable[[np.ndarray], np.ndarray],
-                 with_labels: bool = False, transform: Transform | None = None,
+                 length: int, with_labels: bool = False, augment: Augment | None = None,
                  scale: tuple[float, float] | None = None, seed: int = 0) -> None:
-        super().__init__(reader, with_labels, normalize, transform)
+        super().__init__(reader, with_labels)
+        self.augment = augment
         if not regions:
             raise DataError("no regions to sample training windows from")
         self.regions = list(regions)
@@ -200,11 +174,10 @@ class RandomWindowDataset(_WindowDataset):
 
     def __getitem__(self, index: int) -> dict:
         tile, window, rng = self.window(index)
-        if self.transform is not None and hasattr(self.transform, "set_random_seed"):
-            # albumentations keeps its own generators: reseed them from this sample's
-            # so that augmentation is a function of (seed, index) too (~0.1 ms)
-            self.transform.set_random_seed(int(rng.integers(2**31)))
-        return self._sample(tile, window, out_size=self.crop_size)
+        sample = self._sample(tile, window, out_size=self.crop_size)
+        if self.augment is not None:  # drawn here, applied per batch on the device
+            sample["augment"] = torch.from_numpy(self.augment.draw(rng))
+        return sample
 
 
 class EpochSampler(DistributedSampler):
@@ -238,10 +211,9 @@ class EpochSampler(DistributedSampler):
 class GridWindowDataset(_WindowDataset):
     """Fixed windows (e.g. a grid from :func:`grid_regions`), in order, no randomness."""
 
-    def __init__(self, reader: TileReader, regions: Sequence[Region],
-                 normalize: Callable[[np.ndarray], np.ndarray], with_labels: bool = True,
-                 transform: Transform | None = None, out_size: int | None = None) -> None:
-        super().__init__(reader, with_labels, normalize, transform)
+    def __init__(self, reader: TileReader, regions: Sequence[Region], with_labels: bool = True,
+                 out_size: int | None = None) -> None:
+        super().__init__(reader, with_labels)
         self.regions = list(regions)
         self.out_size = out_size
 

@@ -245,10 +245,13 @@ class PretrainTask(BaseTask):
         if self.hparams.channels_last:  # faster convolutions on tensor-core GPUs
             self.to(memory_format=torch.channels_last)
 
-    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        if self.hparams.channels_last and "image" in batch:
-            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
-        return batch
+    def _images(self, batch: dict) -> Tensor:
+        """The batch's images (augmented and normalised by the datamodule on this device),
+        channels-last when the players are."""
+        images = batch["image"]
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
 
     # --------------------------------------------------------------------------- forward
     def forward(self, masked: Tensor) -> Tensor:
@@ -273,7 +276,7 @@ class PretrainTask(BaseTask):
 
     # --------------------------------------------------------------------- training step
     def training_step(self, batch: dict, batch_idx: int) -> None:
-        images = batch["image"]
+        images = self._images(batch)
         phase = self.phase  # constant within an accumulation window (see the docstring)
         window = accumulation_window(batch_idx, self.accumulate_grad_batches,
                                      self._batches_per_epoch())
@@ -457,7 +460,7 @@ class PretrainTask(BaseTask):
         self.pop_visuals("instructor_cells")  # a stale picture is not this epoch's
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        images = batch["image"]
+        images = self._images(batch)
         g = torch.Generator(device=images.device)
         g.manual_seed(int(self.hparams.seed) + batch_idx)  # same masks every validation
         masks = {"random": self.random_policy(images, generator=g)}

@@ -12,13 +12,13 @@ import torch
 from rasterio.windows import Window
 
 from sssi.data import ISPRS, PretextDataModule, SegmentationDataModule, build_layout
+from sssi.data.augment import PARAMS, Augment
 from sssi.data.datasets import (
     GridWindowDataset,
     RandomWindowDataset,
     Region,
     TileReader,
     grid_regions,
-    normalizer,
 )
 from sssi.data.palettes import IGNORE_INDEX, LOVEDA
 from sssi.data.splits import select_label_regions
@@ -85,13 +85,14 @@ def test_folder_layout_reads_real_potsdam_crop():
     sizes = layout.validate(tiles)
     assert sizes["2_10_0_0_512_512"] == (512, 512)
     mean, std = band_stats(tiles)
+    assert len(mean) == len(std) == 3 and min(std) > 0
     reader = TileReader(tiles, layout.palette)
-    ds = GridWindowDataset(reader, grid_regions([sizes[tiles[0].id]], 256, 256),
-                           normalizer(mean, std))
+    ds = GridWindowDataset(reader, grid_regions([sizes[tiles[0].id]], 256, 256))
     assert len(ds) == 4
-    sample = ds[3]
-    assert sample["image"].shape == (3, 256, 256) and sample["image"].dtype == torch.float32
-    assert sample["label"].shape == (256, 256) and sample["label"].dtype == torch.int64
+    sample = ds[3]  # raw bytes: the datamodule normalises whole batches on their device
+    assert sample["image"].shape == (3, 256, 256) and sample["image"].dtype == torch.uint8
+    assert sample["label"].shape == (256, 256) and sample["label"].dtype == torch.uint8
+    assert "augment" not in sample  # grid windows are never augmented
     assert sample["window"].tolist() == [256, 256, 256, 256]
     assert set(sample["label"].unique().tolist()) <= {0, 1, 2, 3, 4, 5, IGNORE_INDEX}
 
@@ -297,8 +298,7 @@ def test_random_windows_stay_inside_their_region(synthetic_root):
     tiles = layout.tiles("train", labels=True)
     region = Region(1, 64, 32, 100, 120)
     ds = RandomWindowDataset(TileReader(tiles, ISPRS), [region], crop_size=64, length=20,
-                             normalize=normalizer([0, 0, 0], [1, 1, 1]), with_labels=True,
-                             scale=(0.8, 1.25))
+                             with_labels=True, scale=(0.8, 1.25))
     for i in range(20):
         s = ds[i]
         row, col, h, w = s["window"].tolist()
@@ -338,9 +338,13 @@ def test_segmentation_datamodule_batches_split_file_and_stats(synthetic_root, tm
     dm = _dm(SegmentationDataModule, synthetic_root, tmp_path, label_fraction=0.25,
              modality="RGBIR", ndsm=True, in_channels=5, num_workers=2)
     dm.setup("fit")
-    batch = next(iter(dm.train_dataloader()))
-    assert batch["image"].shape == (4, 5, 64, 64)
+    raw = next(iter(dm.train_dataloader()))  # workers deliver bytes and parameters
+    assert raw["image"].dtype == raw["label"].dtype == torch.uint8
+    assert raw["augment"].shape == (4, len(PARAMS))
+    batch = dm.on_after_batch_transfer(raw, 0)  # what the task sees, on its device
+    assert batch["image"].shape == (4, 5, 64, 64) and batch["image"].dtype == torch.float32
     assert batch["label"].shape == (4, 64, 64) and batch["label"].dtype == torch.int64
+    assert "augment" not in batch
     assert len(batch["tile"]) == 4
     split = json.loads((tmp_path / "run" / "label_split.json").read_text())
     # two training tiles (2_11 is the validation tile) of 4 regions each; 25 % of pixels
@@ -354,7 +358,8 @@ def test_segmentation_datamodule_batches_split_file_and_stats(synthetic_root, tm
     dm.setup("test")
     assert len(dm.test_set) == 16  # 256 px test tile, 64 px windows
     # normalised images have roughly zero mean, unit std
-    images = torch.cat([dm.train_set[i]["image"].flatten(1) for i in range(8)], dim=1)
+    images = torch.cat([dm.on_after_batch_transfer(b, 0)["image"].flatten(1)
+                        for b in dm.train_dataloader()], dim=1)
     assert images.mean().abs() < 0.6 and 0.4 < images.std() < 2.0
     assert dm.state_dict()["band_names"] == ["R", "G", "B", "IR", "nDSM"]
 
@@ -379,7 +384,7 @@ def test_pretext_datamodule_needs_no_labels(potsdam_copy, tmp_path):
         p.unlink()
     dm = _dm(PretextDataModule, potsdam_copy, tmp_path)
     dm.setup("fit")
-    batch = next(iter(dm.train_dataloader()))
+    batch = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
     assert set(batch) == {"image", "tile", "window"}
     assert batch["image"].shape == (4, 3, 64, 64)
     assert {t.id for t in dm.train_set.reader.tiles} == {"2_10", "2_12"}
@@ -411,15 +416,13 @@ def test_training_windows_are_reproducible_new_each_epoch_and_split_over_ranks(s
 
     def make(seed):
         return RandomWindowDataset(TileReader(tiles, ISPRS), regions, 64, 6,
-                                   normalizer([0, 0, 0], [1, 1, 1]), with_labels=True,
-                                   transform=__import__("sssi.data.transforms",
-                                                        fromlist=["x"]).train_transform(),
-                                   seed=seed)
+                                   with_labels=True, augment=Augment(), seed=seed)
 
     a, b = make(0), make(0)
     for i in (0, 5, 17):
         sa, sb = a[i], b[i]  # same seed and index: same window and same augmentation
         assert torch.equal(sa["image"], sb["image"]) and torch.equal(sa["label"], sb["label"])
+        assert torch.equal(sa["augment"], sb["augment"])
     assert not torch.equal(a[0]["window"], make(1)[0]["window"]) or \
         not torch.equal(a[0]["image"], make(1)[0]["image"])
     sampler = EpochSampler(a, num_replicas=1, rank=0)

@@ -15,7 +15,7 @@ import rasterio
 from rasterio.windows import Window
 
 from sssi.data import SegmentationDataModule
-from sssi.data.datasets import RandomWindowDataset, Region, TileReader, normalizer
+from sssi.data.datasets import RandomWindowDataset, Region, TileReader
 from sssi.data.layouts import build_layout
 from sssi.data.palettes import DUBAI, IGNORE_INDEX
 from sssi.data.raster import describe, read_label_window
@@ -119,8 +119,7 @@ def test_label_regions_tile_every_image_without_overlap():
 def test_windows_from_images_smaller_than_the_crop_come_out_at_crop_size(root):
     tile = build_layout("dubai", root).tiles(["2_001"])[0]
     ds = RandomWindowDataset(TileReader([tile], DUBAI), [Region(0, 0, 0, 544, 509)],
-                             crop_size=600, length=3, normalize=normalizer([0] * 3, [1] * 3),
-                             with_labels=True)
+                             crop_size=600, length=3, with_labels=True)
     for i in range(3):
         sample = ds[i]
         assert sample["image"].shape == (3, 600, 600) and sample["label"].shape == (600, 600)
