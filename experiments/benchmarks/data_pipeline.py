@@ -9,7 +9,8 @@ size it draws one fixed list of training windows, then times
             the ceiling
   dataset   the dataset's own ``__getitem__`` (read, decode the label palette, resize
             zoomed windows, draw augmentation parameters)
-  loader N  the training DataLoader with N workers (batches, collate; pinned on a GPU)
+  loader N  the training DataLoader with N persistent workers (batches, collate; pinned
+            on a GPU), timed over its second epoch
   augment   the datamodule's per-batch step on the device (flips, rotations,
             normalisation; ``--device``), in patches/s
 
@@ -79,16 +80,18 @@ def time_dataset(dm: SegmentationDataModule, n: int) -> float:
 
 
 def time_loader(dm: SegmentationDataModule, workers: int, n: int) -> float:
+    """Patches/s of the second epoch of persistent workers: the first one pays the
+    workers' start-up and their first touches of memory inherited from the main
+    process (GDAL's block cache after the band statistics), once per training run."""
     dm.num_workers = workers
-    dm.persistent_workers = False
-    it = iter(dm.train_dataloader())
-    for _ in range(max(1, workers)):  # worker start-up (one batch each) is not throughput
-        next(it)
+    dm.persistent_workers = workers > 0
+    loader = dm.train_dataloader()
+    for _ in loader:  # epoch 0: warm-up
+        pass
+    loader.sampler.set_epoch(1)  # new windows, as in training
     seen, start = 0, time.perf_counter()
-    for batch in it:
+    for batch in loader:
         seen += batch["image"].shape[0]
-        if seen >= n:
-            break
     return seen / (time.perf_counter() - start)
 
 

