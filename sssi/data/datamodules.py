@@ -254,6 +254,7 @@ class TileDataModule(L.LightningDataModule):
         n = self.layout.num_bands
         if self.mean is None or self.std is None:
             self.mean, self.std = band_stats(tiles)
+            self._normalizer = None
             log.info("band statistics from %d tiles: mean=%s std=%s", len(tiles),
                      [round(m, 2) for m in self.mean], [round(s, 2) for s in self.std])
         if len(self.mean) != n or len(self.std) != n:
@@ -288,10 +289,8 @@ class TileDataModule(L.LightningDataModule):
         if self.mean is None or self.std is None:
             raise ConfigError("the band statistics are unknown: set up the datamodule "
                               "(or give data.mean and data.std) before using its batches")
-        current = self._normalizer
-        if current is None or (current.mean, current.std) != (
-                [float(m) for m in self.mean], [float(v) for v in self.std]):
-            self._normalizer = BatchNormalizer(self.mean, self.std)  # new or restored stats
+        if self._normalizer is None:  # reset where the statistics are computed or restored
+            self._normalizer = BatchNormalizer(self.mean, self.std)
         return self._normalizer
 
     def _augment(self) -> Augment | None:
@@ -327,6 +326,7 @@ class TileDataModule(L.LightningDataModule):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.mean = state_dict.get("mean", self.mean)
         self.std = state_dict.get("std", self.std)
+        self._normalizer = None
 
     # ----------------------------------------------------------------------- loaders
     def _loader(self, dataset, batch_size: int, drop_last: bool, sampler=None) -> DataLoader:

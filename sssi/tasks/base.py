@@ -129,7 +129,5 @@ class BaseTask(L.LightningModule):
 def _built(key: str, build: Any) -> Any:
     try:
         return build()
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{key}: {exc}") from exc
-    except InstantiationException as exc:
+    except (ValueError, TypeError, InstantiationException) as exc:
         raise ConfigError(f"{key}: {exc}") from exc

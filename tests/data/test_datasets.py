@@ -362,6 +362,10 @@ def test_segmentation_datamodule_batches_split_file_and_stats(synthetic_root, tm
                         for b in dm.train_dataloader()], dim=1)
     assert images.mean().abs() < 0.6 and 0.4 < images.std() < 2.0
     assert dm.state_dict()["band_names"] == ["R", "G", "B", "IR", "nDSM"]
+    # restored statistics (a resumed run, a checkpoint) replace the batches' normaliser
+    assert dm.batch_normalizer().mean == stats["mean"]
+    dm.load_state_dict({"mean": [1.0] * 5, "std": [2.0] * 5})
+    assert (dm.batch_normalizer().mean, dm.batch_normalizer().std) == ([1.0] * 5, [2.0] * 5)
 
 
 def test_off_palette_pixels_are_ignored_counted_and_reported(tmp_path):
