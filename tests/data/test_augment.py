@@ -37,9 +37,10 @@ def _cpu_pipeline(brightness_contrast: float, noise: float) -> A.Compose:
                                                 p=brightness_contrast))
     if noise > 0:
         steps.append(A.GaussNoise(std_range=(0.01, 0.04), p=noise))
+    pipeline = A.Compose(steps)  # reseeds its steps from fresh entropy: seed them after
     for i, step in enumerate(steps):
         step.set_random_seed(100 + i)
-    return A.Compose(steps)
+    return pipeline
 
 
 def _dihedral(label: np.ndarray, raw: np.ndarray) -> int | None:
