@@ -50,9 +50,10 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) experiments/benchmarks/data_pipeline.py
 
-## training-step benchmark of the game (resnet18 and DRN-A-50, 256 px)
+## the game's training step (the paper's players, batch 8, 128 px, 2 threads) beside
+## the authors' step when REFERENCE=path/to/authors_step.py is given; the data path's margin
 bench-game: $(STAMP)
-	$(PY) experiments/benchmarks/game_step.py
+	$(PY) experiments/benchmarks/game_step.py --threads 2 $(if $(REFERENCE),--reference $(REFERENCE))
 
 ## full-tile inference benchmark (MP/s, peak memory vs tile size)
 bench-infer: $(STAMP)

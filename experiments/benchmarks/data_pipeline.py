@@ -11,6 +11,9 @@ size it draws one fixed list of training windows, then times
             zoomed windows, draw augmentation parameters)
   loader N  the training DataLoader with N persistent workers (batches, collate; pinned
             on a GPU), timed over its second epoch
+  ship N    the same loader over ready-made samples of the same shapes (no reads): what
+            handing batches from N workers to the main process costs, the loader's
+            ceiling on this machine
   augment   the datamodule's per-batch step on the device (flips, rotations,
             normalisation; ``--device``), in patches/s
 
@@ -95,6 +98,29 @@ def time_loader(dm: SegmentationDataModule, workers: int, n: int) -> float:
     return seen / (time.perf_counter() - start)
 
 
+class Ready(torch.utils.data.Dataset):
+    """Samples shaped like ``dataset``'s, made without reading anything."""
+
+    def __init__(self, dataset) -> None:
+        self.sample, self.length = dataset[0], len(dataset)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict:
+        return {k: v.clone() if torch.is_tensor(v) else v for k, v in self.sample.items()}
+
+
+def time_ship(dm: SegmentationDataModule, workers: int) -> float:
+    """Patches/s of the training loader's transport alone (second epoch)."""
+    real = dm.train_set
+    dm.train_set = Ready(real)
+    try:
+        return time_loader(dm, workers, 0)
+    finally:
+        dm.train_set = real
+
+
 def time_augment(dm: SegmentationDataModule, device: torch.device, rounds: int = 8) -> float:
     dm.num_workers = 0
     batch = next(iter(dm.train_dataloader()))
@@ -145,6 +171,7 @@ def main() -> None:
                          "loader 0": time_loader(dm, 0, args.patches)}
                 if args.workers > 0:
                     rates[f"loader {args.workers}"] = time_loader(dm, args.workers, args.patches)
+                    rates[f"ship {args.workers}"] = time_ship(dm, args.workers)
                 rates["augment"] = time_augment(dm, device)
                 raw = rates["raw"]
                 for name, rate in rates.items():

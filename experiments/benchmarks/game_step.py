@@ -1,130 +1,295 @@
-"""Training-step benchmark of the pretext game: images/s per step kind and setting.
+"""The game's training step beside the authors' step, with the data path's margin.
 
-Runs the real ``PretrainTask`` under a Lightning Trainer on in-memory random images
-(no disk), for each backbone x precision x memory format, and times three kinds of
-step separately:
-  warmup      inpainter update on random block masks
-  instructor  instructor update (the inpainter frozen, no autograd graph)
-  inpainter   inpainter update on instructor masks (instructor forward included)
-Figures are images/s after a few warm-up steps; the last column compares each
-setting with fp32 NCHW of the same backbone and step.
+sssi's ``PretrainTask`` is built from the real configs (``+experiment=potsdam_pretrain``:
+DRN-A-50 inpainter, ResNet-18 instructor without the stem max-pool erasing 25 % of its
+16 px cells; ``task.output=tanh`` as in the authors' code) and run under a Lightning
+Trainer on batches kept in memory. Each step kind is timed over whole loop iterations
+(fetch, hooks, step, logging), after warm-up steps:
 
-    python experiments/benchmarks/game_step.py [--size 256] [--batch 4] [--steps 4]
-        [--backbones resnet18 drn_a_50] [--precisions 32-true bf16-mixed]
-        [--device auto|cpu|cuda]
+  inpainter_random  the inpainter on random holes (the warm-up, round 0)
+  inpainter         the inpainter on the instructor's holes (its forward included)
+  instructor        the instructor's update (the frozen inpainter's forward included)
+  game              instructor + inpainter: the per-image cost of one round
+
+``--reference PATH`` runs ``PATH`` (``../shared/tools/authors_step.py``, the authors' two
+steps rebuilt in plain PyTorch) in a subprocess of the same run, with the same batch,
+size and threads, and prints sssi's rate over the authors' per kind.
+
+In the same process it times the data path at the step's crop: the datamodule's
+per-batch device step (augmentation + normalisation of a uint8 batch) and the training
+loader (``--workers``) over a tiled 2048 px tile, and prints each as a multiple of the
+game's consumption (goal: >= 2x at every setting printed).
+
+On a GPU (``--device cuda``) the defaults become the paper's batch (128 x 128 px) and
+each setting of precision x memory format x compile is timed, with MFU from the FLOP
+count (``torch.utils.flop_counter``) and peak memory. ``experiments/benchmarks/gpu.sh``
+runs that with this machine's cores.
+
+    python experiments/benchmarks/game_step.py [--reference PATH] [--threads 2]
+        [--batch 8] [--size 128] [--steps 3] [--device cpu|cuda]
+        [--precisions 32-true bf16-mixed] [--channels-last off on] [--compile off on]
+
+The last line is a summary a script can read:
+``game_vs_authors R`` (or ``game_img_s R`` without a reference).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
+import subprocess
+import sys
+import tempfile
 import time
 import warnings
+from pathlib import Path
 
 import lightning as L
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import open_dict
 from torch.utils.data import DataLoader, Dataset
 
-from sssi.tasks.pretrain import PretrainTask
+from sssi.cli import CONFIG_DIR
+from sssi.config import register_resolvers
+
+KINDS = ("inpainter_random", "inpainter", "instructor")
+
+#: Dense peak TFLOP/s by GPU name and precision (fp32 convolutions run on TF32 tensor
+#: cores by default, ``torch.backends.cudnn.allow_tf32``). From the vendors' sheets.
+PEAK_TFLOPS = {
+    "H200": {"32-true": 494.0, "bf16-mixed": 989.0},
+    "H100": {"32-true": 494.0, "bf16-mixed": 989.0},
+    "A100": {"32-true": 156.0, "bf16-mixed": 312.0},
+    "L40S": {"32-true": 183.0, "bf16-mixed": 362.0},
+}
 
 
-class RandomImages(Dataset):
+class Batches(Dataset):
+    """Standardised random images (what the datamodule hands the task), in memory."""
+
     def __init__(self, n: int, channels: int, size: int) -> None:
-        self.n, self.shape = n, (channels, size, size)
+        g = torch.Generator().manual_seed(0)
+        self.images = torch.randn(n, channels, size, size, generator=g)
 
     def __len__(self) -> int:
-        return self.n
+        return len(self.images)
 
     def __getitem__(self, i: int) -> dict:
-        g = torch.Generator().manual_seed(i)
-        return {"image": torch.randn(self.shape, generator=g)}
+        return {"image": self.images[i]}
 
 
-class Timer(L.Callback):
-    """Wall time of training batches after ``skip`` warm-up batches."""
+class LoopTimer(L.Callback):
+    """Wall time of whole loop iterations after ``skip`` warm-up batches."""
 
     def __init__(self, skip: int) -> None:
-        self.skip, self.times, self._t = skip, [], 0.0
+        self.skip, self.start, self.end, self.count = skip, 0.0, 0.0, 0
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+    def _sync(self) -> None:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        self._t = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        if batch_idx >= self.skip:
-            self.times.append(time.perf_counter() - self._t)
+        self._sync()
+        now = time.perf_counter()
+        if batch_idx == self.skip - 1:
+            self.start = now
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
+        elif batch_idx >= self.skip:
+            self.end, self.count = now, self.count + 1
+
+    @property
+    def seconds_per_step(self) -> float:
+        return (self.end - self.start) / max(self.count, 1)
 
 
-def task(backbone: str, channels: int, mode: str, channels_last: bool) -> PretrainTask:
-    # warmup: random masks throughout; otherwise the alternate schedule with one side
-    # taking (almost) every step: step 0 trains the inpainter, then the chosen player
+def game_config(size: int, batch: int, overrides: list[str]):
+    """The composed ``potsdam_pretrain`` experiment at this crop and batch."""
+    register_resolvers()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[
+            "+experiment=potsdam_pretrain", "logger=none", "task.output=tanh",
+            f"data.crop_size={size}", f"data.batch_size={batch}", *overrides])
+    with open_dict(cfg):
+        cfg.paths.output_dir = cfg.paths.data_dir = "unused"
+    return cfg
+
+
+def build_task(cfg, kind: str, channels_last: bool, compiled: bool):
+    """The task with a schedule that makes every step after the first of ``kind``:
+    ``alternate`` mode, the first step trains the inpainter, then the chosen player."""
     many = 10_000
-    schedule = {"mode": "alternate", "warmup_epochs": many if mode == "warmup" else 0,
-                "inpainter_steps": many if mode == "inpainter" else 1,
-                "instructor_steps": many, "reset_optimizers_each_round": False}
-    enc = {"_target_": "sssi.models.build_backbone", "name": backbone, "in_channels": channels}
-    t = PretrainTask(
-        backbone=enc,
-        mask_policy={
-            "random": {"_target_": "sssi.masking.RandomBlocks", "ratio": 0.25,
-                       "block_size": 16},
-            "instructor": {
-                "network": {"latent_dim": 100, "ratio": 0.25},
-                "backbone": {**enc, "name": "resnet18", "stem_pool": False},
-                "optimizer": {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-5}}},
-        loss={"_target_": "sssi.losses.ReconstructionLoss"},
-        inpainter_optimizer={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.01,
-                             "momentum": 0.9},
-        schedule=schedule, in_channels=channels, channels_last=channels_last,
-        finite_check_every_n_steps=0)
-    return t
+    with open_dict(cfg):
+        cfg.task.schedule.update({
+            "mode": "alternate", "warmup_epochs": many if kind == "inpainter_random" else 0,
+            "inpainter_steps": many if kind == "inpainter" else 1,
+            "instructor_steps": many, "reset_optimizers_each_round": False})
+        cfg.task.channels_last = channels_last
+        cfg.task.compile = compiled
+        cfg.task.image_every_n_steps = 0
+    return instantiate(cfg.task)
 
 
-def measure(backbone: str, mode: str, precision: str, channels_last: bool, args) -> float:
+def time_kind(cfg, kind: str, args, precision: str, channels_last: bool, compiled: bool
+              ) -> tuple[float, float]:
+    """(images/s, peak GPU MB) of ``kind`` steps."""
     torch.manual_seed(0)
-    model = task(backbone, 3, mode, channels_last)
-    timer = Timer(skip=2)
-    steps = args.steps + 2
+    task = build_task(cfg, kind, channels_last, compiled)
+    skip = args.warmup + 1  # step 0 is an inpainter step in every kind
+    timer = LoopTimer(skip)
+    steps = skip + args.steps
     trainer = L.Trainer(accelerator=args.device, devices=1, precision=precision,
                         max_steps=steps, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False,
                         limit_val_batches=0, callbacks=[timer])
-    data = DataLoader(RandomImages(steps * args.batch, 3, args.size), batch_size=args.batch)
-    trainer.fit(model, train_dataloaders=data)
-    return args.batch / (sum(timer.times) / len(timer.times))
+    data = DataLoader(Batches(args.batch, cfg.data.in_channels, args.size),
+                      batch_size=args.batch, sampler=[0] * steps * args.batch)
+    trainer.fit(task, train_dataloaders=data)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0
+    return args.batch / timer.seconds_per_step, peak
+
+
+def flops_per_image(cfg, kind: str, args) -> float:
+    """FLOPs of one ``kind`` step per image (forward and backward; batch 2, CPU)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    task = build_task(cfg, kind, False, False)
+    counter = FlopCounterMode(display=False)
+
+    class Count(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if batch_idx == 1:
+                counter.__enter__()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if batch_idx == 1:
+                counter.__exit__(None, None, None)
+
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=2, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, callbacks=[Count()])
+    data = DataLoader(Batches(2, cfg.data.in_channels, args.size), batch_size=2,
+                      sampler=[0] * 4)
+    trainer.fit(task, train_dataloaders=data)
+    return counter.get_total_flops() / 2
+
+
+def reference_rates(path: str, args) -> dict[str, float]:
+    """The authors' steps (images/s per kind) from ``path --json``, run here and now."""
+    cmd = [sys.executable, path, "--json", "--no-flops", "--batch", str(args.batch),
+           "--size", str(args.size), "--warmup", str(args.warmup), "--iters", str(args.steps),
+           "--threads", str(torch.get_num_threads())]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    return {k: v["img_per_s_median"] for k, v in result["steps"].items()}
+
+
+def data_path_rates(cfg, args, device: torch.device) -> dict[str, float]:
+    """Patches/s of the datamodule's device step and of its training loader, at the
+    step's crop and batch, over a tiled 2048 px Potsdam tile."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from data_pipeline import TILE, time_augment, time_loader, write_tile
+
+    from sssi.data import PretextDataModule
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_tile(Path(tmp), 2048, tiled=True)
+        dm = PretextDataModule(root=tmp, crop_size=args.size, batch_size=args.batch,
+                               num_workers="auto", samples_per_epoch=max(512, 8 * args.batch),
+                               train_split=[TILE], val_split=None, test_split=None,
+                               scale=list(cfg.data.scale))
+        dm.setup("fit")
+        workers = args.workers if args.workers is not None else dm.num_workers
+        rates = {"augment": time_augment(dm, device)}
+        rates[f"loader {workers} workers"] = time_loader(dm, workers, 0)
+        return rates
+
+
+def settings(args) -> list[tuple[str, bool, bool]]:
+    return [(p, cl == "on", c == "on") for p in args.precisions for cl in args.channels_last
+            for c in args.compile]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=4)
-    ap.add_argument("--backbones", nargs="+", default=["resnet18", "drn_a_50"])
-    ap.add_argument("--modes", nargs="+", default=["warmup", "instructor", "inpainter"])
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--precisions", nargs="+", default=["32-true", "bf16-mixed"])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--batch", type=int, default=None, help="8 on the CPU, 128 on a GPU")
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--precisions", nargs="+", default=None)
+    ap.add_argument("--channels-last", nargs="+", default=None, choices=("off", "on"))
+    ap.add_argument("--compile", nargs="+", default=["off"], choices=("off", "on"))
+    ap.add_argument("--workers", type=int, default=None, help="loader workers (data.num_workers)")
+    ap.add_argument("--reference", default=os.environ.get("REFERENCE") or None,
+                    help="the authors' step script (authors_step.py)")
+    ap.add_argument("--override", nargs="*", default=[], help="more config overrides")
     args = ap.parse_args()
+    gpu = args.device.startswith("cuda")
+    args.batch = args.batch or (128 if gpu else 8)
+    args.precisions = args.precisions or (["32-true", "bf16-mixed"] if gpu else ["32-true"])
+    args.channels_last = args.channels_last or (["off", "on"] if gpu else ["off"])
+    if args.threads:
+        torch.set_num_threads(args.threads)
     logging.getLogger("lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, GPU {gpu}; "
-          f"{args.size}x{args.size}, batch {args.batch}, {args.steps} timed steps")
-    settings = [(p, cl) for p in args.precisions for cl in (False, True)]
-    print(f"{'backbone':<10} {'step':<11} {'precision':<11} {'layout':<14} {'img/s':>8} "
-          f"{'x fp32':>7}")
-    for backbone in args.backbones:
-        for mode in args.modes:
-            base = None
-            for precision, cl in settings:
-                rate = measure(backbone, mode, precision, cl, args)
-                base = base or rate
-                layout = "channels_last" if cl else "NCHW"
-                print(f"{backbone:<10} {mode:<11} {precision:<11} {layout:<14} {rate:>8.2f} "
-                      f"{rate / base:>7.2f}", flush=True)
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(0) if gpu else "none"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} "
+          f"cores, GPU {name}; batch {args.batch}, {args.size} px, {args.steps} timed steps "
+          f"after {args.warmup} warm-up")
+    cfg = game_config(args.size, args.batch, args.override)
+
+    if args.reference and gpu:
+        print("--reference: the authors' script runs on the CPU only; not run")
+        args.reference = None
+    ref = reference_rates(args.reference, args) if args.reference else {}
+    if ref:
+        ref["game"] = 1.0 / (1.0 / ref["instructor"] + 1.0 / ref["inpainter"]) \
+            if "game" not in ref else ref["game"]
+    flops = {k: flops_per_image(cfg, k, args) for k in KINDS} if gpu else {}
+    peak_tf = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+    header = (f"{'step':<17} {'precision':<11} {'layout':<14} {'compile':<8} {'img/s':>9}"
+              f"{'  authors':>10}{'  x authors':>11}{'  MFU %':>8}{'  peak MB':>9}")
+    print(header)
+    print("-" * len(header))
+    games: list[float] = []
+    for precision, cl, compiled in settings(args):
+        rates: dict[str, float] = {}
+        for kind in KINDS:
+            rates[kind], peak = time_kind(cfg, kind, args, precision, cl, compiled)
+            _row(kind, precision, cl, compiled, rates[kind], ref.get(kind), flops.get(kind),
+                 peak_tf and peak_tf.get(precision), peak)
+        rates["game"] = 1.0 / (1.0 / rates["instructor"] + 1.0 / rates["inpainter"])
+        game_flops = flops["instructor"] + flops["inpainter"] if flops else None
+        _row("game", precision, cl, compiled, rates["game"], ref.get("game"), game_flops,
+             peak_tf and peak_tf.get(precision), None)
+        games.append(rates["game"])
+
+    print(f"\ndata path at {args.size} px, batch {args.batch} (the game consumes up to "
+          f"{max(games):.1f} img/s above):")
+    for what, rate in data_path_rates(cfg, args, device).items():
+        print(f"  {what:<20} {rate:>9.1f} patches/s  {rate / max(games):>8.1f}x the game")
+    if ref:
+        print(f"game_vs_authors {games[0] / ref['game']:.2f}")
+    else:
+        print(f"game_img_s {games[0]:.2f}")
+
+
+def _row(kind, precision, cl, compiled, rate, ref, flops, peak_tf, peak_mb) -> None:
+    layout = "channels_last" if cl else "NCHW"
+    ref_s = f"{ref:>10.2f}{rate / ref:>11.2f}" if ref else f"{'':>10}{'':>11}"
+    mfu = f"{100 * rate * flops / (peak_tf * 1e12):>8.1f}" if flops and peak_tf else f"{'':>8}"
+    mem = f"{peak_mb:>9.0f}" if peak_mb else f"{'':>9}"
+    print(f"{kind:<17} {precision:<11} {layout:<14} {'on' if compiled else 'off':<8} "
+          f"{rate:>9.2f}{ref_s}{mfu}{mem}", flush=True)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from rasterio.windows import Window
 from torch.utils.data import DataLoader
 
 from sssi.data.augment import Augment, BatchNormalizer, augment_batch, value_range
+from sssi.data.collate import collate_windows
 from sssi.data.datasets import (
     EpochSampler,
     GridWindowDataset,
@@ -331,12 +332,14 @@ class TileDataModule(L.LightningDataModule):
     # ----------------------------------------------------------------------- loaders
     def _loader(self, dataset, batch_size: int, drop_last: bool, sampler=None) -> DataLoader:
         workers = self.num_workers
-        # samples are bytes, so pinned batches go to the GPU without a staging copy;
-        # persistent workers keep their open file handles between epochs
+        # samples are bytes, so pinned batches go to the GPU without a staging copy; a
+        # worker hands each batch over as one shared block (collate_windows); persistent
+        # workers keep their open file handles between epochs
         return DataLoader(
             dataset,
             batch_size=batch_size,
             sampler=sampler,
+            collate_fn=collate_windows,
             num_workers=workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers and workers > 0,

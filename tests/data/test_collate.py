@@ -1,0 +1,61 @@
+"""collate_windows: the same batches as PyTorch's collation, one shared block per batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from sssi.data.collate import collate_windows
+
+
+class Windows(Dataset):
+    """Samples shaped like the training windows: bytes, labels, parameters, tile ids."""
+
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, i: int) -> dict:
+        g = torch.Generator().manual_seed(i)
+        return {
+            "image": torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8, generator=g),
+            "label": torch.randint(0, 6, (8, 8), dtype=torch.uint8, generator=g),
+            "tile": f"t{i % 3}",
+            "window": torch.tensor([i, 2 * i, 8, 8]),
+            "augment": torch.rand(7, generator=g),
+        }
+
+
+def _same(a: dict, b: dict) -> None:
+    assert list(a) == list(b)
+    for key in a:
+        if torch.is_tensor(b[key]):
+            assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+        else:
+            assert a[key] == b[key], key
+
+
+def test_main_process_batch_equals_default_collate():
+    samples = [Windows()[i] for i in range(4)]
+    batch = collate_windows(samples)
+    assert isinstance(batch, dict)
+    _same(batch, default_collate(samples))
+
+
+def test_worker_batches_equal_default_collate_and_share_one_block():
+    ds = Windows()
+    ours = list(DataLoader(ds, batch_size=4, num_workers=1, collate_fn=collate_windows))
+    ref = list(DataLoader(ds, batch_size=4, num_workers=0))
+    assert len(ours) == len(ref) == 3
+    for a, b in zip(ours, ref, strict=True):
+        assert isinstance(a, dict)  # unpacked on arrival
+        _same(a, b)
+        blocks = {a[k].untyped_storage().data_ptr() for k in ("image", "label", "window",
+                                                              "augment")}
+        assert len(blocks) == 1
+
+
+def test_windows_of_different_sizes_name_the_key():
+    samples = [Windows()[0], {**Windows()[1], "label": torch.zeros(4, 4, dtype=torch.uint8)}]
+    with pytest.raises(ValueError, match="'label' has different shapes"):
+        collate_windows(samples)
