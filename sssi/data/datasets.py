@@ -122,7 +122,8 @@ class _WindowDataset(Dataset):
         sample = {
             "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
             "tile": self.reader.tiles[t].id,
-            "window": torch.tensor([int(window.row_off), int(window.col_off), h, w]),
+            "window": torch.from_numpy(np.array([window.row_off, window.col_off, h, w],
+                                                dtype=np.int64)),
         }
         if label is not None:
             sample["label"] = torch.from_numpy(np.ascontiguousarray(label, dtype=np.uint8))
@@ -160,16 +161,17 @@ class RandomWindowDataset(_WindowDataset):
     def window(self, index: int) -> tuple[int, Window, np.random.Generator]:
         """The tile and window of sample ``index`` (and the generator for augmentation)."""
         rng = np.random.default_rng((self.seed, int(index)))
-        pick = int(np.searchsorted(self.cumulative, rng.random(), side="right"))
+        u = rng.random(4).tolist()  # one call: region, zoom, row, column
+        pick = int(np.searchsorted(self.cumulative, u[0], side="right"))
         region = self.regions[min(pick, len(self.regions) - 1)]
         size = self.crop_size
         if self.scale is not None:
-            s = math.exp(rng.uniform(math.log(self.scale[0]), math.log(self.scale[1])))
-            size = max(8, round(self.crop_size / s))
+            lo, hi = math.log(self.scale[0]), math.log(self.scale[1])
+            size = max(8, round(self.crop_size / math.exp(lo + (hi - lo) * u[1])))
         h = min(size, region.height)
         w = min(size, region.width)
-        row = region.row + int(rng.integers(0, region.height - h + 1))
-        col = region.col + int(rng.integers(0, region.width - w + 1))
+        row = region.row + min(int(u[2] * (region.height - h + 1)), region.height - h)
+        col = region.col + min(int(u[3] * (region.width - w + 1)), region.width - w)
         return region.tile, Window(col, row, w, h), rng
 
     def __getitem__(self, index: int) -> dict:

@@ -81,7 +81,7 @@ def read_window(path: str | Path, window: Window, bands: Sequence[int] | None = 
 
     ``handles`` is an optional per-process cache of open datasets, keyed by path.
     """
-    path = Path(path)
+    path = path if isinstance(path, Path) else Path(path)  # once per sample: keep it cheap
     try:
         ds = _open(path, handles)
         return ds.read(indexes=list(bands) if bands is not None else None, window=window)
@@ -100,7 +100,7 @@ def read_label_window(path: str | Path, window: Window, handles: dict | None = N
     """Read a label window as stored, except that palette-mode files (a band of indexes
     and a colour table, as some PNG masks are saved) come back as (3, h, w) RGB, so that
     colour palettes decode them like any RGB label."""
-    path = Path(path)
+    path = path if isinstance(path, Path) else Path(path)
     raw = read_window(path, window, None, handles)
     if raw.shape[0] != 1:
         return raw
