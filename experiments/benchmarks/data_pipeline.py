@@ -1,9 +1,11 @@
 """Data-pipeline benchmark: the training loader next to raw rasterio window reads.
 
-Writes one 6000 x 6000 ISPRS-style tile (RGB image + colour label, uncompressed) twice:
-``striped`` (GDAL's default row strips, as the originals are shipped) and ``tiled``
-(256 px blocks, what ``python -m sssi.data.prepare`` writes). For each layout and crop
-size it draws one fixed list of training windows, then times
+Writes one 6000 x 6000 ISPRS-style tile (RGB image + colour label, uncompressed) three
+ways: ``striped`` (GDAL's default row strips, as the originals are shipped), ``tiled``
+(256 px blocks, what ``python -m sssi.data.prepare`` writes) and ``prepared`` (what
+``python -m sssi.data.prepare --layout potsdam`` writes: tiled, the label as one band of
+class indices with the palette as its colour table). For each layout and crop size it
+draws one fixed list of training windows, then times
 
   raw       rasterio reads of exactly those windows (image + label, open handles kept):
             the ceiling
@@ -17,9 +19,10 @@ size it draws one fixed list of training windows, then times
   augment   the datamodule's per-batch step on the device (flips, rotations,
             normalisation; ``--device``), in patches/s
 
-and prints patches/s with the ratio to the raw rate. The last line is a summary a
-script can read: ``loader_vs_raw 128=R 256=R 512=R`` (tiled tile, ``--workers``
-workers, image+label raw reads as the denominator).
+and prints patches/s with the ratio to the raw rate. The last two lines are summaries
+a script can read: ``prepared_loader_vs_raw ...`` and, last, ``loader_vs_raw 128=R
+256=R 512=R`` (tiled tile, ``--workers`` workers, image+label raw reads as the
+denominator).
 
     python experiments/benchmarks/data_pipeline.py [--crops 128 256 512] [--patches 512]
         [--workers 2] [--device cpu|cuda] [--size 6000]
@@ -40,6 +43,7 @@ import torch
 from rasterio.windows import Window
 
 from sssi.data import ISPRS, SegmentationDataModule, build_layout
+from sssi.data.prepare import prepare
 
 TILE = "2_10"
 
@@ -154,11 +158,14 @@ def main() -> None:
     header = f"{'layout':<8} {'crop':>5} {'path':<12} {'patches/s':>10} {'x raw':>7} {'MB/s':>8}"
     print(header)
     print("-" * len(header))
-    summary: dict[int, float] = {}
+    summary: dict[str, dict[int, float]] = {"tiled": {}, "prepared": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        for layout in ("striped", "tiled"):
+        for layout in ("striped", "tiled", "prepared"):
             root = Path(tmp) / layout
-            write_tile(root, args.size, tiled=layout == "tiled")
+            if layout == "prepared":
+                prepare(Path(tmp) / "striped", root, layout="potsdam", log=lambda _: None)
+            else:
+                write_tile(root, args.size, tiled=layout == "tiled")
             for crop in args.crops:
                 dm = SegmentationDataModule(
                     root=str(root), crop_size=crop, batch_size=args.batch_size,
@@ -177,10 +184,12 @@ def main() -> None:
                 for name, rate in rates.items():
                     print(f"{layout:<8} {crop:>5} {name:<12} {rate:>10.1f} {rate / raw:>7.2f} "
                           f"{rate * mb:>8.1f}")
-                if layout == "tiled":
-                    summary[crop] = rates[f"loader {args.workers}" if args.workers else
-                                          "loader 0"] / raw
-    print("loader_vs_raw " + " ".join(f"{c}={r:.2f}" for c, r in summary.items()))
+                if layout in summary:
+                    summary[layout][crop] = rates[f"loader {args.workers}" if args.workers
+                                                  else "loader 0"] / raw
+    for layout in ("prepared", "tiled"):
+        name = "loader_vs_raw" if layout == "tiled" else f"{layout}_loader_vs_raw"
+        print(f"{name} " + " ".join(f"{c}={r:.2f}" for c, r in summary[layout].items()))
 
 
 if __name__ == "__main__":

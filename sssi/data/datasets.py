@@ -15,6 +15,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from torch.utils.data import Dataset, DistributedSampler
 from sssi.data.augment import Augment
 from sssi.data.layouts import Tile
 from sssi.data.palettes import DecodeResult, Palette
-from sssi.data.raster import HandleCache, read_label_window, read_window
+from sssi.data.raster import HandleCache, colour_table, read_label_window, read_window
 from sssi.errors import DataError
 from sssi.utils.grid import grid_offsets
 
@@ -69,6 +70,7 @@ class TileReader:
         self.palette = palette
         self.use_eval_labels = use_eval_labels
         self._handles = HandleCache()
+        self._tables: dict[Path, np.ndarray | None] = {}  # colour tables of label files
         self.off_palette = 0  # pixels seen in this process that matched no class
 
     def __getstate__(self) -> dict:
@@ -95,10 +97,17 @@ class TileReader:
         path = tile.eval_label if self.use_eval_labels else tile.label
         if path is None:
             raise DataError(f"tile {tile.id}: no label file")
-        raw = read_label_window(path, window, self._handles)
-        if raw.shape[0] == 4:  # colour labels saved with an alpha band
-            raw = raw[:3]
-        decoded = self.palette.decode(raw)
+        table = self._tables.get(path, False)
+        if table is False:  # once per file: a palette-mode label decodes by its entries
+            table = self._tables[path] = colour_table(path, self._handles)
+        if table is not None:
+            decoded = self.palette.decode_paletted(
+                read_window(path, window, None, self._handles)[0], table)
+        else:
+            raw = read_label_window(path, window, self._handles)
+            if raw.shape[0] == 4:  # colour labels saved with an alpha band
+                raw = raw[:3]
+            decoded = self.palette.decode(raw)
         self.off_palette += decoded.n_off_palette
         return decoded
 

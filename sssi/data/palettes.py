@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import colorsys
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -110,6 +110,26 @@ class Palette:
             table = _table(tuple(self.codes), tuple(self.ignore_codes), 1 << 16)
         return _lookup(packed, table, self.ignore_index)
 
+    def decode_paletted(self, indices: np.ndarray, table: np.ndarray) -> DecodeResult:
+        """Decode a palette-mode label: ``indices`` (H, W) into the file's colour
+        ``table`` (256, 3). The same result as decoding ``table[indices]`` as colours,
+        but the colour lookup runs over the table's 256 entries, not over every pixel
+        (how ``python -m sssi.data.prepare --layout`` stores labels)."""
+        entries = np.ascontiguousarray(np.asarray(table, dtype=np.uint8).T[:, None, :])
+        codes = _pack_rgb(entries)[0]  # (256,) colour code of each entry
+        status = np.take(_table(tuple(_code_of(c) for c in self.colors),
+                                tuple(_code_of(c) for c in self.ignore_colors), 1 << 24),
+                         codes)  # per entry: class, expected ignore or off-palette
+        import cv2
+
+        indices = np.ascontiguousarray(indices, dtype=np.uint8)
+        # a 256-entry gather: OpenCV's LUT is ~10x numpy's take, which widens the indices
+        result = _classify(cv2.LUT(indices, status), indices, self.ignore_index)
+        if result.off_palette_values:  # report colours, as for colour files
+            values = tuple(int(v) for v in np.unique(codes[list(result.off_palette_values)]))
+            result = replace(result, off_palette_values=values)
+        return result
+
     # -- encoding -----------------------------------------------------------------------
     def colorize(self, index: np.ndarray) -> np.ndarray:
         """(H, W) class indices -> (H, W, 3) uint8 colours (see :func:`colorize`)."""
@@ -178,7 +198,11 @@ def _codes_to_uint16(label: np.ndarray, codes, ignore) -> np.ndarray:
 
 
 def _lookup(packed: np.ndarray, table: np.ndarray, ignore_index: int) -> DecodeResult:
-    index = np.take(table, packed)  # twice as fast as fancy indexing
+    return _classify(np.take(table, packed), packed, ignore_index)  # 2x fancy indexing
+
+
+def _classify(index: np.ndarray, packed: np.ndarray, ignore_index: int) -> DecodeResult:
+    """Finish a table lookup: count expected and off-palette pixels, map both to ignore."""
     n_miss = int(np.count_nonzero(index >= _EXPECTED))
     if n_miss == 0:
         return DecodeResult(index, 0, 0)

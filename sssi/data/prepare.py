@@ -8,6 +8,13 @@ window touches, 2-3x faster per window on the benchmark
 band descriptions and colour tables kept; optionally compressed, always losslessly, so
 label colours survive), copies every other file as it is, and never writes into ``SRC``.
 
+With ``--layout NAME`` (``potsdam``, ``vaihingen``, ...) the labels of that layout are
+also stored as what they mean: one band of class indices with the palette as its
+colour table (palette mode; QGIS and GDAL show the same colours). A training window
+then reads a third of the label bytes and decodes 256 table entries instead of every
+pixel (``sssi.data.palettes.Palette.decode_paletted``). A label with off-palette colours
+keeps its colours (tiled), so the readers can still report them.
+
 Each file goes to a temporary name first and is renamed when complete; ``DST/
 prepare_manifest.json`` records every finished file with its source's size and
 modification time, so a second run (after an interruption, or after new tiles arrived)
@@ -26,8 +33,12 @@ from typing import Any
 import rasterio
 import rasterio.shutil
 from rasterio.errors import RasterioError
+from rasterio.windows import Window
 
-from sssi.errors import ConfigError, DataError, SssiError
+from sssi.data.layouts import build_layout
+from sssi.data.palettes import IGNORE_INDEX, Palette
+from sssi.data.raster import describe, open_raster, read_label_window
+from sssi.errors import ConfigError, DataError, SssiError, first_line
 from sssi.utils.io import atomic_write_text
 
 MANIFEST = "prepare_manifest.json"
@@ -55,9 +66,55 @@ def _tiled_copy(src: Path, dst: Path, block: int, compress: str) -> None:
         raise DataError(f"{src}: not a readable GeoTIFF ({str(exc).splitlines()[0]})") from exc
 
 
+def _index_label_copy(src: Path, dst: Path, palette: Palette, block: int, compress: str
+                      ) -> int:
+    """Write the label ``src`` as palette-mode class indices (tiled); returns 0, or the
+    number of off-palette pixels found (then nothing is written)."""
+    info = describe(src)
+    profile: dict[str, Any] = {
+        "driver": "GTiff", "width": info.width, "height": info.height, "count": 1,
+        "dtype": "uint8", "tiled": True, "blockxsize": block, "blockysize": block,
+        "photometric": "palette", "BIGTIFF": "IF_SAFER"}
+    if compress != "none":
+        profile["compress"] = compress
+    with open_raster(src) as ds:
+        profile.update(crs=ds.crs, transform=ds.transform)
+    colours = {i: (*c, 255) for i, c in enumerate(palette.colors)}
+    if palette.ignore_colors:  # so that ignored pixels decode as ignored again
+        colours[IGNORE_INDEX] = (*palette.ignore_colors[0], 255)
+    try:
+        with rasterio.open(dst, "w", **profile) as out:
+            out.write_colormap(1, colours)
+            for row in range(0, info.height, block):
+                window = Window(0, row, info.width, min(block, info.height - row))
+                raw = read_label_window(src, window)
+                decoded = palette.decode(raw[:3] if raw.shape[0] == 4 else raw)
+                if decoded.n_off_palette:
+                    return decoded.n_off_palette
+                out.write(decoded.index, 1, window=window)
+    except RasterioError as exc:
+        raise DataError(f"{src}: not a readable label ({first_line(exc)})") from exc
+    return 0
+
+
+def _label_palettes(src: Path, layout: str | None) -> dict[Path, Palette]:
+    """The label files of ``layout`` under ``src`` (labels and evaluation labels)."""
+    if layout is None:
+        return {}
+    found = build_layout(layout, src)
+    palette = found.palette
+    labels: dict[Path, Palette] = {}
+    for tile in found.find_tiles().values():
+        for path in (tile.label, tile.eval_label):
+            if path is not None:
+                labels[Path(path).resolve()] = palette
+    return labels
+
+
 def prepare(src: str | Path, dst: str | Path, block: int = 256, compress: str = "none",
-            log=print) -> dict[str, Any]:
-    """Mirror ``src`` into ``dst`` with every TIFF tiled; returns the manifest."""
+            log=print, layout: str | None = None) -> dict[str, Any]:
+    """Mirror ``src`` into ``dst`` with every TIFF tiled (and, given the dataset's
+    ``layout``, its labels as palette-mode class indices); returns the manifest."""
     src, dst = Path(src).expanduser().resolve(), Path(dst).expanduser().resolve()
     if compress not in COMPRESSIONS:
         raise ConfigError(f"--compress={compress!r}: expected one of {', '.join(COMPRESSIONS)} "
@@ -72,30 +129,41 @@ def prepare(src: str | Path, dst: str | Path, block: int = 256, compress: str = 
     manifest_path = dst / MANIFEST
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     files = manifest.setdefault("files", {})
-    manifest.update({"source": str(src), "block": block, "compress": compress})
+    manifest.update({"source": str(src), "block": block, "compress": compress,
+                     "layout": layout})
+    labels = _label_palettes(src, layout)
     todo = sorted(p for p in src.rglob("*") if p.is_file())
     converted = skipped = 0
     for path in todo:
         rel = path.relative_to(src).as_posix()
         out = dst / rel
         stamp = _stamp(path)
+        tiff = path.suffix.lower() in TIFF_SUFFIXES
+        palette = labels.get(path.resolve()) if tiff else None
+        options: list[Any] = [block, compress] + (["index"] if palette is not None else [])
         entry = files.get(rel)
         if entry and entry.get("source") == stamp and out.is_file() and \
-                entry.get("options") == [block, compress]:
+                entry.get("options") == options:
             skipped += 1
             continue
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.partial")
-        tiff = path.suffix.lower() in TIFF_SUFFIXES
-        if tiff:
+        done = "copied"
+        if palette is not None and not (off := _index_label_copy(path, tmp, palette, block,
+                                                                 compress)):
+            done = "indexed"
+        elif tiff:
+            if palette is not None:
+                log(f"{rel}: {off} off-palette pixels, kept as colours")
             _tiled_copy(path, tmp, block, compress)
+            done = "tiled"
         else:
             shutil.copy2(path, tmp)
         tmp.replace(out)
-        files[rel] = {"source": stamp, "options": [block, compress], "tiled": tiff}
+        files[rel] = {"source": stamp, "options": options, "tiled": tiff, "written": done}
         atomic_write_text(manifest_path, json.dumps(manifest, indent=1, sort_keys=True))
         converted += 1
-        log(f"{'tiled' if tiff else 'copied'} {rel}")
+        log(f"{done} {rel}")
     log(f"{dst}: {converted} files written, {skipped} already done")
     return manifest
 
@@ -108,9 +176,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--block", type=int, default=256, help="block side in pixels")
     ap.add_argument("--compress", default="none", choices=COMPRESSIONS,
                     help="lossless compression of the tiled files (default: none)")
+    ap.add_argument("--layout", default=None,
+                    help="the dataset's layout (potsdam, vaihingen, ...): store its labels "
+                         "as palette-mode class indices (faster to read and decode)")
     args = ap.parse_args(argv)
     try:
-        prepare(args.src, args.dst, args.block, args.compress)
+        prepare(args.src, args.dst, args.block, args.compress, layout=args.layout)
     except SssiError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -104,16 +104,22 @@ def read_label_window(path: str | Path, window: Window, handles: dict | None = N
     raw = read_window(path, window, None, handles)
     if raw.shape[0] != 1:
         return raw
-    try:
-        opened = open_raster(path) if handles is None else \
-            contextlib.nullcontext(_open(path, handles))  # a cached handle stays open
-        with opened as ds:
-            table = _colour_table(ds) if _is_paletted(ds) else None
-    except RasterioError as exc:
-        raise DataError(f"{path}: failed to read the colour table ({first_line(exc)})") from exc
+    table = colour_table(path, handles)  # a cached handle stays open
     if table is None:
         return raw
     return table[raw[0]].transpose(2, 0, 1)
+
+
+def colour_table(path: str | Path, handles: dict | None = None) -> np.ndarray | None:
+    """The (256, 3) colour table of a palette-mode raster, None for any other."""
+    path = path if isinstance(path, Path) else Path(path)
+    try:
+        opened = open_raster(path) if handles is None else \
+            contextlib.nullcontext(_open(path, handles))
+        with opened as ds:
+            return _colour_table(ds) if _is_paletted(ds) else None
+    except RasterioError as exc:
+        raise DataError(f"{path}: failed to read the colour table ({first_line(exc)})") from exc
 
 
 def _is_paletted(ds) -> bool:

@@ -47,6 +47,20 @@ def test_palette_decodes_colours_boundary_and_off_palette():
     assert np.array_equal(ISPRS.decode(label.transpose(1, 2, 0)).index, out.index)
 
 
+def test_paletted_labels_decode_like_their_colours():
+    rng = np.random.default_rng(0)
+    table = rng.integers(0, 256, (256, 3)).astype(np.uint8)  # mostly off-palette entries
+    table[:6] = ISPRS.colors
+    table[7] = (0, 0, 0)  # the eroded boundary: expected, ignored
+    table[9] = ISPRS.colors[2]  # a class may sit at any entry
+    indices = rng.choice([0, 1, 2, 3, 4, 5, 7, 9, 20, 200], size=(40, 50)).astype(np.uint8)
+    want = ISPRS.decode(table[indices].transpose(2, 0, 1))
+    got = ISPRS.decode_paletted(indices, table)
+    assert np.array_equal(got.index, want.index)
+    assert (got.n_ignored, got.n_off_palette) == (want.n_ignored, want.n_off_palette) != (0, 0)
+    assert set(got.off_palette_values) == set(want.off_palette_values)  # colours, not entries
+
+
 def test_palette_colorize_round_trip():
     index = np.array([[0, 1, 2], [3, 4, 5]], dtype=np.uint8)
     assert np.array_equal(ISPRS.decode(ISPRS.colorize(index)).index, index)

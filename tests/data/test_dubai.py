@@ -63,6 +63,8 @@ def test_palette_mode_masks_read_as_rgb_and_decode_on_the_masks_palette(root):
         assert raw.shape == (3, h, w)
         decoded = reader.decode_label(t, Window(0, 0, w, h))
         assert decoded.n_off_palette == 0, tile.label
+        # palette-mode files decode through their table's entries: same as the colours
+        assert np.array_equal(decoded.index, DUBAI.decode(raw).index)
         seen |= set(np.unique(decoded.index).tolist())
     assert seen - {IGNORE_INDEX} == set(range(5))  # road included: #6EC1E4 is decoded
 
