@@ -115,11 +115,7 @@ class Palette:
         ``table`` (256, 3). The same result as decoding ``table[indices]`` as colours,
         but the colour lookup runs over the table's 256 entries, not over every pixel
         (how ``python -m sssi.data.prepare --layout`` stores labels)."""
-        entries = np.ascontiguousarray(np.asarray(table, dtype=np.uint8).T[:, None, :])
-        codes = _pack_rgb(entries)[0]  # (256,) colour code of each entry
-        status = np.take(_table(tuple(_code_of(c) for c in self.colors),
-                                tuple(_code_of(c) for c in self.ignore_colors), 1 << 24),
-                         codes)  # per entry: class, expected ignore or off-palette
+        codes, status = _entry_status(self, np.asarray(table, dtype=np.uint8).tobytes())
         import cv2
 
         indices = np.ascontiguousarray(indices, dtype=np.uint8)
@@ -183,6 +179,18 @@ def _table(keys: tuple[int, ...], ignore: tuple[int, ...], size: int) -> np.ndar
     table[list(ignore)] = _EXPECTED
     table[list(keys)] = np.arange(len(keys), dtype=np.uint8)
     return table
+
+
+@functools.lru_cache(maxsize=32)
+def _entry_status(palette: Palette, table: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """``(codes, status)`` of a colour table's 256 entries: each entry's packed colour
+    and its class (or expected ignore, or off-palette); once per file and palette."""
+    entries = np.frombuffer(table, dtype=np.uint8).reshape(256, 3).T[:, None, :]
+    codes = _pack_rgb(np.ascontiguousarray(entries))[0]
+    status = np.take(_table(tuple(_code_of(c) for c in palette.colors),
+                            tuple(_code_of(c) for c in palette.ignore_colors), 1 << 24),
+                     codes)
+    return codes, status
 
 
 def _codes_to_uint16(label: np.ndarray, codes, ignore) -> np.ndarray:

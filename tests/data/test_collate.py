@@ -59,3 +59,26 @@ def test_windows_of_different_sizes_name_the_key():
     samples = [Windows()[0], {**Windows()[1], "label": torch.zeros(4, 4, dtype=torch.uint8)}]
     with pytest.raises(ValueError, match="'label' has different shapes"):
         collate_windows(samples)
+
+
+def _epochs(loader: DataLoader, n: int):
+    for _ in range(n):
+        yield from loader
+
+
+def test_workers_recycle_blocks_only_after_the_batches_are_gone():
+    from sssi.data import collate
+
+    ds = Windows()
+    ref = list(DataLoader(ds, batch_size=2, num_workers=0))
+    loader = DataLoader(ds, batch_size=2, num_workers=2, persistent_workers=True,
+                        collate_fn=collate_windows)
+    before = dict(collate.stats)
+    held = list(loader)  # epoch 1: every batch kept
+    for i, batch in enumerate(_epochs(loader, 4)):  # epochs 2-5: each batch dropped
+        _same(batch, ref[i % len(ref)])
+    assert collate.stats["recycled"] > before["recycled"]  # blocks were reused ...
+    for a, b in zip(held, ref, strict=True):  # ... but never one still in use
+        _same(a, b)
+    del held, batch, a
+    assert collate.release_unused() == 0  # nothing here uses a block any more
