@@ -57,9 +57,6 @@ class PackedBatch:
     def __reduce__(self):
         return unpack, (self.buffer, self.layout, self.board, self.slot, self.recycled)
 
-    def unpack(self) -> dict[str, Any]:
-        return unpack(self.buffer, self.layout)
-
 
 def unpack(buffer: torch.Tensor, layout: list[tuple[str, Any]],
            board: torch.Tensor | None = None, slot: int | None = None,
@@ -183,6 +180,10 @@ def collate_windows(samples: list[dict[str, Any]]) -> dict[str, Any] | PackedBat
     offset = 0
     for key, value in first.items():
         if torch.is_tensor(value):
+            shapes = {tuple(s[key].shape) for s in samples}
+            if len(shapes) > 1:
+                raise ValueError(f"collate: '{key}' has different shapes in one batch: "
+                                 f"{sorted(shapes)}")
             shape = (len(samples), *value.shape)
             nbytes = value.element_size() * value.numel() * len(samples)
             layout.append((key, _Slot(offset, nbytes, value.dtype, shape)))
@@ -201,10 +202,6 @@ def collate_windows(samples: list[dict[str, Any]]) -> dict[str, Any] | PackedBat
     batch = unpack(buffer, layout)
     for key, spec in layout:
         if isinstance(spec, _Slot):
-            shapes = {tuple(s[key].shape) for s in samples}
-            if len(shapes) > 1:
-                raise ValueError(f"collate: '{key}' has different shapes in one batch: "
-                                 f"{sorted(shapes)}")
             torch.stack([s[key] for s in samples], out=batch[key])
     if pool is None:
         return batch
