@@ -149,15 +149,15 @@ def prepare(src: str | Path, dst: str | Path, block: int = 256, compress: str = 
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.partial")
         done = "copied"
-        if palette is not None and not (off := _index_label_copy(path, tmp, palette, block,
-                                                                 compress)):
-            done = "indexed"
-        elif tiff:
-            if palette is not None:
+        if palette is not None:  # a label of the layout: class indices, unless off-palette
+            off = _index_label_copy(path, tmp, palette, block, compress)
+            done = "indexed" if not off else "tiled"
+            if off:
                 log(f"{rel}: {off} off-palette pixels, kept as colours")
+        if done != "indexed" and tiff:
             _tiled_copy(path, tmp, block, compress)
             done = "tiled"
-        else:
+        elif not tiff:
             shutil.copy2(path, tmp)
         tmp.replace(out)
         files[rel] = {"source": stamp, "options": options, "tiled": tiff, "written": done}
