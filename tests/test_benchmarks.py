@@ -43,10 +43,10 @@ def test_game_benchmark_builds_the_papers_players(game_step):
                                              ("inpainter", "inpainter"),
                                              ("instructor", "instructor")])
 def test_each_timed_kind_is_the_step_it_names(game_step, kind, phase):
-    from sssi.tasks.schedule import warmup_end_step
+    from sssi.tasks.schedule import Schedule, warmup_end_step
 
-    task = game_step.build_task(game_step.game_config(128, 8, []), kind, False, False)
-    s = task.schedule
+    cfg = game_step.kind_config(game_step.game_config(128, 8, []), kind)
+    s = Schedule(**cfg.task.schedule)  # as PretrainTask builds it
     warm_end = warmup_end_step(s.warmup_epochs, 1, 1)
     assert s.phase(0, 0, warm_end) in ("warmup", "inpainter")  # step 0: the inpainter
     assert {s.phase(0, step, warm_end) for step in range(1, 20)} == {phase}

@@ -120,8 +120,13 @@ def game_config(size: int, batch: int, overrides: list[str]):
 
 
 def build_task(cfg, kind: str, channels_last: bool, compiled: bool):
-    """The task with a schedule that makes every step after the first of ``kind``:
-    ``alternate`` mode, the first step trains the inpainter, then the chosen player."""
+    """The task with a schedule that makes every step after the first of ``kind``."""
+    return instantiate(kind_config(cfg, kind, channels_last, compiled).task)
+
+
+def kind_config(cfg, kind: str, channels_last: bool = False, compiled: bool = False):
+    """``cfg`` set up for ``kind``: ``alternate`` mode, the first step trains the
+    inpainter, then the chosen player (or random holes throughout for the warm-up)."""
     many = 10_000
     with open_dict(cfg):
         cfg.task.schedule.update({
@@ -131,7 +136,7 @@ def build_task(cfg, kind: str, channels_last: bool, compiled: bool):
         cfg.task.channels_last = channels_last
         cfg.task.compile = compiled
         cfg.task.image_every_n_steps = 0
-    return instantiate(cfg.task)
+    return cfg
 
 
 def time_kind(cfg, kind: str, args, precision: str, channels_last: bool, compiled: bool
