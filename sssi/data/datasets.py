@@ -170,17 +170,16 @@ class RandomWindowDataset(_WindowDataset):
     def window(self, index: int) -> tuple[int, Window, np.random.Generator]:
         """The tile and window of sample ``index`` (and the generator for augmentation)."""
         rng = np.random.default_rng((self.seed, int(index)))
-        u = rng.random(4).tolist()  # one call: region, zoom, row, column
-        pick = int(np.searchsorted(self.cumulative, u[0], side="right"))
+        pick = int(np.searchsorted(self.cumulative, rng.random(), side="right"))
         region = self.regions[min(pick, len(self.regions) - 1)]
         size = self.crop_size
         if self.scale is not None:
-            lo, hi = math.log(self.scale[0]), math.log(self.scale[1])
-            size = max(8, round(self.crop_size / math.exp(lo + (hi - lo) * u[1])))
+            s = math.exp(rng.uniform(math.log(self.scale[0]), math.log(self.scale[1])))
+            size = max(8, round(self.crop_size / s))
         h = min(size, region.height)
         w = min(size, region.width)
-        row = region.row + min(int(u[2] * (region.height - h + 1)), region.height - h)
-        col = region.col + min(int(u[3] * (region.width - w + 1)), region.width - w)
+        row = region.row + int(rng.integers(0, region.height - h + 1))
+        col = region.col + int(rng.integers(0, region.width - w + 1))
         return region.tile, Window(col, row, w, h), rng
 
     def __getitem__(self, index: int) -> dict:
