@@ -46,6 +46,7 @@ from sssi.data import ISPRS, SegmentationDataModule, build_layout
 from sssi.data.prepare import prepare
 
 TILE = "2_10"
+LAYOUTS = ("striped", "tiled", "prepared")  # in this order: prepared copies striped
 
 
 def write_tile(root: Path, size: int, tiled: bool) -> None:
@@ -155,8 +156,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--layouts", nargs="+", default=["striped", "tiled", "prepared"],
-                    choices=("striped", "tiled", "prepared"))
+    ap.add_argument("--layouts", nargs="+", default=list(LAYOUTS),
+                    choices=LAYOUTS)
     args = ap.parse_args()
     warnings.filterwarnings("ignore", category=rasterio.errors.NotGeoreferencedWarning)
     device = torch.device(args.device)
@@ -168,10 +169,11 @@ def main() -> None:
     print("-" * len(header))
     summary: dict[str, dict[int, float]] = {"tiled": {}, "prepared": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        for layout in args.layouts:
+        for layout in (name for name in LAYOUTS if name in args.layouts):
             root = Path(tmp) / layout
-            if layout == "prepared":
-                write_tile(Path(tmp) / "striped", args.size, tiled=False)
+            if layout == "prepared":  # prepared from the striped tile, as users would
+                if "striped" not in args.layouts:
+                    write_tile(Path(tmp) / "striped", args.size, tiled=False)
                 prepare(Path(tmp) / "striped", root, layout="potsdam", log=lambda _: None)
             else:
                 write_tile(root, args.size, tiled=layout == "tiled")

@@ -104,10 +104,7 @@ class TileReader:
             decoded = self.palette.decode_paletted(
                 read_window(path, window, None, self._handles)[0], table)
         else:
-            raw = read_label_window(path, window, self._handles)
-            if raw.shape[0] == 4:  # colour labels saved with an alpha band
-                raw = raw[:3]
-            decoded = self.palette.decode(raw)
+            decoded = self.palette.decode(read_label_window(path, window, self._handles))
         self.off_palette += decoded.n_off_palette
         return decoded
 

@@ -94,8 +94,7 @@ class Palette:
         """
         if label.ndim == 3 and (label.shape[0] == 3 or label.shape[-1] == 3):
             packed = _pack_rgb(label)
-            table = _table(tuple(_code_of(c) for c in self.colors),
-                           tuple(_code_of(c) for c in self.ignore_colors), 1 << 24)
+            table = self._colour_lookup()
         else:
             if label.ndim == 3:
                 if label.shape[0] != 1:
@@ -109,6 +108,11 @@ class Palette:
             packed = label
             table = _table(tuple(self.codes), tuple(self.ignore_codes), 1 << 16)
         return _lookup(packed, table, self.ignore_index)
+
+    def _colour_lookup(self) -> np.ndarray:
+        """The packed-colour -> class table (16 M entries, built once per palette)."""
+        return _table(tuple(_code_of(c) for c in self.colors),
+                      tuple(_code_of(c) for c in self.ignore_colors), 1 << 24)
 
     def decode_paletted(self, indices: np.ndarray, table: np.ndarray) -> DecodeResult:
         """Decode a palette-mode label: ``indices`` (H, W) into the file's colour
@@ -187,9 +191,7 @@ def _entry_status(palette: Palette, table: bytes) -> tuple[np.ndarray, np.ndarra
     and its class (or expected ignore, or off-palette); once per file and palette."""
     entries = np.frombuffer(table, dtype=np.uint8).reshape(256, 3).T[:, None, :]
     codes = _pack_rgb(np.ascontiguousarray(entries))[0]
-    status = np.take(_table(tuple(_code_of(c) for c in palette.colors),
-                            tuple(_code_of(c) for c in palette.ignore_colors), 1 << 24),
-                     codes)
+    status = np.take(palette._colour_lookup(), codes)
     return codes, status
 
 

@@ -37,7 +37,7 @@ from rasterio.windows import Window
 
 from sssi.data.layouts import build_layout
 from sssi.data.palettes import IGNORE_INDEX, Palette
-from sssi.data.raster import describe, open_raster, read_label_window
+from sssi.data.raster import HandleCache, describe, open_raster, read_label_window
 from sssi.errors import ConfigError, DataError, SssiError, first_line
 from sssi.utils.io import atomic_write_text
 
@@ -77,23 +77,25 @@ def _index_label_copy(src: Path, dst: Path, palette: Palette, block: int, compre
         "photometric": "palette", "BIGTIFF": "IF_SAFER"}
     if compress != "none":
         profile["compress"] = compress
-    with open_raster(src) as ds:
-        profile.update(crs=ds.crs, transform=ds.transform)
     colours = {i: (*c, 255) for i, c in enumerate(palette.colors)}
     if palette.ignore_colors:  # so that ignored pixels decode as ignored again
         colours[IGNORE_INDEX] = (*palette.ignore_colors[0], 255)
+    handles = HandleCache()  # the source stays open for all its rows of blocks
     try:
+        with open_raster(src) as ds:
+            profile.update(crs=ds.crs, transform=ds.transform)
         with rasterio.open(dst, "w", **profile) as out:
             out.write_colormap(1, colours)
             for row in range(0, info.height, block):
                 window = Window(0, row, info.width, min(block, info.height - row))
-                raw = read_label_window(src, window)
-                decoded = palette.decode(raw[:3] if raw.shape[0] == 4 else raw)
+                decoded = palette.decode(read_label_window(src, window, handles))
                 if decoded.n_off_palette:
                     return decoded.n_off_palette
                 out.write(decoded.index, 1, window=window)
     except RasterioError as exc:
         raise DataError(f"{src}: not a readable label ({first_line(exc)})") from exc
+    finally:
+        handles.close()
     return 0
 
 
@@ -148,17 +150,19 @@ def prepare(src: str | Path, dst: str | Path, block: int = 256, compress: str = 
             continue
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.partial")
-        done = "copied"
-        if palette is not None:  # a label of the layout: class indices, unless off-palette
-            off = _index_label_copy(path, tmp, palette, block, compress)
-            done = "indexed" if not off else "tiled"
-            if off:
-                log(f"{rel}: {off} off-palette pixels, kept as colours")
-        if done != "indexed" and tiff:
+        # a label of the layout: class indices (off: its off-palette pixels, 0 when none)
+        off = _index_label_copy(path, tmp, palette, block, compress) \
+            if palette is not None else None
+        if off:
+            log(f"{rel}: {off} off-palette pixels, kept as colours")
+        if off == 0:
+            done = "indexed"
+        elif tiff:
             _tiled_copy(path, tmp, block, compress)
             done = "tiled"
-        elif not tiff:
+        else:
             shutil.copy2(path, tmp)
+            done = "copied"
         tmp.replace(out)
         files[rel] = {"source": stamp, "options": options, "tiled": tiff, "written": done}
         atomic_write_text(manifest_path, json.dumps(manifest, indent=1, sort_keys=True))

@@ -99,9 +99,12 @@ def read_label_window(path: str | Path, window: Window, handles: dict | None = N
                       ) -> np.ndarray:
     """Read a label window as stored, except that palette-mode files (a band of indexes
     and a colour table, as some PNG masks are saved) come back as (3, h, w) RGB, so that
-    colour palettes decode them like any RGB label."""
+    colour palettes decode them like any RGB label, and an alpha band saved with colour
+    labels (RGBA) is dropped."""
     path = path if isinstance(path, Path) else Path(path)
     raw = read_window(path, window, None, handles)
+    if raw.shape[0] == 4:  # colour labels saved with an alpha band
+        return raw[:3]
     if raw.shape[0] != 1:
         return raw
     table = colour_table(path, handles)  # a cached handle stays open

@@ -449,3 +449,17 @@ def test_training_windows_are_reproducible_new_each_epoch_and_split_over_ranks(s
     assert first == list(range(6)) and list(sampler) == list(range(6, 12))
     ranks = [list(EpochSampler(a, num_replicas=2, rank=r)) for r in (0, 1)]
     assert ranks == [[0, 2, 4], [1, 3, 5]]
+
+
+def test_colour_labels_with_an_alpha_band_read_as_rgb(tmp_path):
+    from sssi.data.raster import read_label_window
+
+    rgb = np.asarray(ISPRS.colors, dtype=np.uint8)[np.arange(12).reshape(3, 4) % 6]
+    rgba = np.concatenate([rgb.transpose(2, 0, 1), np.full((1, 3, 4), 255, np.uint8)])
+    path = tmp_path / "label.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=4, height=3, count=4,
+                       dtype="uint8") as dst:
+        dst.write(rgba)
+    raw = read_label_window(path, Window(0, 0, 4, 3))
+    assert np.array_equal(raw, rgba[:3])
+    assert ISPRS.decode(raw).index.tolist() == (np.arange(12).reshape(3, 4) % 6).tolist()
