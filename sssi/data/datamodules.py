@@ -37,6 +37,7 @@ from sssi.data.palettes import IGNORE_INDEX, unpack_rgb
 from sssi.data.raster import describe
 from sssi.data.splits import select_label_regions, write_split
 from sssi.data.stats import band_stats
+from sssi.data.workers import init_worker
 from sssi.errors import ConfigError
 from sssi.scaling import BatchPlan, plan_batches
 from sssi.utils.io import atomic_write_text
@@ -341,6 +342,7 @@ class TileDataModule(L.LightningDataModule):
             sampler=sampler,
             collate_fn=collate_windows,
             num_workers=workers,
+            worker_init_fn=init_worker,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers and workers > 0,
             prefetch_factor=self.prefetch_factor if workers > 0 else None,

@@ -93,6 +93,9 @@ class Palette:
         (H, W, 3), or single-band integer codes, shape (H, W) or (1, H, W).
         """
         if label.ndim == 3 and (label.shape[0] == 3 or label.shape[-1] == 3):
+            bands = self._band_codes
+            if bands is not None:
+                return bands.decode(label, self.ignore_index)
             packed = _pack_rgb(label)
             table = self._colour_lookup()
         else:
@@ -108,6 +111,11 @@ class Palette:
             packed = label
             table = _table(tuple(self.codes), tuple(self.ignore_codes), 1 << 16)
         return _lookup(packed, table, self.ignore_index)
+
+    @functools.cached_property
+    def _band_codes(self) -> _BandCodes | None:
+        """Band-by-band colour tables (once per palette object; None: too many values)."""
+        return _BandCodes.of(self)
 
     def _colour_lookup(self) -> np.ndarray:
         """The packed-colour -> class table (16 M entries, built once per palette)."""
@@ -195,6 +203,55 @@ def _entry_status(palette: Palette, table: bytes) -> tuple[np.ndarray, np.ndarra
     return codes, status
 
 
+class _BandCodes:
+    """Colour decoding band by band, for palettes with few distinct values per band.
+
+    Each band's value is looked up in a 256-entry table that gives its rank among the
+    values the palette uses in that band (times the band's stride), one rank for "any
+    other value"; the three ranks add up to one byte that a last 256-entry table maps
+    to a class. Four byte lookups and two byte additions (OpenCV) replace packing every
+    pixel into a 24-bit integer and gathering from a 16 MB table: ~2x faster on a
+    worker's hot path. Exact: a pixel gets a class only if every band matches that
+    class's colour; any other combination is off-palette, as in the 24-bit table.
+    """
+
+    def __init__(self, luts: tuple[np.ndarray, ...], final: np.ndarray) -> None:
+        self.luts, self.final = luts, final
+
+    @staticmethod
+    def of(palette: Palette) -> _BandCodes | None:
+        """The tables of ``palette``, or None when its ranks do not fit in one byte."""
+        colours = [*palette.colors, *palette.ignore_colors]
+        values = [sorted({c[band] for c in colours}) for band in range(3)]
+        sizes = [len(v) + 1 for v in values]  # the last rank: a value no colour uses
+        if sizes[0] * sizes[1] * sizes[2] > 256:
+            return None
+        strides = (sizes[1] * sizes[2], sizes[2], 1)
+        luts = []
+        for band in range(3):
+            lut = np.full(256, (sizes[band] - 1) * strides[band], dtype=np.uint8)
+            for rank, value in enumerate(values[band]):
+                lut[value] = rank * strides[band]
+            luts.append(lut)
+        final = np.full(256, _UNKNOWN, dtype=np.uint8)
+        for status, group in ((_EXPECTED, palette.ignore_colors), (None, palette.colors)):
+            for k, colour in enumerate(group):
+                key = sum(int(luts[band][colour[band]]) for band in range(3))
+                final[key] = k if status is None else status
+        return _BandCodes(tuple(luts), final)
+
+    def decode(self, label: np.ndarray, ignore_index: int) -> DecodeResult:
+        import cv2
+
+        planes = label if label.shape[0] == 3 else label.transpose(2, 0, 1)
+        planes = np.ascontiguousarray(planes, dtype=np.uint8)
+        key = cv2.LUT(planes[0], self.luts[0])
+        cv2.add(key, cv2.LUT(planes[1], self.luts[1]), dst=key)
+        cv2.add(key, cv2.LUT(planes[2], self.luts[2]), dst=key)
+        index = cv2.LUT(key, self.final, dst=key)
+        return _classify(index, None, ignore_index, planes)
+
+
 def _codes_to_uint16(label: np.ndarray, codes, ignore) -> np.ndarray:
     """Wide integer codes -> uint16 keeping known codes, other values -> an unused code."""
     known = [*codes, *ignore]
@@ -211,8 +268,12 @@ def _lookup(packed: np.ndarray, table: np.ndarray, ignore_index: int) -> DecodeR
     return _classify(np.take(table, packed), packed, ignore_index)  # 2x fancy indexing
 
 
-def _classify(index: np.ndarray, packed: np.ndarray, ignore_index: int) -> DecodeResult:
-    """Finish a table lookup: count expected and off-palette pixels, map both to ignore."""
+def _classify(index: np.ndarray, packed: np.ndarray | None, ignore_index: int,
+              colours: np.ndarray | None = None) -> DecodeResult:
+    """Finish a table lookup: count expected and off-palette pixels, map both to ignore.
+
+    ``packed`` are the looked-up values (for the off-palette examples), or None to pack
+    them from the (3, H, W) ``colours`` only when some pixel is off-palette."""
     n_miss = int(np.count_nonzero(index >= _EXPECTED))
     if n_miss == 0:
         return DecodeResult(index, 0, 0)
@@ -220,6 +281,8 @@ def _classify(index: np.ndarray, packed: np.ndarray, ignore_index: int) -> Decod
     n_off = int(np.count_nonzero(unknown))
     values: tuple[int, ...] = ()
     if n_off:
+        if packed is None:
+            packed = _pack_rgb(colours)
         values = tuple(int(v) for v in np.unique(packed[unknown])[:8])
     index[index >= _EXPECTED] = ignore_index
     return DecodeResult(index, n_miss - n_off, n_off, values)

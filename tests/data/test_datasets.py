@@ -20,7 +20,7 @@ from sssi.data.datasets import (
     TileReader,
     grid_regions,
 )
-from sssi.data.palettes import IGNORE_INDEX, LOVEDA
+from sssi.data.palettes import DUBAI, IGNORE_INDEX, LOVEDA, _lookup, _pack_rgb
 from sssi.data.splits import select_label_regions
 from sssi.data.stats import band_stats
 from sssi.errors import ConfigError, DataError
@@ -45,6 +45,34 @@ def test_palette_decodes_colours_boundary_and_off_palette():
     assert len(out.off_palette_values) == 2
     # channels-last input decodes the same
     assert np.array_equal(ISPRS.decode(label.transpose(1, 2, 0)).index, out.index)
+
+
+@pytest.mark.parametrize("palette", [ISPRS, LOVEDA], ids=lambda p: p.name)
+def test_band_by_band_decoding_equals_the_24_bit_table(palette):
+    """The fast per-band path gives the classes, counts and off-palette colours of the
+    packed 24-bit table, also for colours whose bands each occur in the palette but
+    never together (e.g. (255, 0, 255) for ISPRS)."""
+    rng = np.random.default_rng(3)
+    known = np.array([*palette.colors, *palette.ignore_colors], dtype=np.uint8)
+    mixed = np.stack([rng.choice(known[:, band], 64) for band in range(3)], axis=1)
+    noise = rng.integers(0, 256, (64, 3)).astype(np.uint8)
+    colours = np.concatenate([known, mixed, noise])
+    label = colours[rng.integers(0, len(colours), (48, 40))].transpose(2, 0, 1)
+    assert palette._band_codes is not None  # few values per band: the fast path is taken
+    got = palette.decode(label)
+    want = _lookup(_pack_rgb(label), palette._colour_lookup(), palette.ignore_index)
+    assert np.array_equal(got.index, want.index)
+    assert (got.n_ignored, got.n_off_palette) == (want.n_ignored, want.n_off_palette)
+    assert got.n_off_palette > 0 and got.off_palette_values == want.off_palette_values
+    assert set(np.unique(got.index)) == {*range(len(palette.classes)), palette.ignore_index}
+    clean = known[rng.integers(0, len(palette.colors), (16, 16))].transpose(2, 0, 1)
+    assert palette.decode(clean).n_off_palette == 0
+
+
+def test_palettes_with_many_values_per_band_fall_back_to_the_24_bit_table():
+    assert DUBAI._band_codes is None  # 8 x 8 x 8 ranks do not fit in a byte
+    label = np.array(DUBAI.colors, dtype=np.uint8).T[:, None, :]  # (3, 1, 5)
+    assert DUBAI.decode(label).index.tolist() == [[0, 1, 2, 3, 4]]
 
 
 def test_paletted_labels_decode_like_their_colours():
