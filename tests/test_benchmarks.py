@@ -39,6 +39,15 @@ def test_game_benchmark_builds_the_papers_players(game_step):
     assert task.instructor.cell_size == 16
 
 
+@pytest.mark.parametrize(("choice", "players"), [("off", ()), ("on", ("inpainter", "instructor")),
+                                                 ("instructor", ("instructor",)),
+                                                 ("inpainter", ("inpainter",))])
+def test_memory_format_choices_name_the_players(game_step, choice, players):
+    cfg = game_step.game_config(128, 8, [])
+    task = game_step.build_task(cfg, "instructor", game_step.MEMORY_FORMATS[choice], False)
+    assert task.channels_last == players
+
+
 @pytest.mark.parametrize(("kind", "phase"), [("inpainter_random", "warmup"),
                                              ("inpainter", "inpainter"),
                                              ("instructor", "instructor")])

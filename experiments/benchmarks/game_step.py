@@ -27,7 +27,8 @@ runs that with this machine's cores.
 
     python experiments/benchmarks/game_step.py [--reference PATH] [--threads 2]
         [--batch 8] [--size 128] [--steps 3] [--device cpu|cuda]
-        [--precisions 32-true bf16-mixed] [--channels-last off on] [--compile off on]
+        [--precisions 32-true bf16-mixed] [--compile off on]
+        [--channels-last off on instructor inpainter]
 
 The last line is a summary a script can read:
 ``game_vs_authors R`` (or ``game_img_s R`` without a reference).
@@ -119,12 +120,13 @@ def game_config(size: int, batch: int, overrides: list[str]):
     return cfg
 
 
-def build_task(cfg, kind: str, channels_last: bool, compiled: bool):
+def build_task(cfg, kind: str, channels_last: bool | list[str], compiled: bool):
     """The task with a schedule that makes every step after the first of ``kind``."""
     return instantiate(kind_config(cfg, kind, channels_last, compiled).task)
 
 
-def kind_config(cfg, kind: str, channels_last: bool = False, compiled: bool = False):
+def kind_config(cfg, kind: str, channels_last: bool | list[str] = False,
+                compiled: bool = False):
     """``cfg`` set up for ``kind``: ``alternate`` mode, the first step trains the
     inpainter, then the chosen player (or random holes throughout for the warm-up)."""
     many = 10_000
@@ -139,8 +141,8 @@ def kind_config(cfg, kind: str, channels_last: bool = False, compiled: bool = Fa
     return cfg
 
 
-def time_kind(cfg, kind: str, args, precision: str, channels_last: bool, compiled: bool
-              ) -> tuple[float, float]:
+def time_kind(cfg, kind: str, args, precision: str, channels_last: bool | list[str],
+              compiled: bool) -> tuple[float, float]:
     """(images/s, peak GPU MB) of ``kind`` steps."""
     torch.manual_seed(0)
     task = build_task(cfg, kind, channels_last, compiled)
@@ -214,9 +216,14 @@ def data_path_rates(cfg, args, device: torch.device) -> dict[str, float]:
         return rates
 
 
-def settings(args) -> list[tuple[str, bool, bool]]:
-    return [(p, cl == "on", c == "on") for p in args.precisions for cl in args.channels_last
-            for c in args.compile]
+#: ``--channels-last`` choices -> ``task.channels_last`` (``on``: both players)
+MEMORY_FORMATS = {"off": False, "on": True, "instructor": ["instructor"],
+                  "inpainter": ["inpainter"]}
+
+
+def settings(args) -> list[tuple[str, bool | list[str], bool]]:
+    return [(p, MEMORY_FORMATS[cl], c == "on") for p in args.precisions
+            for cl in args.channels_last for c in args.compile]
 
 
 def main() -> None:
@@ -228,7 +235,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--precisions", nargs="+", default=None)
-    ap.add_argument("--channels-last", nargs="+", default=None, choices=("off", "on"))
+    ap.add_argument("--channels-last", nargs="+", default=None, choices=tuple(MEMORY_FORMATS),
+                    help="NHWC for both players (on), neither (off) or one of them")
     ap.add_argument("--compile", nargs="+", default=["off"], choices=("off", "on"))
     ap.add_argument("--workers", type=int, default=None, help="loader workers (data.num_workers)")
     ap.add_argument("--reference", default=os.environ.get("REFERENCE") or None,
@@ -288,7 +296,7 @@ def main() -> None:
 
 
 def _row(kind, precision, cl, compiled, rate, ref, flops, peak_tf, peak_mb) -> None:
-    layout = "channels_last" if cl else "NCHW"
+    layout = "NCHW" if not cl else "channels_last" if cl is True else f"NHWC {cl[0][:5]}."
     ref_s = f"{ref:>10.2f}{rate / ref:>11.2f}" if ref else f"{'':>10}{'':>11}"
     mfu = f"{100 * rate * flops / (peak_tf * 1e12):>8.1f}" if flops and peak_tf else f"{'':>8}"
     mem = f"{peak_mb:>9.0f}" if peak_mb else f"{'':>9}"

@@ -17,6 +17,13 @@ batch it unpacked (a weak reference) and, once no tensor uses it any more, marks
 block free on a board of flags the worker shares with it. A block whose batch is still
 held anywhere is never reused; when every pooled block is held, the worker allocates a
 fresh one.
+
+Handing a shared block over costs a round trip too: the main process asks the worker's
+resource-sharer thread for the block's file descriptor, and that thread waits for the
+worker's busy main thread (~1 ms per descriptor on a 2-core VM, two per batch). So a
+pooled block, and the worker's board, cross once: the main process keeps them mapped
+(keyed by worker pid and slot) and later batches name their slot. Each batch still gets
+a storage of its own over that memory, whose lifetime the watch follows.
 """
 
 from __future__ import annotations
@@ -36,30 +43,39 @@ _ALIGN = 64  # bytes: every tensor starts on a cache line (and any dtype's align
 POOL_SIZE = 16  # pooled blocks per worker (prefetched + held batches, with room to spare)
 _FREE, _BUSY = 0, 1
 
-#: Batches unpacked in this process: ``fresh`` blocks and ``recycled`` ones.
-stats = {"fresh": 0, "recycled": 0}
+#: Batches unpacked in this process: ``fresh`` blocks and ``recycled`` ones; ``mapped``:
+#: pooled blocks that crossed from a worker (once each).
+stats = {"fresh": 0, "recycled": 0, "mapped": 0}
 
 
 class PackedBatch:
     """A collated batch as one ``uint8`` buffer plus where each tensor lies in it.
 
-    Pickles as the buffer (one shared-memory block between processes) and the layout;
-    unpickling rebuilds the plain batch dict (:func:`unpack`). ``board``/``slot``: the
-    worker's pool flags and the block's place in them (None for an unpooled block).
+    Unpickling rebuilds the plain batch dict. An unpooled buffer pickles as its block
+    (:func:`unpack`); a pooled one as the worker's pid, its slot and its size, with the
+    block and the worker's board only the first time they cross (:func:`unpack_pooled`).
     """
 
     def __init__(self, buffer: torch.Tensor, layout: list[tuple[str, Any]],
-                 board: torch.Tensor | None = None, slot: int | None = None,
+                 pool: _Pool | None = None, slot: int | None = None,
                  recycled: bool = False) -> None:
-        self.buffer, self.layout = buffer, layout
-        self.board, self.slot, self.recycled = board, slot, recycled
+        self.buffer, self.layout, self.slot, self.recycled = buffer, layout, slot, recycled
+        self.pid = self.block = self.board = None
+        if pool is not None and slot is not None:
+            self.pid = pool.pid
+            self.block = pool.blocks[slot] if slot not in pool.shipped else None
+            self.board = pool.board if not pool.shipped else None
+            pool.shipped.add(slot)  # each batch is pickled once, for the main process
 
     def __reduce__(self):
-        return unpack, (self.buffer, self.layout, self.board, self.slot, self.recycled)
+        if self.pid is None:
+            return unpack, (self.buffer, self.layout)
+        return unpack_pooled, (self.pid, self.slot, self.buffer.numel(), self.layout,
+                               self.block, self.board, self.recycled)
 
 
 def unpack(buffer: torch.Tensor, layout: list[tuple[str, Any]],
-           board: torch.Tensor | None = None, slot: int | None = None,
+           board: np.ndarray | None = None, slot: int | None = None,
            recycled: bool = False) -> dict[str, Any]:
     """The batch dict, in the samples' key order: tensors are views into ``buffer``.
     With a ``board``, the block is watched and handed back to its worker's pool once
@@ -76,16 +92,60 @@ def unpack(buffer: torch.Tensor, layout: list[tuple[str, Any]],
     return out
 
 
-# ----------------------------------------------------------- main process: the watch
+# ------------------------------------------ main process: mapped blocks and the watch
 _watched: list[tuple[StorageWeakRef, np.ndarray, int]] = []
 _watch_lock = threading.RLock()  # batches are unpacked by the main or the pin thread
+_blocks: dict[tuple[int, int], np.ndarray] = {}  # (worker pid, slot) -> its pooled block
+_boards: dict[int, np.ndarray] = {}  # worker pid -> its board of flags
 
 
-def _watch(buffer: torch.Tensor, board: torch.Tensor, slot: int, recycled: bool) -> None:
+def unpack_pooled(pid: int, slot: int, nbytes: int, layout: list[tuple[str, Any]],
+                  block: torch.Tensor | None, board: torch.Tensor | None,
+                  recycled: bool) -> dict[str, Any]:
+    """A batch in slot ``slot`` of worker ``pid``'s pool (see :func:`unpack`). ``block``
+    and ``board`` come with the first batch of that slot and of that worker: they are
+    kept mapped here, and each batch views the block through a storage of its own (the
+    watch follows that one, not the block)."""
+    with _watch_lock:
+        if board is not None:  # a worker's first batch: forget the blocks of gone ones
+            _forget_gone_workers()
+            _boards[pid] = board.numpy()
+        if block is not None:
+            _blocks[(pid, slot)] = block.numpy()
+            stats["mapped"] += 1
+        try:
+            memory, flags = _blocks[(pid, slot)], _boards[pid]
+        except KeyError:
+            raise RuntimeError(f"collate: batch in slot {slot} of worker {pid} arrived "
+                               "before its shared block; batches of a worker must be "
+                               "unpickled in the process that receives its first") from None
+    return unpack(torch.from_numpy(memory[:nbytes]), layout, flags, slot, recycled)
+
+
+def _forget_gone_workers() -> None:
+    """Drop the mapped blocks of workers that have exited (batches still held keep
+    their memory alive through their own references)."""
+    for pid in [p for p in _boards if not _alive(p)]:
+        del _boards[pid]
+        for key in [k for k in _blocks if k[0] == pid]:
+            del _blocks[key]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process now: ours is gone
+        return False
+    return True
+
+
+def _watch(buffer: torch.Tensor, board: np.ndarray, slot: int, recycled: bool) -> None:
     with _watch_lock:
         stats["recycled" if recycled else "fresh"] += 1
         release_unused()
-        _watched.append((StorageWeakRef(buffer.untyped_storage()), board.numpy(), slot))
+        _watched.append((StorageWeakRef(buffer.untyped_storage()), board, slot))
 
 
 def release_unused() -> int:
@@ -112,6 +172,7 @@ class _Pool:
         self.board.zero_()
         self.flags = self.board.numpy()
         self.blocks: list[torch.Tensor] = []
+        self.shipped: set[int] = set()  # slots whose block the main process has mapped
 
     def take(self, nbytes: int) -> tuple[torch.Tensor, int | None, bool]:
         """``(block, slot, recycled)``: a free pooled block of at least ``nbytes``, a
@@ -205,4 +266,4 @@ def collate_windows(samples: list[dict[str, Any]]) -> dict[str, Any] | PackedBat
             torch.stack([s[key] for s in samples], out=batch[key])
     if pool is None:
         return batch
-    return PackedBatch(buffer, layout, pool.board if slot is not None else None, slot, recycled)
+    return PackedBatch(buffer, layout, pool, slot, recycled)

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any
 
@@ -75,6 +75,21 @@ log = logging.getLogger(__name__)
 
 #: The two players, in the order of their optimizers (and of the NaN watch).
 PLAYERS = (INPAINTER, INSTRUCTOR)
+
+
+def channels_last_players(value: bool | Sequence[str] | None) -> tuple[str, ...]:
+    """The players of ``task.channels_last``: ``true`` (both), ``false`` (neither) or a
+    list of player names. On a tensor-core GPU both players gain from NHWC; on a CPU it
+    can speed one network and slow the other (``make bench-game`` compares)."""
+    if value is None or value is False:
+        return ()
+    if value is True:
+        return PLAYERS
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, Sequence) or any(n not in PLAYERS for n in names):
+        raise ConfigError(f"task.channels_last={to_plain(value)!r}: expected true, false or a "
+                          f"list of players among {list(PLAYERS)}")
+    return tuple(p for p in PLAYERS if p in names)
 
 
 class TrainingDivergedError(SssiError):
@@ -119,7 +134,7 @@ class PretrainTask(BaseTask):
         seed: int = 0,
         finite_check_every_n_steps: int = 1,
         image_every_n_steps: int = 0,
-        channels_last: bool = False,
+        channels_last: bool | Sequence[str] = False,
         accumulate_grad_batches: int = 1,
         compile: bool | Mapping = False,
         scale_lr: Mapping | None = None,
@@ -129,6 +144,7 @@ class PretrainTask(BaseTask):
         k = accumulate_grad_batches
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ConfigError(f"task.accumulate_grad_batches={k!r}: expected an integer >= 1")
+        self.channels_last = channels_last_players(channels_last)
         super().__init__(hparams)  # builds the players, the loss and the reward baseline
         self.automatic_optimization = False
         self.accumulate_grad_batches = k
@@ -242,21 +258,30 @@ class PretrainTask(BaseTask):
                 "trainer.strategy: the game trains one player per step, so DDP must find "
                 "unused parameters; use trainer.strategy=ddp_find_unused_parameters_true "
                 "(or a DDPStrategy with find_unused_parameters: true)")
-        if self.hparams.channels_last:  # faster convolutions on tensor-core GPUs
-            self.to(memory_format=torch.channels_last)
+        self.apply_memory_format()
+
+    def apply_memory_format(self) -> None:
+        """Put the players of ``task.channels_last`` in NHWC (their inputs follow, see
+        :meth:`_input`)."""
+        for player in self.channels_last:
+            network = getattr(self, player)
+            if network is not None:  # the baselines have no instructor
+                network.to(memory_format=torch.channels_last)
 
     def _images(self, batch: dict) -> Tensor:
-        """The batch's images (augmented and normalised by the datamodule on this device),
-        channels-last when the players are."""
-        images = batch["image"]
-        if self.hparams.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return images
+        """The batch's images (augmented and normalised by the datamodule on this device)."""
+        return batch["image"]
+
+    def _input(self, player: str, x: Tensor) -> Tensor:
+        """``x`` in ``player``'s memory format (``task.channels_last``): a convolution
+        follows its input's format, so each player gets its own."""
+        fmt = torch.channels_last if player in self.channels_last else torch.contiguous_format
+        return x.contiguous(memory_format=fmt)
 
     # --------------------------------------------------------------------------- forward
     def forward(self, masked: Tensor) -> Tensor:
         """Restore ``masked`` images (holes filled with zeros)."""
-        return self.inpainter(masked)
+        return self.inpainter(self._input(INPAINTER, masked))
 
     def instructor_masks(self, images: Tensor, generator: torch.Generator | None = None
                          ) -> Tensor:
@@ -272,7 +297,8 @@ class PretrainTask(BaseTask):
         self.instructor.eval()
         with torch.no_grad():
             # hard top-k cells: the paper's alpha = 100 sigmoid, binarised, is the same
-            return self.instructor.hard_mask(self.instructor(images, generator=generator).scores)
+            out = self.instructor(self._input(INSTRUCTOR, images), generator=generator)
+            return self.instructor.hard_mask(out.scores)
 
     # --------------------------------------------------------------------- training step
     def training_step(self, batch: dict, batch_idx: int) -> None:
@@ -301,7 +327,7 @@ class PretrainTask(BaseTask):
         """Restore ``mask``'s holes and learn from the error. ``cells``: the instructor's
         cell mask behind ``mask`` (None for random masks)."""
         self.inpainter.train()
-        restored = self.inpainter(images * (1.0 - mask))
+        restored = self(images * (1.0 - mask))
         loss, parts = self.criterion(restored, images, mask)
         self._update(INPAINTER, loss, window)
         bs = images.shape[0]
@@ -322,7 +348,7 @@ class PretrainTask(BaseTask):
         assert self.instructor is not None
         self.instructor.train()
         self.inpainter.eval()
-        out = self.instructor(images, generator=g)
+        out = self.instructor(self._input(INSTRUCTOR, images), generator=g)
         size = images.shape[-2:]
         settings = self.instructor_settings
         soft_cells = self.instructor.soft_mask(out.scores, alpha=settings["alpha_train"])
@@ -330,7 +356,7 @@ class PretrainTask(BaseTask):
         hard_cells = self.instructor.hard_mask(out.scores.detach())
         hard = self.instructor.upsample(hard_cells, size)
         with torch.no_grad():  # the frozen inpainter needs no autograd graph
-            restored = self.inpainter(images * (1.0 - hard))
+            restored = self(images * (1.0 - hard))
             err = self.criterion.error_map(restored, images)
         reward, hole_error = self._reward(soft, soft_cells, hard_cells, err)
         loss = 1.0 - reward + settings["kl_weight"] * out.kl
@@ -469,7 +495,7 @@ class PretrainTask(BaseTask):
             masks["instructor"] = self.instructor.upsample(cells, images.shape[-2:])
             self._accumulate_cells(cells)
         for name, mask in masks.items():
-            err = self.criterion.error_map(self.inpainter(images * (1.0 - mask)), images)
+            err = self.criterion.error_map(self(images * (1.0 - mask)), images)
             self.log(f"val/hole_error_{name}", (err * mask).sum() / mask.sum().clamp_min(1),
                      batch_size=images.shape[0], sync_dist=True)
 

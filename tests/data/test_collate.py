@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
@@ -82,3 +84,27 @@ def test_workers_recycle_blocks_only_after_the_batches_are_gone():
         _same(a, b)
     del held, batch, a
     assert collate.release_unused() <= watched  # this test's blocks are all let go
+
+
+def test_a_pooled_block_crosses_once_and_goes_with_its_worker():
+    """Later batches of a pooled block name its slot instead of handing the block over
+    again; the main process forgets the blocks of workers that have exited."""
+    from sssi.data import collate
+
+    ds = Windows()
+    ref = list(DataLoader(ds, batch_size=2, num_workers=0))
+    loader = DataLoader(ds, batch_size=2, num_workers=2, persistent_workers=True,
+                        collate_fn=collate_windows)
+    before = dict(collate.stats)
+    batches = 0
+    for i, batch in enumerate(_epochs(loader, 4)):  # each batch dropped: its block reused
+        _same(batch, ref[i % len(ref)])
+        batches += 1
+    pids = {w.pid for w in loader._iterator._workers}
+    mapped = [key for key in collate._blocks if key[0] in pids]
+    assert collate.stats["mapped"] - before["mapped"] == len(mapped) < batches
+    del loader, batch
+    gc.collect()  # the workers exit with their loader
+    _same(next(iter(DataLoader(ds, batch_size=2, num_workers=1, collate_fn=collate_windows))),
+          ref[0])
+    assert not any(key[0] in pids for key in collate._blocks)

@@ -271,3 +271,40 @@ def test_alternate_schedule_interleaves_the_players(tmp_path, data_dir):
     phases = [int(float(r["train/phase"])) for r in sorted(rows, key=lambda r: int(r["step"]))]
     w, s, i = (PHASES.index(p) for p in (WARMUP, INSTRUCTOR, INPAINTER))
     assert phases == [w] * 6 + [i, i, s, i, i, s]
+
+
+def test_channels_last_per_player_keeps_the_results():
+    """``task.channels_last`` names the players run in NHWC: each network gets its inputs
+    in its own format, and the masks and restorations are those of the NCHW task."""
+    nchw, both, one = _task(), _task("task.channels_last=true"), \
+        _task("task.channels_last=[instructor]")
+    assert (nchw.channels_last, both.channels_last, one.channels_last) == \
+        ((), ("inpainter", "instructor"), ("instructor",))
+    assert _task("task.channels_last=inpainter").channels_last == ("inpainter",)
+    with pytest.raises((ConfigError, InstantiationException),
+                       match=r"task\.channels_last=\['coach'\]"):
+        _task("task.channels_last=[coach]")
+    one.load_state_dict(nchw.state_dict())
+    one.apply_memory_format()
+    seen: dict[str, bool] = {}
+
+    def watch(name):
+        def hook(module, args):
+            seen[name] = args[0].is_contiguous(memory_format=torch.channels_last)
+        return hook
+
+    first = {n: next(m for m in getattr(one, n).modules() if isinstance(m, torch.nn.Conv2d))
+             for n in ("inpainter", "instructor")}
+    for name, conv in first.items():
+        conv.register_forward_pre_hook(watch(name))
+    assert first["instructor"].weight.is_contiguous(memory_format=torch.channels_last)
+    assert first["inpainter"].weight.is_contiguous()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    nchw.eval()
+    one.eval()
+    masks = [t.instructor_masks(x, torch.Generator().manual_seed(0)) for t in (nchw, one)]
+    torch.testing.assert_close(masks[1], masks[0])
+    with torch.no_grad():
+        restored = [t(x * (1.0 - masks[0])) for t in (nchw, one)]
+    torch.testing.assert_close(restored[1], restored[0], rtol=1e-4, atol=1e-4)
+    assert seen == {"instructor": True, "inpainter": False}
