@@ -134,9 +134,7 @@ def _forget_gone_workers() -> None:
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process now: ours is gone
+    except (ProcessLookupError, PermissionError):  # gone, or the pid is someone else's now
         return False
     return True
 
