@@ -11,10 +11,15 @@ warms GDAL's block cache as a loader's first epoch does):
   raw       rasterio reads of exactly the windows the loader times (image + label,
             open handles kept, after an untimed pass over the warm-up epoch's): the
             ceiling
-  dataset   the dataset's own ``__getitem__`` (read, decode the label palette, resize
-            zoomed windows, draw augmentation parameters)
-  loader N  the training DataLoader with N persistent workers (batches, collate; pinned
-            on a GPU), timed over its second epoch
+  dataset   the dataset's own ``__getitem__`` (read the image, slice the label from the
+            training labels the datamodule decoded once at set-up, resize zoomed
+            windows, draw augmentation parameters)
+  loader N  the training DataLoader with N persistent workers, timed over its second
+            epoch: each worker reads a whole batch straight into the shared block it
+            hands over (``__getitems__``; pinned on a GPU)
+  files N   the same loader reading and decoding every window's label from its file
+            (``data.label_memory_mb=0``, what a run does when the decoded training
+            labels exceed that budget)
   ship N    the same loader over ready-made samples of the same shapes (no reads): what
             handing batches from N workers to the main process costs, the loader's
             ceiling on this machine
@@ -193,6 +198,9 @@ def main() -> None:
                          "loader 0": time_loader(dm, 0, args.patches)}
                 if args.workers > 0:
                     rates[f"loader {args.workers}"] = time_loader(dm, args.workers, args.patches)
+                    kept, dm.train_set.region_labels = dm.train_set.region_labels, None
+                    rates[f"files {args.workers}"] = time_loader(dm, args.workers, args.patches)
+                    dm.train_set.region_labels = kept
                     rates[f"ship {args.workers}"] = time_ship(dm, args.workers)
                 rates["augment"] = time_augment(dm, device)
                 raw = rates["raw"]

@@ -13,7 +13,8 @@ Trainer on batches kept in memory. Each step kind is timed over whole loop itera
 
 ``--reference PATH`` runs ``PATH`` (``../shared/tools/authors_step.py``, the authors' two
 steps rebuilt in plain PyTorch) in a subprocess of the same run, with the same batch,
-size and threads, and prints sssi's rate over the authors' per kind.
+size and threads, just before and just after each setting (the VM's speed drifts
+within a run), and prints sssi's rate over the authors' per kind.
 
 In the same process it times the data path at the step's crop: the datamodule's
 per-batch device step (augmentation + normalisation of a uint8 batch) and the training
@@ -262,9 +263,6 @@ def main() -> None:
     if args.reference and gpu:
         print("--reference: the authors' script runs on the CPU only; not run")
         args.reference = None
-    ref = reference_rates(args.reference, args) if args.reference else {}
-    if ref and "game" not in ref:  # the authors' script times it unless told not to
-        ref["game"] = 1.0 / (1.0 / ref["instructor"] + 1.0 / ref["inpainter"])
     flops = {k: flops_per_image(cfg, k, args) for k in KINDS} if gpu else {}
     peak_tf = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
 
@@ -273,26 +271,43 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     games: list[float] = []
+    ratios: list[float] = []
     for precision, cl, compiled in settings(args):
+        # the authors' steps are timed just before and just after each setting's (the
+        # geometric mean of the two): a shared VM's speed drifts within a run
+        before = reference_rates(args.reference, args) if args.reference else {}
         rates: dict[str, float] = {}
+        peaks: dict[str, float] = {}
         for kind in KINDS:
-            rates[kind], peak = time_kind(cfg, kind, args, precision, cl, compiled)
-            _row(kind, precision, cl, compiled, rates[kind], ref.get(kind), flops.get(kind),
-                 peak_tf and peak_tf.get(precision), peak)
-        rates["game"] = 1.0 / (1.0 / rates["instructor"] + 1.0 / rates["inpainter"])
-        game_flops = flops["instructor"] + flops["inpainter"] if flops else None
-        _row("game", precision, cl, compiled, rates["game"], ref.get("game"), game_flops,
-             peak_tf and peak_tf.get(precision), None)
+            rates[kind], peaks[kind] = time_kind(cfg, kind, args, precision, cl, compiled)
+        rates["game"] = _round(rates)
+        ref = {}
+        if before:
+            after = reference_rates(args.reference, args)
+            ref = {k: (before[k] * after[k]) ** 0.5 for k in before.keys() & after.keys()}
+            if "game" not in ref:  # the authors' script times a round unless told not to
+                ref["game"] = _round(ref)
+            ratios.append(rates["game"] / ref["game"])
+        for kind in (*KINDS, "game"):
+            kind_flops = flops["instructor"] + flops["inpainter"] if flops and kind == "game" \
+                else flops.get(kind)
+            _row(kind, precision, cl, compiled, rates[kind], ref.get(kind), kind_flops,
+                 peak_tf and peak_tf.get(precision), peaks.get(kind))
         games.append(rates["game"])
 
     print(f"\ndata path at {args.size} px, batch {args.batch} (the game consumes up to "
           f"{max(games):.1f} img/s above):")
     for what, rate in data_path_rates(cfg, args, device).items():
         print(f"  {what:<20} {rate:>9.1f} patches/s  {rate / max(games):>8.1f}x the game")
-    if ref:
-        print(f"game_vs_authors {games[0] / ref['game']:.2f}")
+    if ratios:
+        print(f"game_vs_authors {ratios[0]:.2f}")
     else:
         print(f"game_img_s {games[0]:.2f}")
+
+
+def _round(rates: dict[str, float]) -> float:
+    """Images/s of a whole round: one instructor step and one inpainter step."""
+    return 1.0 / (1.0 / rates["instructor"] + 1.0 / rates["inpainter"])
 
 
 def _row(kind, precision, cl, compiled, rate, ref, flops, peak_tf, peak_mb) -> None:

@@ -24,20 +24,26 @@ worker's busy main thread (~1 ms per descriptor on a 2-core VM, two per batch). 
 pooled block, and the worker's board, cross once: the main process keeps them mapped
 (keyed by worker pid and slot) and later batches name their slot. Each batch still gets
 a storage of its own over that memory, whose lifetime the watch follows.
+
+The sssi datasets go one step further: they read a whole batch (``__getitems__``)
+straight into a :class:`BatchRoom`, the batch's memory in the pooled block, and hand
+over a :class:`WindowBatch` that :func:`collate_windows` passes through.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import threading
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils.data import default_collate, get_worker_info
 
-__all__ = ["PackedBatch", "collate_windows"]
+__all__ = ["BatchRoom", "PackedBatch", "TensorSpec", "WindowBatch", "collate_windows"]
 
 _ALIGN = 64  # bytes: every tensor starts on a cache line (and any dtype's alignment)
 POOL_SIZE = 16  # pooled blocks per worker (prefetched + held batches, with room to spare)
@@ -227,41 +233,114 @@ class _Value:
         return _Value, (self.value,)
 
 
-def collate_windows(samples: list[dict[str, Any]]) -> dict[str, Any] | PackedBatch:
+class TensorSpec(NamedTuple):
+    """A batch tensor to make room for: its dtype and its (batch-first) shape."""
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+
+class BatchRoom:
+    """The memory of one batch, allocated where the batch will travel from.
+
+    ``entries`` are ``(key, TensorSpec)`` for tensors and ``(key, value)`` for anything
+    else (tile ids), in the batch's key order. :attr:`batch` is the batch dict whose
+    tensors are views into one buffer, to be written in place; :meth:`finish` returns
+    what a collate function returns: in a DataLoader worker a :class:`PackedBatch`
+    over a pooled shared block, in the main process the dict itself. Datasets that
+    read a whole batch (``__getitems__``) write their windows straight into it.
+    """
+
+    def __init__(self, entries: list[tuple[str, Any]]) -> None:
+        layout: list[tuple[str, Any]] = []
+        offset = 0
+        for key, spec in entries:
+            if isinstance(spec, TensorSpec):
+                nbytes = spec.dtype.itemsize * math.prod(spec.shape)
+                layout.append((key, _Slot(offset, nbytes, spec.dtype, tuple(spec.shape))))
+                offset += -(-nbytes // _ALIGN) * _ALIGN
+            else:
+                layout.append((key, _Value(spec)))
+        self.layout = layout
+        self.pool: _Pool | None = None
+        self.slot: int | None = None
+        self.recycled = False
+        if get_worker_info() is not None:  # a shared block: pickling hands it over as is
+            self.pool = _worker_pool()
+            block, self.slot, self.recycled = self.pool.take(offset)
+            self.buffer = block[:offset]
+        else:
+            self.buffer = torch.empty(offset, dtype=torch.uint8)
+        self.batch = unpack(self.buffer, layout)
+
+    def finish(self) -> dict[str, Any] | PackedBatch:
+        if self.pool is None:
+            return self.batch
+        return PackedBatch(self.buffer, self.layout, self.pool, self.slot, self.recycled)
+
+    def abandon(self) -> None:
+        """Give a pooled block back unused (the batch failed half-way)."""
+        if self.pool is not None and self.slot is not None:
+            self.pool.flags[self.slot] = _FREE
+
+
+class WindowBatch(Sequence):
+    """A batch a dataset read in one go (``__getitems__``) into a :class:`BatchRoom`.
+
+    :func:`collate_windows` takes the batch as it is; any other collate function sees
+    a sequence of per-sample dicts (rows of the batch), so a DataLoader built with
+    PyTorch's default collation still gets the same batches. A pooled block that no
+    collate function took goes back to its pool when this object goes.
+    """
+
+    def __init__(self, room: BatchRoom, size: int) -> None:
+        self.room, self.size, self.taken = room, size, False
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i: int) -> dict[str, Any]:  # type: ignore[override]
+        if not 0 <= i < self.size:
+            raise IndexError(i)
+        return {key: value[i] for key, value in self.room.batch.items()}
+
+    def take(self) -> dict[str, Any] | PackedBatch:
+        self.taken = True
+        return self.room.finish()
+
+    def __del__(self) -> None:
+        if not self.taken:
+            self.room.abandon()
+
+
+def collate_windows(samples: list[dict[str, Any]] | WindowBatch
+                    ) -> dict[str, Any] | PackedBatch:
     """Stack ``samples`` (dicts of equal-shaped tensors and other values) into one batch.
 
     In a DataLoader worker the result is a :class:`PackedBatch` whose tensors share one
     shared-memory block; in the main process, the batch dict itself. Entries that are
-    not tensors are collated as PyTorch would (strings become lists).
+    not tensors are collated as PyTorch would (strings become lists). A batch that a
+    dataset's ``__getitems__`` already built (:class:`WindowBatch`) passes through.
     """
+    if isinstance(samples, WindowBatch):
+        return samples.take()
     first = samples[0]
-    layout: list[tuple[str, Any]] = []
-    offset = 0
+    entries: list[tuple[str, Any]] = []
     for key, value in first.items():
         if torch.is_tensor(value):
             shapes = {tuple(s[key].shape) for s in samples}
             if len(shapes) > 1:
-                raise ValueError(f"collate: '{key}' has different shapes in one batch: "
-                                 f"{sorted(shapes)}")
-            shape = (len(samples), *value.shape)
-            nbytes = value.element_size() * value.numel() * len(samples)
-            layout.append((key, _Slot(offset, nbytes, value.dtype, shape)))
-            offset += -(-nbytes // _ALIGN) * _ALIGN
+                raise ValueError(different_shapes(key, shapes))
+            entries.append((key, TensorSpec(value.dtype, (len(samples), *value.shape))))
         else:
-            layout.append((key, _Value(default_collate([s[key] for s in samples]))))
-    worker = get_worker_info() is not None
-    pool = slot = None
-    recycled = False
-    if worker:  # a shared block: pickling hands it over as is
-        pool = _worker_pool()
-        block, slot, recycled = pool.take(offset)
-        buffer = block[:offset]
-    else:
-        buffer = torch.empty(offset, dtype=torch.uint8)
-    batch = unpack(buffer, layout)
-    for key, spec in layout:
+            entries.append((key, default_collate([s[key] for s in samples])))
+    room = BatchRoom(entries)
+    for key, spec in room.layout:
         if isinstance(spec, _Slot):
-            torch.stack([s[key] for s in samples], out=batch[key])
-    if pool is None:
-        return batch
-    return PackedBatch(buffer, layout, pool, slot, recycled)
+            torch.stack([s[key] for s in samples], out=room.batch[key])
+    return room.finish()
+
+
+def different_shapes(key: str, shapes) -> str:
+    """The error of a batch whose ``key`` tensors differ in shape."""
+    return f"collate: '{key}' has different shapes in one batch: {sorted(shapes)}"

@@ -65,6 +65,10 @@ class TileDataModule(L.LightningDataModule):
             when ``sssi.train`` plans the run (:meth:`plan_batches`, :mod:`sssi.scaling`),
             replacing ``batch_size``.
         samples_per_epoch: random windows per epoch (default: cover the area once).
+        label_memory_mb: the decoded training labels (one byte per labelled pixel) are
+            kept in memory when they fit in this many MiB, so that training windows
+            slice them instead of reading and decoding the label file per sample; 0
+            reads every window's label from its file.
         seed: seed of the training windows and their augmentation (the run's ``seed``).
         mean, std: per-band statistics in raw units; computed from the training tiles
             when omitted.
@@ -108,6 +112,7 @@ class TileDataModule(L.LightningDataModule):
         label_fraction: float = 1.0,
         region_size: int = 600,
         split_seed: int = 0,
+        label_memory_mb: float = 2048,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -147,6 +152,7 @@ class TileDataModule(L.LightningDataModule):
         self.label_fraction = float(label_fraction)
         self.region_size = int(region_size)
         self.split_seed = int(split_seed)
+        self.label_memory_mb = float(label_memory_mb or 0)
         self.seed = int(seed)
         self._check_values()
         self._layout: Layout | None = None
@@ -167,6 +173,9 @@ class TileDataModule(L.LightningDataModule):
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or int(value) < 1):
                 raise ConfigError(f"data.{key}={value!r}: expected a positive integer or null")
+        if self.label_memory_mb < 0:
+            raise ConfigError(f"data.label_memory_mb={self.label_memory_mb:g}: expected MiB "
+                              ">= 0 (0 reads every training window's label from its file)")
         if self.scale is not None:
             lo_hi = [float(v) for v in self.scale]
             if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1]:
@@ -416,11 +425,11 @@ class SegmentationDataModule(TileDataModule):
                             region_size=self.region_size, total=total,
                             total_pixels=total_pixels)
             reader = TileReader(tiles, self.layout.palette)
-            self._audit(reader, regions)
+            kept = self._audit(reader, regions)
             self.train_set = RandomWindowDataset(
                 reader, regions, self.crop_size, self._epoch_length(regions),
                 with_labels=True, augment=self._augment(), scale=self.window_scale,
-                seed=self.seed)
+                seed=self.seed, region_labels=kept)
             share = sum(r.height * r.width for r in regions) / total_pixels
             log.info("segmentation: %d of %d labelled regions of ~%d px (%.3g of the pixels; "
                      "requested %.3g) from %d tiles, %d windows per epoch", len(regions), total,
@@ -440,13 +449,22 @@ class SegmentationDataModule(TileDataModule):
                 TileReader(ttiles, self.layout.palette, use_eval_labels=True),
                 self._eval_regions(tsizes, None), with_labels=True, out_size=self.val_window)
 
-    def _audit(self, reader: TileReader, regions: Sequence[Region]) -> None:
-        """Count ignore and off-palette pixels of the labels a run will train on."""
+    def _audit(self, reader: TileReader, regions: Sequence[Region]) -> list | None:
+        """Count ignore and off-palette pixels of the labels a run will train on.
+
+        Returns the decoded label of every region when they fit in ``label_memory_mb``
+        (training windows then slice them), else None. They are decoded here anyway,
+        and made before the workers fork, so the workers share one copy."""
         per_tile: dict[str, dict[str, int]] = {}
         colour = self.layout.label_bands == 3
+        nbytes = sum(r.height * r.width for r in regions)
+        keep = 0 < nbytes <= self.label_memory_mb * 2**20
+        kept = []
         for r in regions:
             tile = reader.tiles[r.tile]
             result = reader.decode_label(r.tile, Window(r.col, r.row, r.width, r.height))
+            if keep:
+                kept.append(result.index)
             entry = per_tile.setdefault(tile.id, {"file": str(tile.label), "pixels": 0,
                                                   "ignored": 0, "off_palette": 0, "values": []})
             entry["pixels"] += r.height * r.width
@@ -466,6 +484,13 @@ class SegmentationDataModule(TileDataModule):
                             e["values"][:3], IGNORE_INDEX)
         self.label_audit = {"pixels": px, "off_palette": off, "tiles": per_tile}
         self._write("label_audit.json", json.dumps(self.label_audit, indent=1))
+        reader.close()  # the audit's handles and GDAL's cache of their blocks: not forked
+        if keep:
+            log.info("training labels kept in memory: %.1f MiB", nbytes / 2**20)
+        else:
+            log.info("training labels (%.1f MiB decoded) are read per window: over "
+                     "data.label_memory_mb=%g", nbytes / 2**20, self.label_memory_mb)
+        return kept if keep else None
 
 
 def auto_workers() -> int:

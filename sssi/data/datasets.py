@@ -7,6 +7,13 @@ pixels) and, for training windows, ``augment`` (the sample's augmentation parame
 :mod:`sssi.data.augment`). Workers only read (and resize zoomed windows); the
 datamodule augments and normalises whole batches on their device. Only the window is
 read from disk, so a 6000x6000 tile never sits in memory whole.
+
+A DataLoader asks for whole batches (``__getitems__``): the windows are read straight
+into the shared block the worker hands over (:class:`~sssi.data.collate.BatchRoom`),
+the same values as collating the samples one by one, without making, stacking and
+collating a dict of tensors per window. Training labels can come from memory: the
+datamodule decodes the labelled regions once (its label audit) and, within
+``data.label_memory_mb``, a window's label is a slice of its region's.
 """
 
 from __future__ import annotations
@@ -24,9 +31,16 @@ from rasterio.windows import Window
 from torch.utils.data import Dataset, DistributedSampler
 
 from sssi.data.augment import Augment
+from sssi.data.collate import BatchRoom, TensorSpec, WindowBatch, different_shapes
 from sssi.data.layouts import Tile
 from sssi.data.palettes import DecodeResult, Palette
-from sssi.data.raster import HandleCache, colour_table, read_label_window, read_window
+from sssi.data.raster import (
+    HandleCache,
+    colour_table,
+    file_dtype,
+    read_label_window,
+    read_window,
+)
 from sssi.errors import DataError
 from sssi.utils.grid import grid_offsets
 
@@ -71,6 +85,7 @@ class TileReader:
         self.use_eval_labels = use_eval_labels
         self._handles = HandleCache()
         self._tables: dict[Path, np.ndarray | None] = {}  # colour tables of label files
+        self._dtypes: dict[Path, np.dtype] = {}  # of image files
         self.off_palette = 0  # pixels seen in this process that matched no class
 
     def __getstate__(self) -> dict:
@@ -86,6 +101,21 @@ class TileReader:
             return parts[0].transpose(1, 2, 0)
         dtype = np.result_type(*parts)
         return np.concatenate([p.astype(dtype, copy=False) for p in parts]).transpose(1, 2, 0)
+
+    def image_into(self, t: int, window: Window, out: np.ndarray) -> None:
+        """Read the image bands of tile ``t`` into ``out`` (C, h, w): straight from the
+        file when the tile is one file of ``out``'s dtype, else through :meth:`image`."""
+        sources = self.tiles[t].sources
+        if len(sources) == 1 and out.dtype == self._dtype(sources[0].path):
+            read_window(sources[0].path, window, sources[0].bands, self._handles, out=out)
+        else:
+            out[...] = self.image(t, window).transpose(2, 0, 1)
+
+    def _dtype(self, path: Path) -> np.dtype:
+        dtype = self._dtypes.get(path)
+        if dtype is None:
+            dtype = self._dtypes[path] = file_dtype(path, self._handles)
+        return dtype
 
     def label(self, t: int, window: Window) -> np.ndarray:
         """(H, W) uint8 class indices, ignore index where the palette has no class."""
@@ -119,9 +149,13 @@ class _WindowDataset(Dataset):
         self.reader = reader
         self.with_labels = with_labels
 
-    def _sample(self, t: int, window: Window, out_size: int | None = None) -> dict:
+    def _sample(self, t: int, window: Window, out_size: int | None = None,
+                label: np.ndarray | None = None) -> dict:
+        """``label``: the window's decoded label when the caller already has it (a slice
+        of labels kept in memory); otherwise it is read and decoded from the file."""
         image = self.reader.image(t, window)
-        label = self.reader.label(t, window) if self.with_labels else None
+        if label is None and self.with_labels:
+            label = self.reader.label(t, window)
         h, w = image.shape[:2]
         if out_size is not None and (h, w) != (out_size, out_size):
             image, label = _resize(image, label, out_size)
@@ -135,6 +169,51 @@ class _WindowDataset(Dataset):
             sample["label"] = torch.from_numpy(np.ascontiguousarray(label, dtype=np.uint8))
         return sample
 
+    def _batch(self, items: Sequence[_Item], out_size: int | None) -> WindowBatch:
+        """The samples of ``items`` as one batch (what :func:`collate_windows` makes of
+        them), each window read straight into the batch's memory, the shared block a
+        worker hands over: no per-sample arrays, tensors and dicts to make, stack and
+        collate. Equal to collating the samples one by one (tests/data/test_datasets.py)."""
+        t, window, label, params = items[0]
+        first = self._sample(t, window, out_size, label)  # gives the shapes and dtypes
+        if params is not None:
+            first["augment"] = torch.from_numpy(params)
+        n = len(items)
+        room = BatchRoom([
+            (key, [self.reader.tiles[item[0]].id for item in items]) if key == "tile"
+            else (key, TensorSpec(value.dtype, (n, *value.shape)))
+            for key, value in first.items()])
+        views = {key: value.numpy() for key, value in room.batch.items()
+                 if torch.is_tensor(value)}
+        try:
+            for key, view in views.items():
+                view[0] = first[key].numpy()
+            for i, (t, window, label, params) in enumerate(items[1:], 1):
+                self._write(views, i, t, window, label, out_size)
+                if params is not None:
+                    views["augment"][i] = params
+        except BaseException:
+            room.abandon()
+            raise
+        return WindowBatch(room, n)
+
+    def _write(self, views: dict[str, np.ndarray], i: int, t: int, window: Window,
+               label: np.ndarray | None, out_size: int | None) -> None:
+        """Sample ``i`` of a batch into its rows of ``views``."""
+        h, w = int(window.height), int(window.width)
+        if out_size is not None and (h, w) != (out_size, out_size):  # zoomed: resized
+            sample = self._sample(t, window, out_size, label)
+            for key in ("image", "label"):
+                if key in views:
+                    _put(views, key, i, sample[key].numpy())
+        else:
+            _check_shape(views, "image", (views["image"].shape[1], h, w))
+            self.reader.image_into(t, window, views["image"][i])
+            if "label" in views:
+                _put(views, "label", i, label if label is not None else
+                     self.reader.label(t, window))
+        views["window"][i] = (window.row_off, window.col_off, h, w)
+
 
 class RandomWindowDataset(_WindowDataset):
     """Random square windows drawn from ``regions`` (area-weighted).
@@ -144,16 +223,28 @@ class RandomWindowDataset(_WindowDataset):
     run resumed from a checkpoint, or one with another number of workers, draws
     exactly the same ones. ``scale`` = (lo, hi) draws a zoom factor s per sample: a
     window of ``crop / s`` pixels is read and resized to ``crop`` (s > 1 zooms in).
+
+    ``region_labels`` (optional, one decoded ``uint8`` label array per region, as the
+    datamodule's label audit produces them) are sliced instead of reading and decoding
+    the label file per sample: a window always lies inside the region it was drawn
+    from, and a colour label's decoding costs a worker more than reading the window.
     """
 
     def __init__(self, reader: TileReader, regions: Sequence[Region], crop_size: int,
                  length: int, with_labels: bool = False, augment: Augment | None = None,
-                 scale: tuple[float, float] | None = None, seed: int = 0) -> None:
+                 scale: tuple[float, float] | None = None, seed: int = 0,
+                 region_labels: Sequence[np.ndarray] | None = None) -> None:
         super().__init__(reader, with_labels)
         self.augment = augment
         if not regions:
             raise DataError("no regions to sample training windows from")
         self.regions = list(regions)
+        if region_labels is not None:
+            region_labels = list(region_labels)
+            shapes = [(r.height, r.width) for r in self.regions]
+            if [lab.shape for lab in region_labels] != shapes:
+                raise ValueError("region_labels must hold one (height, width) array per region")
+        self.region_labels = region_labels
         self.crop_size = int(crop_size)
         self.length = int(length)
         self.scale = tuple(scale) if scale else None
@@ -166,9 +257,15 @@ class RandomWindowDataset(_WindowDataset):
 
     def window(self, index: int) -> tuple[int, Window, np.random.Generator]:
         """The tile and window of sample ``index`` (and the generator for augmentation)."""
+        k, window, rng = self._draw(index)
+        return self.regions[k].tile, window, rng
+
+    def _draw(self, index: int) -> tuple[int, Window, np.random.Generator]:
+        """The region (its index), window and augmentation generator of sample ``index``."""
         rng = np.random.default_rng((self.seed, int(index)))
-        pick = int(np.searchsorted(self.cumulative, rng.random(), side="right"))
-        region = self.regions[min(pick, len(self.regions) - 1)]
+        pick = min(int(np.searchsorted(self.cumulative, rng.random(), side="right")),
+                   len(self.regions) - 1)
+        region = self.regions[pick]
         size = self.crop_size
         if self.scale is not None:
             s = math.exp(rng.uniform(math.log(self.scale[0]), math.log(self.scale[1])))
@@ -177,11 +274,30 @@ class RandomWindowDataset(_WindowDataset):
         w = min(size, region.width)
         row = region.row + int(rng.integers(0, region.height - h + 1))
         col = region.col + int(rng.integers(0, region.width - w + 1))
-        return region.tile, Window(col, row, w, h), rng
+        return pick, Window(col, row, w, h), rng
+
+    def _kept_label(self, k: int, window: Window) -> np.ndarray | None:
+        """The window's label sliced from region ``k``'s kept label, if labels are kept."""
+        if self.region_labels is None or not self.with_labels:
+            return None
+        region = self.regions[k]
+        row, col = window.row_off - region.row, window.col_off - region.col
+        return self.region_labels[k][row:row + window.height, col:col + window.width]
+
+    def __getitems__(self, indices: Sequence[int]) -> WindowBatch:
+        """A whole batch (the DataLoader's fetcher calls this with a batch's indices):
+        the same windows, parameters and values as ``__getitem__`` per index."""
+        items = []
+        for index in indices:
+            k, window, rng = self._draw(index)
+            params = self.augment.draw(rng) if self.augment is not None else None
+            items.append((self.regions[k].tile, window, self._kept_label(k, window), params))
+        return self._batch(items, self.crop_size)
 
     def __getitem__(self, index: int) -> dict:
-        tile, window, rng = self.window(index)
-        sample = self._sample(tile, window, out_size=self.crop_size)
+        k, window, rng = self._draw(index)
+        sample = self._sample(self.regions[k].tile, window, out_size=self.crop_size,
+                              label=self._kept_label(k, window))
         if self.augment is not None:  # drawn here, applied per batch on the device
             sample["augment"] = torch.from_numpy(self.augment.draw(rng))
         return sample
@@ -231,6 +347,27 @@ class GridWindowDataset(_WindowDataset):
         r = self.regions[index]
         return self._sample(r.tile, Window(r.col, r.row, r.width, r.height), self.out_size)
 
+    def __getitems__(self, indices: Sequence[int]) -> WindowBatch:
+        """A whole batch, read straight into its memory (see ``_batch``)."""
+        regions = [self.regions[i] for i in indices]
+        return self._batch([(r.tile, Window(r.col, r.row, r.width, r.height), None, None)
+                            for r in regions], self.out_size)
+
+
+#: a batch item: tile index, window, its kept label (None: read it), its augmentation
+#: parameters (None: no augmentation)
+_Item = tuple[int, Window, "np.ndarray | None", "np.ndarray | None"]
+
+
+def _check_shape(views: dict[str, np.ndarray], key: str, shape: tuple) -> None:
+    if tuple(views[key].shape[1:]) != tuple(shape):
+        raise ValueError(different_shapes(key, {tuple(views[key].shape[1:]), tuple(shape)}))
+
+
+def _put(views: dict[str, np.ndarray], key: str, i: int, value: np.ndarray) -> None:
+    _check_shape(views, key, value.shape)
+    views[key][i] = value
+
 
 def _resize(image: np.ndarray, label: np.ndarray | None, size: int
             ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -238,9 +375,11 @@ def _resize(image: np.ndarray, label: np.ndarray | None, size: int
     import cv2
 
     interp = cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_LINEAR
-    out = cv2.resize(image, (size, size), interpolation=interp)
-    if out.ndim == 2:
-        out = out[:, :, None]
+    # OpenCV resizes at most 4 channels at once (RGBIR + nDSM has 5): in groups of 4
+    parts = [cv2.resize(image[:, :, c:c + 4], (size, size), interpolation=interp)
+             for c in range(0, image.shape[2], 4)]
+    parts = [p[:, :, None] if p.ndim == 2 else p for p in parts]
+    out = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=2)
     if label is not None:
         label = cv2.resize(label, (size, size), interpolation=cv2.INTER_NEAREST)
     return out, label

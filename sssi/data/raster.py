@@ -76,15 +76,18 @@ def check_readable(path: str | Path) -> RasterInfo:
 
 
 def read_window(path: str | Path, window: Window, bands: Sequence[int] | None = None,
-                handles: dict | None = None) -> np.ndarray:
+                handles: dict | None = None, out: np.ndarray | None = None) -> np.ndarray:
     """Read ``window`` of ``bands`` (1-based; all when None) as a (C, h, w) array.
 
-    ``handles`` is an optional per-process cache of open datasets, keyed by path.
+    ``handles`` is an optional per-process cache of open datasets, keyed by path;
+    ``out`` an optional (C, h, w) array of the file's dtype to read into (a batch's
+    memory), returned.
     """
     path = path if isinstance(path, Path) else Path(path)  # once per sample: keep it cheap
     try:
         ds = _open(path, handles)
-        return ds.read(indexes=list(bands) if bands is not None else None, window=window)
+        return ds.read(indexes=list(bands) if bands is not None else None, window=window,
+                       out=out)
     except RasterioError as exc:
         if handles is not None:
             _drop(path, handles)
@@ -93,6 +96,17 @@ def read_window(path: str | Path, window: Window, bands: Sequence[int] | None = 
             f"{window.width}x{window.height}): {first_line(exc)}; the file may be truncated "
             "or corrupt"
         ) from exc
+
+
+def file_dtype(path: str | Path, handles: dict | None = None) -> np.dtype:
+    """The dtype of ``path``'s (first) band, through the handle cache."""
+    path = path if isinstance(path, Path) else Path(path)
+    if handles is None:
+        return np.dtype(describe(path).dtype)
+    try:
+        return np.dtype(_open(path, handles).dtypes[0])
+    except RasterioError as exc:
+        raise DataError(f"{path}: not a readable raster ({first_line(exc)})") from exc
 
 
 def read_label_window(path: str | Path, window: Window, handles: dict | None = None

@@ -108,3 +108,29 @@ def test_a_pooled_block_crosses_once_and_goes_with_its_worker():
     _same(next(iter(DataLoader(ds, batch_size=2, num_workers=1, collate_fn=collate_windows))),
           ref[0])
     assert not any(key[0] in pids for key in collate._blocks)
+
+
+def test_a_batch_read_in_one_go_that_no_one_takes_gives_its_block_back(monkeypatch):
+    """In a worker a WindowBatch holds a pooled block; collate_windows ships it, any
+    other collation copies the rows and the block goes back to the pool."""
+    from sssi.data import collate
+
+    monkeypatch.setattr(collate, "get_worker_info", lambda: object())  # as in a worker
+    monkeypatch.setattr(collate, "_pool", None)
+    specs = [("image", collate.TensorSpec(torch.uint8, (2, 3, 4, 4))), ("tile", ["a", "b"])]
+    batch = collate.WindowBatch(collate.BatchRoom(specs), 2)
+    batch.room.batch["image"][1] = 7
+    pool = collate._pool
+    assert pool.flags[0] == collate._BUSY
+    rows = default_collate(list(batch))  # PyTorch's collation sees the samples
+    assert rows["tile"] == ["a", "b"] and rows["image"][1].eq(7).all()
+    assert not rows["image"][0].eq(7).any()
+    del batch
+    gc.collect()
+    assert pool.flags[0] == collate._FREE
+    taken = collate.WindowBatch(collate.BatchRoom(specs), 2)
+    packed = collate_windows(taken)
+    assert isinstance(packed, collate.PackedBatch) and packed.slot == 0
+    del taken
+    gc.collect()
+    assert pool.flags[0] == collate._BUSY  # shipped: the main process frees it

@@ -491,3 +491,91 @@ def test_colour_labels_with_an_alpha_band_read_as_rgb(tmp_path):
     raw = read_label_window(path, Window(0, 0, 4, 3))
     assert np.array_equal(raw, rgba[:3])
     assert ISPRS.decode(raw).index.tolist() == (np.arange(12).reshape(3, 4) % 6).tolist()
+
+
+def test_training_labels_kept_in_memory_equal_the_files_and_respect_the_budget(tmp_path,
+                                                                               caplog):
+    """The audit's decoded labels serve the training windows (zoomed ones too, and with
+    off-palette pixels ignored) exactly as reading and decoding each window would; over
+    ``label_memory_mb`` every window reads its label from the file."""
+    from sssi.data.synthetic import generate
+
+    root = generate(tmp_path / "noisy", tiles=3, size=256, seed=1, off_palette=0.01)
+    kw = {"scale": [0.7, 1.4], "label_fraction": 0.5, "region_size": 96}
+    kept = _dm(SegmentationDataModule, root, tmp_path, **kw)
+    kept.setup("fit")
+    read = _dm(SegmentationDataModule, root, tmp_path, label_memory_mb=0, **kw)
+    with caplog.at_level("INFO", logger="sssi.data.datamodules"):
+        read.setup("fit")
+    assert read.train_set.region_labels is None
+    assert "over data.label_memory_mb=0" in caplog.text
+    labels = kept.train_set.region_labels
+    assert labels is not None and len(labels) == len(kept.train_set.regions) > 1
+    assert sum(a.nbytes for a in labels) == kept.label_audit["pixels"]
+    sizes = set()
+    for i in range(40):
+        a, b = kept.train_set[i], read.train_set[i]
+        assert a.keys() == b.keys()
+        for key in ("image", "label", "window", "augment"):
+            assert torch.equal(a[key], b[key]), (i, key)
+        sizes.add(int(a["window"][2]))
+        assert a["label"].data_ptr() != labels[0].ctypes.data  # a copy, not the cache
+    assert len(sizes) > 3  # zoomed windows of several sizes were compared
+    assert any((kept.train_set[i]["label"] == IGNORE_INDEX).any() for i in range(40))
+    with pytest.raises(ConfigError, match=r"data\.label_memory_mb=-1"):
+        _dm(SegmentationDataModule, root, tmp_path, label_memory_mb=-1)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batches_read_in_one_go_equal_the_collated_samples(synthetic_root, tmp_path, workers):
+    """``__getitems__`` reads a batch straight into its memory; the batches equal
+    collating ``dataset[i]`` one by one: zoomed windows, labels kept or read from the
+    files, a tile stacked from two files of different dtypes, grid windows. A loader
+    with PyTorch's default collation gets the same batches."""
+    from torch.utils.data import DataLoader, default_collate
+
+    from sssi.data.collate import collate_windows
+
+    cases = {"kept": {}, "read": {"label_memory_mb": 0},
+             "stacked": {"modality": "RGBIR", "ndsm": True, "in_channels": 5}}
+    for name, kw in cases.items():
+        dm = _dm(SegmentationDataModule, synthetic_root, tmp_path / name, num_workers=workers,
+                 scale=[0.8, 1.25], samples_per_epoch=12, **kw)
+        dm.setup("fit")
+        dm.setup("test")
+        for ds, loader in ((dm.train_set, dm.train_dataloader()),
+                           (dm.test_set, dm.test_dataloader())):
+            batches = list(loader)
+            assert len(batches) >= 3 and isinstance(batches[0], dict)
+            indices = list(loader.batch_sampler)
+            for batch, idx in zip(batches, indices, strict=True):
+                ref = collate_windows([ds[i] for i in idx])
+                assert list(batch) == list(ref), name
+                for key, value in ref.items():
+                    if torch.is_tensor(value):
+                        assert batch[key].dtype == value.dtype, (name, key)
+                        assert torch.equal(batch[key], value), (name, key)
+                    else:
+                        assert batch[key] == value, (name, key)
+            plain = DataLoader(ds, batch_sampler=loader.batch_sampler, num_workers=workers)
+            for batch, ref in zip(plain, batches, strict=True):
+                assert torch.equal(batch["image"], ref["image"]) and \
+                    torch.equal(batch["label"], ref["label"]) and batch["tile"] == ref["tile"]
+            assert default_collate(list(ds.__getitems__(indices[0])))["window"].equal(
+                batches[0]["window"])
+    assert dm.train_set.reader.tiles[0].sources[1].path.suffix  # two files per tile
+
+
+def test_zoomed_windows_of_five_bands_resize():
+    """OpenCV resizes at most four channels at once: RGBIR + nDSM goes in groups."""
+    from sssi.data.datasets import _resize
+
+    rng = np.random.default_rng(0)
+    image = rng.random((40, 40, 5)).astype(np.float32)
+    label = rng.integers(0, 6, (40, 40), dtype=np.uint8)
+    for size in (32, 48):
+        out, lab = _resize(image, label, size)
+        assert out.shape == (size, size, 5) and lab.shape == (size, size)
+        four, _ = _resize(np.ascontiguousarray(image[:, :, :4]), None, size)
+        one, _ = _resize(np.ascontiguousarray(image[:, :, 4:]), None, size)
+        assert np.array_equal(out[:, :, :4], four) and np.array_equal(out[:, :, 4], one[:, :, 0])
