@@ -268,10 +268,6 @@ class PretrainTask(BaseTask):
             if network is not None:  # the baselines have no instructor
                 network.to(memory_format=torch.channels_last)
 
-    def _images(self, batch: dict) -> Tensor:
-        """The batch's images (augmented and normalised by the datamodule on this device)."""
-        return batch["image"]
-
     def _input(self, player: str, x: Tensor) -> Tensor:
         """``x`` in ``player``'s memory format (``task.channels_last``): a convolution
         follows its input's format, so each player gets its own."""
@@ -302,7 +298,7 @@ class PretrainTask(BaseTask):
 
     # --------------------------------------------------------------------- training step
     def training_step(self, batch: dict, batch_idx: int) -> None:
-        images = self._images(batch)
+        images = batch["image"]  # augmented and normalised on this device
         phase = self.phase  # constant within an accumulation window (see the docstring)
         window = accumulation_window(batch_idx, self.accumulate_grad_batches,
                                      self._batches_per_epoch())
@@ -486,7 +482,7 @@ class PretrainTask(BaseTask):
         self.pop_visuals("instructor_cells")  # a stale picture is not this epoch's
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        images = self._images(batch)
+        images = batch["image"]  # augmented and normalised on this device
         g = torch.Generator(device=images.device)
         g.manual_seed(int(self.hparams.seed) + batch_idx)  # same masks every validation
         masks = {"random": self.random_policy(images, generator=g)}
