@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import cv2
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -151,6 +152,59 @@ def test_instructor_finds_regions_harder_than_random_masks(tmp_path, data_dir):
     assert warm_last["val/hole_error_random"] < warm_first["val/hole_error_random"]
     # one instructor epoch later, its masks are harder than random ones of the same ratio
     assert after["val/hole_error_instructor"] > 1.1 * after["val/hole_error_random"]
+
+
+class _RestoresNothing(torch.nn.Module):
+    """A frozen "inpainter" whose error at a pixel is the pixel's own size (it restores
+    zeros), so which cells are worth erasing is known. One parameter, for its optimizer."""
+
+    def __init__(self, reduction: int) -> None:
+        super().__init__()
+        self.reduction = reduction
+        self.bias = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, masked: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(masked) + self.bias
+
+
+def _scenes(n: int, seed: int, size: int = 64, cell: int = 16):
+    """Noise images whose pixels are 3x larger in a random quarter of the instructor's
+    cells, and that quarter as a cell mask ``(n, 1, h, w)``."""
+    g = torch.Generator().manual_seed(seed)
+    cells = (size // cell) ** 2
+    loud = torch.rand(n, cells, generator=g).argsort(dim=1)[:, :cells // 4]
+    amp = torch.full((n, cells), 1 / 3).scatter_(1, loud, 1.0).view(n, 1, size // cell, -1)
+    images = torch.randn(n, 3, size, size, generator=g) * \
+        amp.repeat_interleave(cell, 2).repeat_interleave(cell, 3)
+    return images, amp == 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 3])
+def test_the_instructor_learns_to_erase_what_the_inpainter_gets_wrong(seed):
+    """The instructor's half of the game alone, against an inpainter whose errors are
+    known: after 40 of the task's instructor steps its holes fall on the cells with the
+    largest error, where an untrained instructor's fall on them by chance (a quarter)."""
+    task = _task("task.image_every_n_steps=0", f"seed={seed}", "task.schedule.mode=alternate",
+                 "task.schedule.warmup_epochs=0", "task.schedule.inpainter_steps=1",
+                 "task.schedule.instructor_steps=1000")  # one inpainter step, then instructor
+    task.inpainter = _RestoresNothing(task.inpainter.reduction)
+    images, loud = _scenes(64, 1000 + seed)
+
+    def share_on_loud_cells() -> float:
+        holes = task.instructor_cells(images, torch.Generator().manual_seed(0)).bool()
+        assert holes.shape == loud.shape
+        return float((holes & loud).sum() / holes.sum())
+
+    before = share_on_loud_cells()
+    train = [{"image": x} for x in _scenes(8 * 41, seed)[0]]
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=41, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(task, train_dataloaders=torch.utils.data.DataLoader(train, batch_size=8))
+    assert task.phase == INSTRUCTOR
+    assert before < 0.45
+    assert share_on_loud_cells() > 0.8
 
 
 # ------------------------------------------------------------------------- resume
