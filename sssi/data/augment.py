@@ -2,8 +2,8 @@
 
 DataLoader workers only read: a training sample is the raw window (the file's dtype,
 ``uint8`` for ISPRS and Dubai) with its ``uint8`` label, plus ``augment``, a short
-float64 vector of the sample's augmentation parameters drawn from the sample's own
-generator (``(seed, index)``, see :class:`~sssi.data.datasets.RandomWindowDataset`).
+float64 vector of the sample's augmentation parameters, a pure function of ``(seed,
+index)`` (:mod:`sssi.data.draws`, see :class:`~sssi.data.datasets.RandomWindowDataset`).
 After the batch reached its device, :func:`augment_batch` applies the flips, 90-degree
 rotations and photometric jitter (kornia's ``adjust_contrast`` / ``adjust_brightness``
 with per-sample factors) those parameters say, jointly on image and label, and
@@ -64,21 +64,31 @@ class Augment:
         return bool(self.hflip or self.vflip or self.rot90 or self.brightness_contrast > 0
                     or self.noise > 0)
 
-    def draw(self, rng: np.random.Generator) -> np.ndarray:
-        """One sample's parameters (float64, :data:`PARAMS` order) from its generator."""
-        out = np.zeros(len(PARAMS), dtype=np.float64)
-        u = rng.random(8)  # a fixed number of draws: parameters do not shift each other
-        out[_COL["hflip"]] = float(self.hflip and u[0] < 0.5)
-        out[_COL["vflip"]] = float(self.vflip and u[1] < 0.5)
-        out[_COL["rot90"]] = float(min(int(u[2] * 4), 3)) if self.rot90 else 0.0
-        if u[3] < self.brightness_contrast:
+    #: uniforms a sample's parameters take (:meth:`draw`)
+    DRAWS = 9
+
+    def draw(self, u: np.ndarray) -> np.ndarray:
+        """Parameters ``(n, len(PARAMS))`` float64 of ``n`` samples from their uniforms
+        ``(n, DRAWS)`` (:func:`sssi.data.draws.uniforms`): one fixed column per
+        parameter, so switching one augmentation on or off does not change the others."""
+        u = np.asarray(u, dtype=np.float64).reshape(-1, self.DRAWS)
+        out = np.zeros((len(u), len(PARAMS)), dtype=np.float64)
+        if self.hflip:
+            out[:, _COL["hflip"]] = u[:, 0] < 0.5
+        if self.vflip:
+            out[:, _COL["vflip"]] = u[:, 1] < 0.5
+        if self.rot90:
+            out[:, _COL["rot90"]] = np.minimum(np.floor(u[:, 2] * 4), 3)
+        if self.brightness_contrast > 0:
+            jitter = u[:, 3] < self.brightness_contrast
             lim = BRIGHTNESS_CONTRAST_LIMIT
-            out[_COL["contrast"]] = (2 * u[4] - 1) * lim
-            out[_COL["brightness"]] = (2 * u[5] - 1) * lim
-        if u[6] < self.noise:
+            out[:, _COL["contrast"]] = np.where(jitter, (2 * u[:, 4] - 1) * lim, 0.0)
+            out[:, _COL["brightness"]] = np.where(jitter, (2 * u[:, 5] - 1) * lim, 0.0)
+        if self.noise > 0:
+            noisy = u[:, 6] < self.noise
             lo, hi = NOISE_STD_RANGE
-            out[_COL["noise_std"]] = lo + (hi - lo) * u[7]
-            out[_COL["noise_seed"]] = float(rng.integers(2**31))
+            out[:, _COL["noise_std"]] = np.where(noisy, lo + (hi - lo) * u[:, 7], 0.0)
+            out[:, _COL["noise_seed"]] = np.where(noisy, np.floor(u[:, 8] * 2**31), 0.0)
         return out
 
 

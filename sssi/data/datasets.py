@@ -32,6 +32,7 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from sssi.data.augment import Augment
 from sssi.data.collate import BatchRoom, TensorSpec, WindowBatch, different_shapes
+from sssi.data.draws import uniforms
 from sssi.data.layouts import Tile
 from sssi.data.palettes import DecodeResult, Palette
 from sssi.data.raster import (
@@ -45,6 +46,10 @@ from sssi.errors import DataError
 from sssi.utils.grid import grid_offsets
 
 log = logging.getLogger(__name__)
+
+#: uniforms a training window takes before its augmentation's: region, zoom, row, column
+_WINDOW_DRAWS = 4
+
 
 @dataclass(frozen=True)
 class Region:
@@ -218,7 +223,8 @@ class _WindowDataset(Dataset):
 class RandomWindowDataset(_WindowDataset):
     """Random square windows drawn from ``regions`` (area-weighted).
 
-    Sample ``index`` is a pure function of ``(seed, index)``: the :class:`EpochSampler`
+    Sample ``index`` is a pure function of ``(seed, index)`` (counter-based uniforms,
+    :mod:`sssi.data.draws`, drawn for a whole batch at once): the :class:`EpochSampler`
     hands out indices ``epoch * length + i``, so every epoch draws new windows, yet a
     run resumed from a checkpoint, or one with another number of workers, draws
     exactly the same ones. ``scale`` = (lo, hi) draws a zoom factor s per sample: a
@@ -255,26 +261,34 @@ class RandomWindowDataset(_WindowDataset):
     def __len__(self) -> int:
         return self.length
 
-    def window(self, index: int) -> tuple[int, Window, np.random.Generator]:
-        """The tile and window of sample ``index`` (and the generator for augmentation)."""
-        k, window, rng = self._draw(index)
-        return self.regions[k].tile, window, rng
+    def window(self, index: int) -> tuple[int, Window]:
+        """The tile and window of sample ``index``."""
+        k, window, _ = self._draws([index])[0]
+        return self.regions[k].tile, window
 
-    def _draw(self, index: int) -> tuple[int, Window, np.random.Generator]:
-        """The region (its index), window and augmentation generator of sample ``index``."""
-        rng = np.random.default_rng((self.seed, int(index)))
-        pick = min(int(np.searchsorted(self.cumulative, rng.random(), side="right")),
-                   len(self.regions) - 1)
-        region = self.regions[pick]
-        size = self.crop_size
+    def _draws(self, indices: Sequence[int]) -> list[tuple[int, Window, np.ndarray | None]]:
+        """Region (its index), window and augmentation parameters of each sample of
+        ``indices``, from the samples' counter-based uniforms (:mod:`sssi.data.draws`):
+        region, zoom, row, column, then the augmentation's."""
+        n_aug = Augment.DRAWS if self.augment is not None else 0
+        u = uniforms(self.seed, indices, _WINDOW_DRAWS + n_aug)
+        picks = np.searchsorted(self.cumulative, u[:, 0], side="right")
+        picks = np.minimum(picks, len(self.regions) - 1).tolist()
+        sizes = [self.crop_size] * len(picks)
         if self.scale is not None:
-            s = math.exp(rng.uniform(math.log(self.scale[0]), math.log(self.scale[1])))
-            size = max(8, round(self.crop_size / s))
-        h = min(size, region.height)
-        w = min(size, region.width)
-        row = region.row + int(rng.integers(0, region.height - h + 1))
-        col = region.col + int(rng.integers(0, region.width - w + 1))
-        return pick, Window(col, row, w, h), rng
+            lo, hi = math.log(self.scale[0]), math.log(self.scale[1])
+            zoom = np.exp(lo + (hi - lo) * u[:, 1])
+            sizes = np.maximum(8, np.round(self.crop_size / zoom)).astype(int).tolist()
+        params = self.augment.draw(u[:, _WINDOW_DRAWS:]) if n_aug else None
+        rows, cols = u[:, 2].tolist(), u[:, 3].tolist()
+        out = []
+        for i, (k, size) in enumerate(zip(picks, sizes, strict=True)):
+            region = self.regions[k]
+            h, w = min(size, region.height), min(size, region.width)
+            window = Window(region.col + int(cols[i] * (region.width - w + 1)),
+                            region.row + int(rows[i] * (region.height - h + 1)), w, h)
+            out.append((k, window, None if params is None else params[i]))
+        return out
 
     def _kept_label(self, k: int, window: Window) -> np.ndarray | None:
         """The window's label sliced from region ``k``'s kept label, if labels are kept."""
@@ -287,19 +301,16 @@ class RandomWindowDataset(_WindowDataset):
     def __getitems__(self, indices: Sequence[int]) -> WindowBatch:
         """A whole batch (the DataLoader's fetcher calls this with a batch's indices):
         the same windows, parameters and values as ``__getitem__`` per index."""
-        items = []
-        for index in indices:
-            k, window, rng = self._draw(index)
-            params = self.augment.draw(rng) if self.augment is not None else None
-            items.append((self.regions[k].tile, window, self._kept_label(k, window), params))
+        items = [(self.regions[k].tile, window, self._kept_label(k, window), params)
+                 for k, window, params in self._draws(indices)]
         return self._batch(items, self.crop_size)
 
     def __getitem__(self, index: int) -> dict:
-        k, window, rng = self._draw(index)
+        k, window, params = self._draws([index])[0]
         sample = self._sample(self.regions[k].tile, window, out_size=self.crop_size,
                               label=self._kept_label(k, window))
-        if self.augment is not None:  # drawn here, applied per batch on the device
-            sample["augment"] = torch.from_numpy(self.augment.draw(rng))
+        if params is not None:  # drawn here, applied per batch on the device
+            sample["augment"] = torch.from_numpy(params)
         return sample
 
 

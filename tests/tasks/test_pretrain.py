@@ -136,8 +136,19 @@ def test_heat_map_colours():
 
 
 @pytest.mark.slow
-def test_instructor_finds_regions_harder_than_random_masks(tmp_path, data_dir):
-    """Warm-up on random masks, then instructor training: its holes are harder to fill."""
+def test_the_inpainter_learns_in_the_warmup_and_both_holes_are_validated(tmp_path, data_dir):
+    """Warm-up on random masks, then an instructor epoch: the inpainter's training loss
+    falls over the warm-up, every validation scores random holes and, from the first,
+    the instructor's, and the instructor's loss is logged only in its epoch.
+
+    Whether one instructor epoch of 16 steps already makes its holes harder than random
+    ones is a coin flip on this tiny run: over seeds 0-3 the hole error ratio
+    instructor/random after it was 1.24, 1.26, 0.65, 0.68 with the per-sample generators
+    of earlier versions and 0.83, 0.81, 1.33, 0.80 with the counter-based draws; the
+    validation error of the eval-mode inpainter (4 windows) rose over the warm-up for
+    some seeds, while its training loss fell by 12-23 % for all. That the instructor
+    learns to erase what the inpainter gets wrong is tested against an inpainter of
+    known error below."""
     record = tmp_path / "val.json"
     cfg = compose_train([*SMALL, "data.samples_per_epoch=128", "trainer.max_epochs=4",
                        "task.schedule.warmup_epochs=3", "task.schedule.instructor_epochs=1",
@@ -147,11 +158,17 @@ def test_instructor_finds_regions_harder_than_random_masks(tmp_path, data_dir):
     run(cfg)
     history = json.loads(record.read_text())
     assert len(history) == 4
-    warm_first, warm_last, after = history[0], history[2], history[3]
-    # the inpainter learns during the warm-up
-    assert warm_last["val/hole_error_random"] < warm_first["val/hole_error_random"]
-    # one instructor epoch later, its masks are harder than random ones of the same ratio
-    assert after["val/hole_error_instructor"] > 1.1 * after["val/hole_error_random"]
+    for epoch in history:
+        for kind in ("random", "instructor"):
+            assert 0 < epoch[f"val/hole_error_{kind}"] < float("inf"), (kind, epoch)
+    with open(tmp_path / "run" / "csv" / "metrics.csv") as fh:
+        rows = sorted((r for r in csv.DictReader(fh) if r.get("train/phase")),
+                      key=lambda r: int(r["step"]))
+    assert len(rows) == 4 * 16  # 128 windows of batch 8 per epoch
+    loss = [float(r["train/inpainter_loss"]) for r in rows[:48]]
+    assert np.mean(loss[32:]) < 0.95 * np.mean(loss[:16])  # warm-up epoch 2 vs epoch 0
+    coached = [bool(r.get("train/instructor_loss")) for r in rows]
+    assert coached == [False] * 48 + [True] * 16
 
 
 class _RestoresNothing(torch.nn.Module):
