@@ -9,8 +9,8 @@ come from hashing the counters at once: a few vectorised integer operations per 
 
 The hash is SplitMix64's output function (Steele, Lea and Flood, OOPSLA 2014), a
 bijection of 64-bit integers whose outputs pass the usual statistical test batteries
-for consecutive inputs. It is applied twice, first to ``seed`` and ``index`` and then
-to that plus the slot, so neighbouring seeds, indices and slots give unrelated numbers.
+for consecutive inputs. It mixes the seed into a key, the key with the index, and that
+with the slot, so neighbouring seeds, indices and slots give unrelated numbers.
 """
 
 from __future__ import annotations
@@ -46,7 +46,10 @@ def _key(seed: int) -> np.uint64:
 
 @lru_cache(maxsize=16)
 def _slots(slots: int) -> np.ndarray:
-    return (np.arange(1, slots + 1, dtype=np.uint64) * np.uint64(_MUL2)).reshape(1, -1)
+    """The slots' offsets ``(1, slots)``, shared between calls (read-only)."""
+    offsets = (np.arange(1, slots + 1, dtype=np.uint64) * np.uint64(_MUL2)).reshape(1, -1)
+    offsets.setflags(write=False)
+    return offsets
 
 
 def uniforms(seed: int, indices: Sequence[int] | np.ndarray, slots: int) -> np.ndarray:
