@@ -38,7 +38,7 @@ from sssi.data.palettes import DecodeResult, Palette
 from sssi.data.raster import (
     HandleCache,
     colour_table,
-    file_dtype,
+    describe,
     read_label_window,
     read_window,
 )
@@ -117,9 +117,10 @@ class TileReader:
             out[...] = self.image(t, window).transpose(2, 0, 1)
 
     def _dtype(self, path: Path) -> np.dtype:
+        """The file's dtype, looked up once per file and process."""
         dtype = self._dtypes.get(path)
         if dtype is None:
-            dtype = self._dtypes[path] = file_dtype(path, self._handles)
+            dtype = self._dtypes[path] = np.dtype(describe(path).dtype)
         return dtype
 
     def label(self, t: int, window: Window) -> np.ndarray:

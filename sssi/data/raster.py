@@ -98,17 +98,6 @@ def read_window(path: str | Path, window: Window, bands: Sequence[int] | None = 
         ) from exc
 
 
-def file_dtype(path: str | Path, handles: dict | None = None) -> np.dtype:
-    """The dtype of ``path``'s (first) band, through the handle cache."""
-    path = path if isinstance(path, Path) else Path(path)
-    if handles is None:
-        return np.dtype(describe(path).dtype)
-    try:
-        return np.dtype(_open(path, handles).dtypes[0])
-    except RasterioError as exc:
-        raise DataError(f"{path}: not a readable raster ({first_line(exc)})") from exc
-
-
 def read_label_window(path: str | Path, window: Window, handles: dict | None = None
                       ) -> np.ndarray:
     """Read a label window as stored, except that palette-mode files (a band of indexes
