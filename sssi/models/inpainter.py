@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from sssi.errors import ConfigError
+from sssi.models.conv_transpose import ConvTranspose2d
 from sssi.models.registry import Encoder
 
 __all__ = ["Inpainter", "decoder_plan"]
@@ -51,6 +52,8 @@ class Inpainter(nn.Module):
             Stride-2 layers are 4x4 transposed convs (padding 1), which exactly double
             the size; stride-1 layers are 3x3 transposed convs (padding 1). Each is
             followed by BatchNorm and ReLU; a 3x3 conv then maps to ``out_channels``.
+            Wide layers run as a matrix product on CPUs
+            (:class:`~sssi.models.conv_transpose.ConvTranspose2d`).
         output: ``"tanh"`` for targets scaled to [-1, 1] (the paper's choice) or
             ``"linear"`` for standardised targets (unbounded).
 
@@ -87,7 +90,7 @@ class Inpainter(nn.Module):
         for out, stride in decoder_plan(self.reduction, [int(c) for c in channels]):
             kernel = 4 if stride == 2 else 3
             layers += [
-                nn.ConvTranspose2d(width, out, kernel, stride=stride, padding=1, bias=False),
+                ConvTranspose2d(width, out, kernel, stride=stride, padding=1, bias=False),
                 nn.BatchNorm2d(out),
                 nn.ReLU(inplace=True),
             ]
