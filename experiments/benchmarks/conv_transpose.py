@@ -6,9 +6,17 @@ times, in the same run, ``torch.nn.functional.conv_transpose2d`` (oneDNN on CPUs
 ``sssi.models.conv_transpose.conv_transpose2d_gemm`` (one matrix product + overlap-add),
 forward alone (no autograd, the frozen inpainter in the instructor's step) and forward
 + backward (the inpainter's own step), in each memory format and precision asked for,
-and prints seconds, GFLOP/s and the ratio. The last line is a summary a script can read:
-``gemm_vs_kernel_fb C=R ...`` (forward + backward, first format and precision, per input
-width C). :data:`sssi.models.conv_transpose.GEMM_MIN_IN_CHANNELS` is set from it.
+and prints seconds, GFLOP/s and the ratio.
+:data:`sssi.models.conv_transpose.GEMM_MIN_IN_CHANNELS` is set from these rows.
+
+Then the whole paper inpainter (DRN-A-50 + decoder, ``sssi.models.inpainter``) as the
+game runs it: a training step (forward, loss, backward, SGD step) and the frozen eval
+forward of the instructor's step, with its wide layer on PyTorch's kernel and on the
+matrix product, alternated ``--repeats`` times so that both see the same machine.
+
+The last line is a summary a script can read: ``gemm_vs_kernel_fb C=R ... step=R
+frozen=R`` (per-layer forward + backward by input width C, first format and precision;
+then the whole inpainter's training step and frozen forward).
 
     python experiments/benchmarks/conv_transpose.py [--threads 2] [--batch 8]
         [--formats channels_last contiguous] [--precisions 32-true bf16-mixed]
@@ -23,8 +31,11 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from sssi.models.conv_transpose import conv_transpose2d_gemm
+from sssi.models import build_backbone
+from sssi.models.conv_transpose import ConvTranspose2d, conv_transpose2d_gemm
+from sssi.models.inpainter import Inpainter
 
 #: (in channels, out channels, input size at 128 px crops, kernel, stride)
 LAYERS = ((2048, 512, 16, 4, 2), (1024, 512, 16, 4, 2), (512, 256, 32, 4, 2),
@@ -57,6 +68,46 @@ def forward_backward(f: Callable[[], torch.Tensor], autocast: torch.autocast,
     y.float().backward(grad)
 
 
+def whole_inpainter(batch: int, fmt: torch.memory_format, precision: str,
+                    repeats: int) -> dict[str, tuple[float, float]]:
+    """``{"step": (kernel s, gemm s), "frozen": (...)}`` of the paper's inpainter at
+    128 px: the two variants alternate, the best of ``repeats`` of each is kept."""
+    torch.manual_seed(0)
+    net = Inpainter(build_backbone("drn_a_50", in_channels=3, output_stride=8),
+                    out_channels=3, output="tanh").to(memory_format=fmt)
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+    x = torch.randn(batch, 3, 128, 128).contiguous(memory_format=fmt)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+    wide = [m for m in net.modules() if isinstance(m, ConvTranspose2d) and m._gemm_ok(x[:1])]
+    if not wide:
+        raise SystemExit("no layer of the inpainter takes the matrix product")
+
+    def step() -> None:
+        net.train()
+        opt.zero_grad(set_to_none=True)
+        with autocast:
+            loss = (net(x).float() - x).square().mean()
+        loss.backward()
+        opt.step()
+
+    def frozen() -> None:
+        net.eval()
+        with torch.no_grad(), autocast:
+            net(x)
+
+    times: dict[str, dict[str, list[float]]] = {"step": {}, "frozen": {}}
+    for i in range(repeats + 1):  # the first round warms both variants up
+        for variant, cls in (("kernel", nn.ConvTranspose2d), ("gemm", ConvTranspose2d)):
+            for layer in wide:
+                layer.__class__ = cls
+            for name, fn in (("step", step), ("frozen", frozen)):
+                t0 = time.perf_counter()
+                fn()
+                if i:
+                    times[name].setdefault(variant, []).append(time.perf_counter() - t0)
+    return {k: (min(v["kernel"]), min(v["gemm"])) for k, v in times.items()}
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -66,6 +117,8 @@ def main(argv: list[str] | None = None) -> None:
                     choices=sorted(FORMATS))
     ap.add_argument("--precisions", nargs="+", default=["32-true"],
                     choices=["32-true", "bf16-mixed"])
+    ap.add_argument("--layers", nargs="*", type=int, default=[c for c, *_ in LAYERS],
+                    help="input widths of the single-layer rows to time (none: skip them)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -78,6 +131,8 @@ def main(argv: list[str] | None = None) -> None:
             autocast = torch.autocast("cpu", dtype=torch.bfloat16,
                                       enabled=precision == "bf16-mixed")
             for c_in, c_out, size, k, s in LAYERS:
+                if c_in not in args.layers:
+                    continue
                 x = torch.randn(args.batch, c_in, size, size).to(memory_format=FORMATS[fmt])
                 w = (torch.randn(c_in, c_out, k, k) * c_in ** -0.5).to(
                     memory_format=FORMATS[fmt])
@@ -105,7 +160,21 @@ def main(argv: list[str] | None = None) -> None:
                     if name == "f+b" and fmt == args.formats[0] \
                             and precision == args.precisions[0]:
                         summary[c_in] = a / b
-    print("gemm_vs_kernel_fb " + " ".join(f"{c}={r:.2f}" for c, r in summary.items()))
+    print(f"\nthe paper's inpainter, batch {args.batch}, 128 px, its wide layer on each "
+          f"path, alternated {args.repeats}x:")
+    print(f"{'pass':<30}{'format':<15}{'precision':<12}{'kernel s':>9}{'gemm s':>9}{'ratio':>7}")
+    whole: dict[str, float] = {}
+    for fmt in args.formats:
+        for precision in args.precisions:
+            got = whole_inpainter(args.batch, FORMATS[fmt], precision, args.repeats)
+            for name, (a, b) in got.items():
+                label = "training step" if name == "step" else "frozen forward (eval)"
+                print(f"{label:<30}{fmt:<15}{precision:<12}{a:>9.3f}{b:>9.3f}{a / b:>7.2f}")
+                if fmt == args.formats[0] and precision == args.precisions[0]:
+                    whole[name] = a / b
+    parts = [f"{c}={r:.2f}" for c, r in summary.items()]
+    parts += [f"{k}={r:.2f}" for k, r in whole.items()]
+    print("gemm_vs_kernel_fb " + " ".join(parts))
 
 
 if __name__ == "__main__":
