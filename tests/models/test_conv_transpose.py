@@ -97,3 +97,16 @@ def test_the_layer_keeps_torchs_parameters_and_results() -> None:
     assert rel_err(ours(x), theirs(x)) < 1e-5
     # an explicit output size goes to torch's kernel, which honours it
     assert ours(x, output_size=[7, 5]).shape[-2:] == (7, 5)
+
+
+def test_the_papers_inpainter_takes_the_product_for_its_first_decoder_layer_only() -> None:
+    from sssi.models import build_backbone
+    from sssi.models.inpainter import Inpainter
+
+    net = Inpainter(build_backbone("drn_a_50", in_channels=3, output_stride=8),
+                    out_channels=3, output="tanh")
+    x = torch.zeros(1, 2048, 2, 2)
+    layers = [m for m in net.decoder if isinstance(m, nn.ConvTranspose2d)]
+    assert all(isinstance(m, ConvTranspose2d) for m in layers)
+    assert [m._gemm_ok(x[:, : m.in_channels]) for m in layers] == [True] + [False] * 4
+    assert not layers[0]._gemm_ok(x.to("meta"))  # other devices keep torch's kernel
