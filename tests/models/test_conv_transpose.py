@@ -14,7 +14,8 @@ FORMATS = [torch.contiguous_format, torch.channels_last]
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).abs().max() / b.float().abs().max())
+    a, b = a.detach().float(), b.detach().float()
+    return float((a - b).abs().max() / b.abs().max())
 
 
 # (in, out, kernel, stride, padding, input height, input width)
