@@ -4,6 +4,10 @@ Composes ``conf/train.yaml``, builds the datamodule (the one the task needs), th
 the loggers, callbacks and the Trainer from their ``_target_`` configs, fits, then
 tests. Errors caused by input a user can fix (a missing tile, a corrupt GeoTIFF, a bad
 value) end the run with one line naming the file or key and exit status 1.
+
+Lightning and torch are imported when a run starts, not with this module: importing
+Lightning alone takes seconds (~7 s on a 2-core VM), and a config typo, which Hydra
+reports before :func:`main` runs, should not wait for it.
 """
 
 from __future__ import annotations
@@ -11,19 +15,21 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
-import lightning as L
-from lightning.pytorch.strategies import StrategyRegistry
 from omegaconf import DictConfig, open_dict
 
 import sssi.config  # noqa: F401  (registers the ${sssi.*} resolvers)
 from sssi.cli import CONFIG_DIR, other_shard, run_or_exit
 from sssi.errors import DataError
 from sssi.loggers import finish, log_config
-from sssi.scaling import BatchPlan
 from sssi.utils.io import atomic_write_text
+
+if TYPE_CHECKING:
+    import lightning as L
+
+    from sssi.scaling import BatchPlan
 
 log = logging.getLogger("sssi.train")
 
@@ -38,6 +44,8 @@ def instantiate_group(cfg: DictConfig | None) -> list[Any]:
 
 def run(cfg: DictConfig) -> dict[str, float]:
     """Fit and/or test as ``cfg`` says; return the final metrics."""
+    import lightning as L
+
     if other_shard(cfg.get("shard")):
         return {}
     output_dir = Path(cfg.paths.output_dir)
@@ -107,6 +115,8 @@ def strategy_for(task: L.LightningModule, strategy: Any) -> Any:
     step) gets Lightning's DDP variant that finds them (``ddp`` ->
     ``ddp_find_unused_parameters_true``, ``ddp_spawn`` -> ``ddp_spawn_find_...``).
     Other strategies, and strategy objects, are returned as they are."""
+    from lightning.pytorch.strategies import StrategyRegistry
+
     if getattr(task, "find_unused_parameters", False) and isinstance(strategy, str):
         name = f"{strategy}_find_unused_parameters_true"
         if name in StrategyRegistry:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,16 @@ def test_config_typo_is_a_clear_hydra_error(tmp_path):
     assert proc.returncode != 0
     assert "roott" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_entry_point_imports_lightning_and_torch_only_when_a_run_starts():
+    """Hydra reports a config typo before ``main`` runs; importing Lightning takes
+    seconds, so ``sssi.train`` must not import it (nor torch) at module level."""
+    code = ("import sys, sssi.train; "
+            "print(sorted(m for m in ('torch', 'lightning') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert proc.stdout.strip() == "[]"
 
 
 def test_missing_data_root_is_one_line_naming_the_path(tmp_path):
