@@ -54,6 +54,11 @@ def best_of(fn: Callable[[], object], repeats: int) -> float:
     return min(times)
 
 
+def autocast_for(precision: str) -> torch.autocast:
+    """CPU autocast to bf16 for ``bf16-mixed``, a disabled one for ``32-true``."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+
+
 def forward(f: Callable[[], torch.Tensor], autocast: torch.autocast) -> None:
     """``f()`` without autograd: the frozen player's pass."""
     with torch.no_grad(), autocast:
@@ -77,8 +82,9 @@ def whole_inpainter(batch: int, fmt: torch.memory_format, precision: str,
                     out_channels=3, output="tanh").to(memory_format=fmt)
     opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
     x = torch.randn(batch, 3, 128, 128).contiguous(memory_format=fmt)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
-    wide = [m for m in net.modules() if isinstance(m, ConvTranspose2d) and m._gemm_ok(x[:1])]
+    autocast = autocast_for(precision)
+    wide = [m for m in net.modules()
+            if isinstance(m, ConvTranspose2d) and m.takes_product(x[:1])]
     if not wide:
         raise SystemExit("no layer of the inpainter takes the matrix product")
 
@@ -128,8 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     summary: dict[int, float] = {}
     for fmt in args.formats:
         for precision in args.precisions:
-            autocast = torch.autocast("cpu", dtype=torch.bfloat16,
-                                      enabled=precision == "bf16-mixed")
+            autocast = autocast_for(precision)
             for c_in, c_out, size, k, s in LAYERS:
                 if c_in not in args.layers:
                     continue

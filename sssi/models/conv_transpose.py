@@ -36,6 +36,23 @@ def _taps(size: int, stride: int) -> int:
     return (size - 1) * stride + 1
 
 
+def _tap(i: int, j: int, size: tuple[int, int], stride: tuple[int, int]) -> tuple[slice, ...]:
+    """Index into the padded NHWC output of the pixels that kernel offset ``(i, j)``
+    reaches from an input of ``size``: the overlap-add (forward) writes there, the
+    im2col of the gradient (backward) reads there."""
+    (h, w), (sh, sw) = size, stride
+    return slice(None), slice(i, i + _taps(h, sh), sh), slice(j, j + _taps(w, sw), sw)
+
+
+def _matrices(x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+    """``x`` as ``(pixels, C_in)`` rows and ``weight`` as ``(C_in, k_h k_w C_out)``: views
+    for NHWC tensors, copies otherwise."""
+    n, c_in, h, w = x.shape
+    _, c_out, kh, kw = weight.shape
+    return (x.permute(0, 2, 3, 1).reshape(n * h * w, c_in),
+            weight.permute(0, 2, 3, 1).reshape(c_in, kh * kw * c_out))
+
+
 class _GemmConvTranspose(torch.autograd.Function):
     """``conv_transpose2d(x, w, stride, padding)`` as a matrix product and an overlap-add.
 
@@ -54,15 +71,15 @@ class _GemmConvTranspose(torch.autograd.Function):
             x_ = x.to(dtype)
             w_ = weight.to(dtype)
             n, _, h, w = x_.shape
-            c_in, c_out, kh, kw = w_.shape
-            (sh, sw), (ph, pw) = stride, padding
-            rows = x_.permute(0, 2, 3, 1).reshape(n * h * w, c_in)
-            cols = (rows @ w_.permute(0, 2, 3, 1).reshape(c_in, kh * kw * c_out))
-            cols = cols.view(n, h, w, kh, kw, c_out)
-            full = x_.new_zeros(n, _taps(h, sh) + kh - 1, _taps(w, sw) + kw - 1, c_out)
+            _, c_out, kh, kw = w_.shape
+            rows, w_mat = _matrices(x_, w_)
+            cols = (rows @ w_mat).view(n, h, w, kh, kw, c_out)
+            full = x_.new_zeros(n, _taps(h, stride[0]) + kh - 1, _taps(w, stride[1]) + kw - 1,
+                                c_out)
             for i in range(kh):
                 for j in range(kw):
-                    full[:, i:i + _taps(h, sh):sh, j:j + _taps(w, sw):sw] += cols[:, :, :, i, j]
+                    full[_tap(i, j, (h, w), stride)] += cols[:, :, :, i, j]
+            ph, pw = padding
             out = full[:, ph:full.shape[1] - ph, pw:full.shape[2] - pw]
         ctx.save_for_backward(x_, w_)
         ctx.geometry = (stride, padding)
@@ -71,7 +88,7 @@ class _GemmConvTranspose(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
         x_, w_ = ctx.saved_tensors
-        (sh, sw), (ph, pw) = ctx.geometry
+        stride, (ph, pw) = ctx.geometry
         n, c_in, h, w = x_.shape
         _, c_out, kh, kw = w_.shape
         with torch.autocast(grad.device.type, enabled=False):
@@ -80,15 +97,14 @@ class _GemmConvTranspose(torch.autograd.Function):
             cols = g.new_empty(n, h, w, kh, kw, c_out)
             for i in range(kh):
                 for j in range(kw):
-                    cols[:, :, :, i, j] = g[:, i:i + _taps(h, sh):sh, j:j + _taps(w, sw):sw]
+                    cols[:, :, :, i, j] = g[_tap(i, j, (h, w), stride)]
             cols = cols.view(n * h * w, kh * kw * c_out)
+            rows, w_mat = _matrices(x_, w_)
             grad_x = grad_w = None
             if ctx.needs_input_grad[0]:
-                w_mat = w_.permute(0, 2, 3, 1).reshape(c_in, kh * kw * c_out)
                 grad_x = (cols @ w_mat.t()).view(n, h, w, c_in).permute(0, 3, 1, 2)
                 grad_x = grad_x.to(ctx.dtypes[0])
             if ctx.needs_input_grad[1]:
-                rows = x_.permute(0, 2, 3, 1).reshape(n * h * w, c_in)
                 grad_w = (rows.t() @ cols).view(c_in, kh, kw, c_out).permute(0, 3, 1, 2)
                 grad_w = grad_w.to(ctx.dtypes[1])
         return grad_x, grad_w, None, None
@@ -109,13 +125,15 @@ class ConvTranspose2d(nn.ConvTranspose2d):
     """``nn.ConvTranspose2d`` that computes wide CPU layers as a matrix product (see the
     module docstring); parameters, state dict and results are those of the parent."""
 
-    def _gemm_ok(self, x: Tensor) -> bool:
+    def takes_product(self, x: Tensor) -> bool:
+        """Whether ``self(x)`` runs as the matrix product: a 4-D CPU input, at least
+        :data:`GEMM_MIN_IN_CHANNELS` input channels, and a plain layer."""
         return (x.device.type == "cpu" and x.dim() == 4
                 and self.in_channels >= GEMM_MIN_IN_CHANNELS and self.groups == 1
                 and self.dilation == (1, 1) and self.output_padding == (0, 0)
                 and self.padding_mode == "zeros" and isinstance(self.padding, tuple))
 
     def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
-        if output_size is None and self._gemm_ok(x):
+        if output_size is None and self.takes_product(x):
             return conv_transpose2d_gemm(x, self.weight, self.bias, self.stride, self.padding)
         return super().forward(x, output_size)

@@ -109,5 +109,5 @@ def test_the_papers_inpainter_takes_the_product_for_its_first_decoder_layer_only
     x = torch.zeros(1, 2048, 2, 2)
     layers = [m for m in net.decoder if isinstance(m, nn.ConvTranspose2d)]
     assert all(isinstance(m, ConvTranspose2d) for m in layers)
-    assert [m._gemm_ok(x[:, : m.in_channels]) for m in layers] == [True] + [False] * 4
-    assert not layers[0]._gemm_ok(x.to("meta"))  # other devices keep torch's kernel
+    assert [m.takes_product(x[:, : m.in_channels]) for m in layers] == [True] + [False] * 4
+    assert not layers[0].takes_product(x.to("meta"))  # other devices keep torch's kernel
