@@ -4,7 +4,8 @@
 #      and channels_last, eager and compiled; images/s, MFU from the FLOP count, peak
 #      memory, and the data path's margin over the step;
 #   2. the data pipeline with this machine's cores (workers = cores - 1, at most 8),
-#      device-side augmentation on the GPU.
+#      device-side augmentation on the GPU;
+#   3. the frozen inpainter's forward (the instructor's step) with batch norm folded or not.
 # Usage: experiments/benchmarks/gpu.sh [python]     (default: python on PATH)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -18,3 +19,5 @@ $PY experiments/benchmarks/game_step.py --device cuda --batch 128 --size 128 \
     --compile off on --workers "$WORKERS"
 $PY experiments/benchmarks/data_pipeline.py --device cuda --workers "$WORKERS" \
     --batch-size 128 --patches 4096
+$PY experiments/benchmarks/frozen_forward.py --device cuda --batch 128 \
+    --precisions 32-true bf16-mixed

@@ -39,6 +39,7 @@ reward's maths (:mod:`sssi.tasks.reward`) and the config checks
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -49,12 +50,13 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.strategies import ParallelStrategy
 from lightning.pytorch.trainer.states import TrainerFn
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from sssi.config import to_plain
 from sssi.errors import ConfigError, SssiError
 from sssi.masking import cell_border_stats, mask_stats
+from sssi.models.folding import FoldedCopy
 from sssi.models.inpainter import Inpainter
 from sssi.models.instructor import Instructor
 from sssi.tasks.base import BaseTask
@@ -153,6 +155,9 @@ class PretrainTask(BaseTask):
         self.register_buffer("_first_bad", torch.full((len(PLAYERS),), -1, dtype=torch.long),
                              persistent=False)
         self._val_cells: list[Tensor] | None = None  # [sum of hard cells (h, w), count]
+        # (the inpainter's tensors, their versions, its copy with batch norm folded): see
+        # frozen_inpainter. A tuple, so that the copy stays out of the state dict.
+        self._folded: tuple[tuple, tuple, FoldedCopy] | None = None
 
     @property
     def instructor_settings(self) -> dict[str, Any] | None:
@@ -279,6 +284,31 @@ class PretrainTask(BaseTask):
         """Restore ``masked`` images (holes filled with zeros)."""
         return self.inpainter(self._input(INPAINTER, masked))
 
+    def frozen_inpainter(self) -> nn.Module:
+        """The inpainter as the instructor's steps use it: in eval mode, not learning, with
+        its batch norms folded into its convolutions (:class:`FoldedCopy`: the same
+        outputs to float rounding, one pass over every activation less per forward).
+
+        The copy is made once; when the inpainter's weights or statistics have changed
+        since (it learned, a checkpoint was loaded) it is brought up to date in one pass
+        over them, and made anew when the inpainter's tensors were replaced (moved to
+        another device, dtype or memory format). A compiled inpainter is used as it is:
+        the compiler fuses batch norm itself.
+        """
+        if getattr(self.inpainter, "_compiled_call_impl", None) is not None:
+            self.inpainter.eval()
+            return self.inpainter
+        tensors = list(itertools.chain(self.inpainter.parameters(), self.inpainter.buffers()))
+        layout = (id(self.inpainter), *(t.data_ptr() for t in tensors))
+        versions = tuple(t._version for t in tensors)
+        if self._folded is None or self._folded[0] != layout:
+            self._folded = None  # let a stale copy go before the new one is made
+            self._folded = (layout, versions, FoldedCopy(self.inpainter))
+        elif self._folded[1] != versions:
+            self._folded[2].sync()
+            self._folded = (layout, versions, self._folded[2])
+        return self._folded[2].module
+
     def instructor_masks(self, images: Tensor, generator: torch.Generator | None = None
                          ) -> Tensor:
         """Binary holes the instructor would make now (it is put in eval mode)."""
@@ -352,7 +382,7 @@ class PretrainTask(BaseTask):
         hard_cells = self.instructor.hard_mask(out.scores.detach())
         hard = self.instructor.upsample(hard_cells, size)
         with torch.no_grad():  # the frozen inpainter needs no autograd graph
-            restored = self(images * (1.0 - hard))
+            restored = self.frozen_inpainter()(self._input(INPAINTER, images * (1.0 - hard)))
             err = self.criterion.error_map(restored, images)
         reward, hole_error = self._reward(soft, soft_cells, hard_cells, err)
         loss = 1.0 - reward + settings["kl_weight"] * out.kl

@@ -380,3 +380,34 @@ def test_channels_last_per_player_keeps_the_results():
         restored = [t(x * (1.0 - masks[0])) for t in (nchw, one)]
     torch.testing.assert_close(restored[1], restored[0], rtol=1e-4, atol=1e-4)
     assert seen == {"instructor": True, "inpainter": False}
+
+
+def test_the_instructor_steps_use_the_inpainter_folded_and_kept_up_to_date():
+    """The frozen inpainter of the instructor's steps has its batch norms folded: the same
+    restorations as the eval-mode inpainter, one copy brought up to date when the weights
+    change in place and made anew when they are replaced, nothing of it in the checkpoint."""
+    task = _task()
+    g = torch.Generator().manual_seed(1)
+    for m in task.inpainter.modules():  # statistics of a trained inpainter, not 0 and 1
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0.0, 0.3, generator=g)
+            m.running_var.uniform_(0.5, 1.5, generator=g)
+    task.inpainter.eval()  # as the instructor's steps put it
+    keys = set(task.state_dict())
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+
+    folded = task.frozen_inpainter()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert set(task.state_dict()) == keys
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), task(x), rtol=1e-4, atol=1e-4)
+        first = next(task.inpainter.encoder.parameters())
+        first.mul_(0.5)  # what an optimizer step or a loaded checkpoint does: in place
+        assert task.frozen_inpainter() is folded  # the same copy, brought up to date
+        torch.testing.assert_close(folded(x), task(x), rtol=1e-4, atol=1e-4)
+        task.channels_last = ("inpainter",)
+        task.apply_memory_format()  # new tensors: a new copy, in their format
+        nhwc = task.frozen_inpainter()
+        assert nhwc is not folded
+        torch.testing.assert_close(nhwc(task._input("inpainter", x)), task(x),
+                                   rtol=1e-4, atol=1e-4)
