@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "experiments" / "benchmarks"
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "experiments" / "benchmarks"
 
 
 def _load(name: str):
@@ -77,3 +78,67 @@ def test_ship_row_samples_match_the_dataset(tmp_path):
             assert ready[key].shape == value.shape and ready[key].dtype == value.dtype
     assert bench.time_ship(dm, 0) > 0 and dm.train_set is not None
     assert not isinstance(dm.train_set, bench.Ready)  # the real dataset is put back
+
+
+def test_profile_split_groups_convolutions_batch_norm_and_the_rest(game_step):
+    shares = game_step.split_self_time([("aten::convolution_backward", 6.0), ("aten::mm", 2.0),
+                                        ("aten::native_batch_norm", 1.0),
+                                        ("aten::relu_", 0.5), ("aten::add_", 0.5)])
+    assert shares == pytest.approx({"conv": 0.8, "batch_norm": 0.1, "other": 0.1})
+
+
+def test_the_authors_steps_interleave_and_are_left_out_of_sssis_time(game_step):
+    """Warm-up steps before and the profiled step after the timed ones are left out; the
+    authors' step run after each of sssi's is timed on its own, not as sssi's."""
+    clock = {"now": 0.0}
+    sssi_steps = [1.0, 1.0, 2.0, 2.0, 50.0]  # batches 0-4: warm-up, 2 timed, profiled
+    authors_steps = iter([10.0, 20.0, 30.0, 40.0, 99.0])
+
+    def authors_step() -> None:
+        clock["now"] += next(authors_steps)
+
+    timer = game_step.LoopTimer(skip=2, last=3, clock=lambda: clock["now"])
+    authors = game_step.Interleaved(authors_step, timer)
+    for batch_idx, seconds in enumerate(sssi_steps):
+        clock["now"] += seconds
+        timer.on_train_batch_end(None, None, None, None, batch_idx)
+        authors.on_train_batch_end(None, None, None, None, batch_idx)
+    assert timer.durations == [2.0, 2.0]
+    assert authors.durations == [20.0, 30.0]  # after batches 1 and 2, before 2 and 3
+    assert timer.seconds_per_step == 2.0 and authors.seconds_per_step == 25.0
+
+
+def test_a_profiled_step_splits_its_time(game_step):
+    from types import SimpleNamespace
+
+    cfg = game_step.game_config(32, 2, ["backbone=resnet18"])
+    args = SimpleNamespace(device="cpu", batch=2, size=32, warmup=0, steps=1, profile=True)
+    got = game_step.time_kind(cfg, "instructor", args, "32-true", False, False)
+    shares = got["shares"]
+    assert got["rate"] > 0 and set(shares) == {"conv", "batch_norm", "other"}
+    assert sum(shares.values()) == pytest.approx(1.0) and shares["conv"] > 0.2
+
+
+def test_the_frozen_forward_benchmark_compares_equal_outputs():
+    bench = _load("frozen_forward")
+    r = bench.compare(batch=1, size=32, fmt=torch.channels_last, precision="32-true",
+                      device=torch.device("cpu"), repeats=1)
+    assert r["eval"] > 0 and r["folded"] > 0 and r["fold"] > 0
+    assert r["diff"] < 1e-4  # the folded copy restores what the network does
+
+
+def test_the_authors_steps_run_between_sssis(game_step):
+    """The authors' script (beside the checkout, never copied in) loads in process and
+    its step of a kind runs after each of sssi's, with its own rate."""
+    from types import SimpleNamespace
+
+    script = REPO.parent / "shared" / "tools" / "authors_step.py"
+    if not script.exists():
+        pytest.skip(f"the authors' step script is not beside the checkout: {script}")
+    steps = game_step.authors_steps(str(script), batch=2, size=32)
+    assert set(steps) == set(game_step.KINDS)
+    cfg = game_step.game_config(32, 2, ["backbone=resnet18"])
+    args = SimpleNamespace(device="cpu", batch=2, size=32, warmup=0, steps=2, profile=False)
+    got = game_step.time_kind(cfg, "instructor", args, "32-true", False, False,
+                              steps["instructor"])
+    assert got["rate"] > 0 and got["authors_rate"] > 0

@@ -11,10 +11,19 @@ Trainer on batches kept in memory. Each step kind is timed over whole loop itera
   instructor        the instructor's update (the frozen inpainter's forward included)
   game              instructor + inpainter: the per-image cost of one round
 
-``--reference PATH`` runs ``PATH`` (``../shared/tools/authors_step.py``, the authors' two
-steps rebuilt in plain PyTorch) in a subprocess of the same run, with the same batch,
-size and threads, just before and just after each setting (the VM's speed drifts
-within a run), and prints sssi's rate over the authors' per kind.
+``--reference PATH`` loads ``PATH`` (``../shared/tools/authors_step.py``, the authors' two
+steps rebuilt in plain PyTorch) into this process, sets up their players as their script
+does, and runs one of their steps of the same kind right after each of sssi's, timed on
+its own (and left out of sssi's loop time): the two alternate step by step, so both see
+the same machine (a shared VM's speed drifts by more than the differences measured). Each
+side's figure is its median step; a round is one instructor step and one inpainter step
+per image (the paper's 30 + 30 epochs over one loader), on both sides.
+
+``--profile`` (CPU) profiles one more step of each kind after the timed ones and splits
+its time into convolutions (and the matrix products that stand in for them), batch norm
+and the rest. With a reference it prints ``bound``: sssi's round over the authors' if
+everything but sssi's convolutions took no time, the ceiling of what removing
+per-step work can give at these kernels.
 
 In the same process it times the data path at the step's crop: the datamodule's
 per-batch device step (augmentation + normalisation of a uint8 batch) and the training
@@ -38,14 +47,15 @@ The last line is a summary a script can read:
 from __future__ import annotations
 
 import argparse
-import json
+import importlib.util
 import logging
 import os
-import subprocess
+import statistics
 import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -85,28 +95,90 @@ class Batches(Dataset):
 
 
 class LoopTimer(L.Callback):
-    """Wall time of whole loop iterations after ``skip`` warm-up batches."""
+    """Wall time of each whole loop iteration (fetch, hooks, step, logging) after ``skip``
+    warm-up batches, up to batch ``last`` when given; time handed to :meth:`exclude` (the
+    authors' step run between two of sssi's) is not counted."""
 
-    def __init__(self, skip: int) -> None:
-        self.skip, self.start, self.end, self.count = skip, 0.0, 0.0, 0
+    def __init__(self, skip: int, last: int | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.skip, self.last, self.clock = skip, last, clock
+        self.durations: list[float] = []
+        self._prev: float | None = None
+        self._excluded = 0.0
 
     def _sync(self) -> None:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
 
+    def exclude(self, seconds: float) -> None:
+        """Leave ``seconds`` spent since the last batch's end out of the next duration."""
+        self._excluded += seconds
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._sync()
-        now = time.perf_counter()
-        if batch_idx == self.skip - 1:
-            self.start = now
-            if torch.cuda.is_available():
-                torch.cuda.reset_peak_memory_stats()
-        elif batch_idx >= self.skip:
-            self.end, self.count = now, self.count + 1
+        now = self.clock()
+        if batch_idx == self.skip - 1 and torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        timed = batch_idx >= self.skip and (self.last is None or batch_idx <= self.last)
+        if timed and self._prev is not None:
+            self.durations.append(now - self._prev - self._excluded)
+        self._prev, self._excluded = now, 0.0
 
     @property
     def seconds_per_step(self) -> float:
-        return (self.end - self.start) / max(self.count, 1)
+        """The median timed iteration."""
+        return statistics.median(self.durations) if self.durations else float("nan")
+
+
+class Interleaved(L.Callback):
+    """After each of sssi's steps, one of the authors' (``step``), timed on its own (with
+    ``timer``'s clock) and left out of ``timer``'s; those between two timed steps of
+    sssi's are kept."""
+
+    def __init__(self, step: Callable[[], object], timer: LoopTimer) -> None:
+        self.step, self.timer = step, timer
+        self.durations: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        timer = self.timer
+        if timer.last is not None and batch_idx >= timer.last:
+            return  # nothing of sssi's is timed after this
+        t0 = timer.clock()
+        self.step()
+        seconds = timer.clock() - t0
+        timer.exclude(seconds)
+        if batch_idx >= timer.skip - 1:
+            self.durations.append(seconds)  # between two timed steps of sssi's
+
+    @property
+    def seconds_per_step(self) -> float:
+        return statistics.median(self.durations) if self.durations else float("nan")
+
+
+def authors_steps(path: str, batch: int, size: int) -> dict[str, Callable[[], object]]:
+    """The authors' step of each kind from their script at ``path``, loaded here, with
+    their players, optimizers and batch set up as the script's ``main`` does."""
+    spec = importlib.util.spec_from_file_location("authors_step", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"--reference {path}: not a Python file")
+    a = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(a)
+    torch.manual_seed(7)
+    net, coach = a.drn_a_50(), a.resnet18_coach_vae(drop_ratio=0.75)
+    net_opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    coach_opt = torch.optim.Adam(coach.parameters(), lr=1e-5)
+    inputs, targets, _ = a.make_batch(batch, size, torch.Generator().manual_seed(7))
+    a.calibrate_bn(coach, inputs, alpha=1)  # eval-mode players with data statistics
+    with torch.no_grad():
+        coach.eval()
+        masks, _, _ = coach(inputs, alpha=100)
+    a.calibrate_bn(net, inputs * masks)
+    return {
+        "inpainter_random": lambda: a.inpainter_step(net, coach, net_opt, inputs, targets,
+                                                     False),
+        "inpainter": lambda: a.inpainter_step(net, coach, net_opt, inputs, targets, True),
+        "instructor": lambda: a.instructor_step(net, coach, coach_opt, inputs, targets),
+    }
 
 
 def game_config(size: int, batch: int, overrides: list[str]):
@@ -142,23 +214,78 @@ def kind_config(cfg, kind: str, channels_last: bool | list[str] = False,
     return cfg
 
 
+#: Operators whose self time counts as convolution in ``--profile``: oneDNN's kernels
+#: (forward, transposed forward and backward) and the matrix products of
+#: :class:`sssi.models.conv_transpose.ConvTranspose2d`.
+CONV_OPS = ("aten::mkldnn_convolution", "aten::_convolution", "aten::convolution_backward",
+            "aten::mm", "aten::addmm", "aten::bmm", "aten::_convolution_transpose")
+
+
+class StepProfile(L.Callback):
+    """Self CPU time of batch ``index``, split into convolutions, batch norm and the rest
+    (fractions in :attr:`shares`)."""
+
+    def __init__(self, index: int) -> None:
+        self.index, self.shares = index, {}
+        self._prof = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.index:
+            from torch.profiler import ProfilerActivity, profile
+
+            self._prof = profile(activities=[ProfilerActivity.CPU])
+            self._prof.__enter__()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx == self.index and self._prof is not None:
+            self._prof.__exit__(None, None, None)
+            self.shares = split_self_time(
+                (e.key, e.self_cpu_time_total) for e in self._prof.key_averages())
+
+
+def split_self_time(events) -> dict[str, float]:
+    """``{"conv", "batch_norm", "other"}`` fractions of the total of ``(name, self time)``."""
+    parts = {"conv": 0.0, "batch_norm": 0.0, "other": 0.0}
+    for name, t in events:
+        group = "conv" if name in CONV_OPS else "batch_norm" if "batch_norm" in name \
+            else "other"
+        parts[group] += t
+    total = sum(parts.values()) or 1.0
+    return {k: v / total for k, v in parts.items()}
+
+
 def time_kind(cfg, kind: str, args, precision: str, channels_last: bool | list[str],
-              compiled: bool) -> tuple[float, float]:
-    """(images/s, peak GPU MB) of ``kind`` steps."""
+              compiled: bool, authors: Callable[[], object] | None = None) -> dict:
+    """``kind`` steps: ``rate`` (images/s), ``peak_mb`` (GPU), ``shares`` (time split of
+    one profiled step, or {}) and, with the authors' step of the kind interleaved,
+    ``authors_rate``."""
     torch.manual_seed(0)
     task = build_task(cfg, kind, channels_last, compiled)
     skip = args.warmup + 1  # step 0 is an inpainter step in every kind
-    timer = LoopTimer(skip)
-    steps = skip + args.steps
+    last = skip + args.steps - 1
+    timer = LoopTimer(skip, last)
+    callbacks: list[L.Callback] = [timer]
+    interleaved = Interleaved(authors, timer) if authors is not None else None
+    if interleaved is not None:
+        callbacks.append(interleaved)
+    profiled = getattr(args, "profile", False)
+    profile = StepProfile(last + 1)
+    if profiled:  # one more step, after the timed ones, under the profiler
+        callbacks.append(profile)
+    steps = last + 1 + int(profiled)
     trainer = L.Trainer(accelerator=args.device, devices=1, precision=precision,
                         max_steps=steps, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False,
-                        limit_val_batches=0, callbacks=[timer])
+                        limit_val_batches=0, callbacks=callbacks)
     data = DataLoader(Batches(args.batch, cfg.data.in_channels, args.size),
                       batch_size=args.batch, sampler=[0] * steps * args.batch)
     trainer.fit(task, train_dataloaders=data)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0
-    return args.batch / timer.seconds_per_step, peak
+    out = {"rate": args.batch / timer.seconds_per_step, "shares": profile.shares,
+           "peak_mb": torch.cuda.max_memory_allocated() / 2**20
+           if torch.cuda.is_available() else 0.0}
+    if interleaved is not None:
+        out["authors_rate"] = args.batch / interleaved.seconds_per_step
+    return out
 
 
 def flops_per_image(cfg, kind: str, args) -> float:
@@ -184,16 +311,6 @@ def flops_per_image(cfg, kind: str, args) -> float:
                       sampler=[0] * 4)
     trainer.fit(task, train_dataloaders=data)
     return counter.get_total_flops() / 2
-
-
-def reference_rates(path: str, args) -> dict[str, float]:
-    """The authors' steps (images/s per kind) from ``path --json``, run here and now."""
-    cmd = [sys.executable, path, "--json", "--no-flops", "--batch", str(args.batch),
-           "--size", str(args.size), "--warmup", str(args.warmup), "--iters", str(args.steps),
-           "--threads", str(torch.get_num_threads())]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    result = json.loads(out.strip().splitlines()[-1])
-    return {k: v["img_per_s_median"] for k, v in result["steps"].items()}
 
 
 def data_path_rates(cfg, args, device: torch.device) -> dict[str, float]:
@@ -243,6 +360,9 @@ def main() -> None:
     ap.add_argument("--reference", default=os.environ.get("REFERENCE") or None,
                     help="the authors' step script (authors_step.py)")
     ap.add_argument("--override", nargs="*", default=[], help="more config overrides")
+    ap.add_argument("--profile", action="store_true",
+                    help="split one more step of each kind into convolutions, batch norm and "
+                         "the rest (CPU)")
     args = ap.parse_args()
     gpu = args.device.startswith("cuda")
     args.batch = args.batch or (128 if gpu else 8)
@@ -263,6 +383,9 @@ def main() -> None:
     if args.reference and gpu:
         print("--reference: the authors' script runs on the CPU only; not run")
         args.reference = None
+    if args.profile and gpu:
+        print("--profile: CPU only; not run")
+        args.profile = False
     flops = {k: flops_per_image(cfg, k, args) for k in KINDS} if gpu else {}
     peak_tf = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
 
@@ -272,27 +395,28 @@ def main() -> None:
     print("-" * len(header))
     games: list[float] = []
     ratios: list[float] = []
+    authors = authors_steps(args.reference, args.batch, args.size) if args.reference else {}
     for precision, cl, compiled in settings(args):
-        # the authors' steps are timed just before and just after each setting's (the
-        # geometric mean of the two): a shared VM's speed drifts within a run
-        before = reference_rates(args.reference, args) if args.reference else {}
         rates: dict[str, float] = {}
+        ref: dict[str, float] = {}
         peaks: dict[str, float] = {}
+        shares: dict[str, dict[str, float]] = {}
         for kind in KINDS:
-            rates[kind], peaks[kind] = time_kind(cfg, kind, args, precision, cl, compiled)
+            got = time_kind(cfg, kind, args, precision, cl, compiled, authors.get(kind))
+            rates[kind], peaks[kind], shares[kind] = got["rate"], got["peak_mb"], got["shares"]
+            if "authors_rate" in got:
+                ref[kind] = got["authors_rate"]
         rates["game"] = _round(rates)
-        ref = {}
-        if before:
-            after = reference_rates(args.reference, args)
-            ref = {k: (before[k] * after[k]) ** 0.5 for k in before.keys() & after.keys()}
-            if "game" not in ref:  # the authors' script times a round unless told not to
-                ref["game"] = _round(ref)
+        if ref:
+            ref["game"] = _round(ref)
             ratios.append(rates["game"] / ref["game"])
         for kind in (*KINDS, "game"):
             kind_flops = flops["instructor"] + flops["inpainter"] if flops and kind == "game" \
                 else flops.get(kind)
             _row(kind, precision, cl, compiled, rates[kind], ref.get(kind), kind_flops,
                  peak_tf and peak_tf.get(precision), peaks.get(kind))
+        if any(shares.values()):
+            _print_shares(shares, rates, ref)
         games.append(rates["game"])
 
     print(f"\ndata path at {args.size} px, batch {args.batch} (the game consumes up to "
@@ -308,6 +432,18 @@ def main() -> None:
 def _round(rates: dict[str, float]) -> float:
     """Images/s of a whole round: one instructor step and one inpainter step."""
     return 1.0 / (1.0 / rates["instructor"] + 1.0 / rates["inpainter"])
+
+
+def _print_shares(shares: dict[str, dict[str, float]], rates: dict[str, float],
+                  ref: dict[str, float]) -> None:
+    """Each kind's time split of ``--profile`` and, with a reference, the bound."""
+    for kind, part in shares.items():
+        print(f"  profile {kind:<17}" + "  ".join(f"{k} {100 * v:4.1f} %"
+                                                  for k, v in part.items()))
+    if ref:
+        conv_s = sum(shares[k]["conv"] / rates[k] for k in ("instructor", "inpainter"))
+        print(f"  bound: x authors {1.0 / ref['game'] / conv_s:.2f} if all but sssi's "
+              f"convolutions were free (now {rates['game'] / ref['game']:.2f})")
 
 
 def _row(kind, precision, cl, compiled, rate, ref, flops, peak_tf, peak_mb) -> None:
