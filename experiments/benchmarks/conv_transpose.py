@@ -54,9 +54,9 @@ def best_of(fn: Callable[[], object], repeats: int) -> float:
     return min(times)
 
 
-def autocast_for(precision: str) -> torch.autocast:
-    """CPU autocast to bf16 for ``bf16-mixed``, a disabled one for ``32-true``."""
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+def autocast_for(precision: str, device_type: str = "cpu") -> torch.autocast:
+    """Autocast to bf16 for ``bf16-mixed``, a disabled one for ``32-true``."""
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
 
 
 def forward(f: Callable[[], torch.Tensor], autocast: torch.autocast) -> None:

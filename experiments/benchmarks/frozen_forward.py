@@ -5,9 +5,9 @@ mode without autograd, as ``PretrainTask`` runs it for the instructor's loss: th
 network as it is (58 batch norms) against ``sssi.models.folding.fold_batch_norm``'s copy
 (each batch norm folded into the convolution before it), alternated ``--repeats`` times
 in each memory format and precision asked for so that both see the same machine; the
-best time of each is kept. Also prints what the fold itself costs (made once per
-instructor phase, or once per round with ``task.schedule.mode=alternate``) and the
-largest difference between the two outputs.
+best time of each is kept. Also prints what the fold itself costs (the task folds once
+and then only syncs the copy's weights when the inpainter changed) and the largest
+difference between the two outputs.
 
 The last line is a summary a script can read: ``folded_vs_eval R ...`` (one ratio per
 format x precision, in the order printed).
@@ -20,7 +20,9 @@ format x precision, in the order printed).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -28,7 +30,8 @@ from sssi.models import build_backbone
 from sssi.models.folding import fold_batch_norm
 from sssi.models.inpainter import Inpainter
 
-FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
+sys.path.insert(0, str(Path(__file__).parent))  # the sibling benchmark's memory formats
+from conv_transpose import FORMATS, autocast_for
 
 
 def _sync(device: torch.device) -> None:
@@ -55,8 +58,7 @@ def compare(batch: int, size: int, fmt: torch.memory_format, precision: str,
     folded = fold_batch_norm(net)
     _sync(device)
     fold_s = time.perf_counter() - t0
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16,
-                              enabled=precision == "bf16-mixed")
+    autocast = autocast_for(precision, device.type)
     times: dict[str, list[float]] = {"eval": [], "folded": []}
     with torch.no_grad(), autocast:
         diff = float((net(x).float() - folded(x).float()).abs().max())

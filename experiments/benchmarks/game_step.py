@@ -126,8 +126,7 @@ class LoopTimer(L.Callback):
 
     @property
     def seconds_per_step(self) -> float:
-        """The median timed iteration."""
-        return statistics.median(self.durations) if self.durations else float("nan")
+        return median_seconds(self.durations)
 
 
 class Interleaved(L.Callback):
@@ -152,7 +151,12 @@ class Interleaved(L.Callback):
 
     @property
     def seconds_per_step(self) -> float:
-        return statistics.median(self.durations) if self.durations else float("nan")
+        return median_seconds(self.durations)
+
+
+def median_seconds(durations: list[float]) -> float:
+    """The median timed step (NaN when none was timed)."""
+    return statistics.median(durations) if durations else float("nan")
 
 
 def authors_steps(path: str, batch: int, size: int) -> dict[str, Callable[[], object]]:

@@ -44,10 +44,18 @@ def fold_batch_norm(module: nn.Module) -> nn.Module:
 class FoldedCopy:
     """:func:`fold_batch_norm`'s copy of ``source`` (in :attr:`module`), which
     :meth:`sync` brings up to date with ``source``'s current weights and statistics in
-    one pass over them, without tracing or copying the network again."""
+    one pass over them, without tracing or copying the network again.
+
+    :meth:`refresh` syncs only when a tensor of ``source`` changed in place since (its
+    ``_version`` moved: an optimizer step, a loaded state dict); :meth:`made_from` tells
+    whether ``source`` still has the tensors the copy was made from (not moved to another
+    device, dtype or memory format), which a sync cannot follow.
+    """
 
     def __init__(self, source: nn.Module) -> None:
         self.source = source
+        self._layout = _layout(source)
+        self._versions = _versions(source)
         #: (qualified name of a folded convolution, of the batch norm folded into it)
         self.pairs: list[tuple[str, str]] = []
         self.module = _fold(copy.deepcopy(source), "", self.pairs)
@@ -57,6 +65,17 @@ class FoldedCopy:
         # every other tensor of the copy: the source's tensor of the same name
         self._plain = [name for name, _ in _tensors(self.module)
                        if name.rpartition(".")[0] not in folded]
+
+    def made_from(self, module: nn.Module) -> bool:
+        """Whether ``module`` is the source, with the very tensors the copy was made from."""
+        return module is self.source and _layout(module) == self._layout
+
+    def refresh(self) -> None:
+        """:meth:`sync` if any of the source's tensors changed since the last one."""
+        versions = _versions(self.source)
+        if versions != self._versions:
+            self.sync()
+            self._versions = versions
 
     @torch.no_grad()
     def sync(self) -> None:
@@ -76,6 +95,16 @@ def _tensors(module: nn.Module):
     """``(qualified name, tensor)`` of every parameter and buffer of ``module``."""
     yield from module.named_parameters()
     yield from module.named_buffers()
+
+
+def _layout(module: nn.Module) -> tuple[int, ...]:
+    """Where each tensor of ``module`` lives: changes when a tensor is replaced."""
+    return tuple(t.data_ptr() for _, t in _tensors(module))
+
+
+def _versions(module: nn.Module) -> tuple[int, ...]:
+    """Each tensor's in-place change counter: moves with every in-place update."""
+    return tuple(t._version for _, t in _tensors(module))
 
 
 def _fused(conv: nn.Module, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:

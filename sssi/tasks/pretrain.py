@@ -39,7 +39,6 @@ reward's maths (:mod:`sssi.tasks.reward`) and the config checks
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -155,9 +154,9 @@ class PretrainTask(BaseTask):
         self.register_buffer("_first_bad", torch.full((len(PLAYERS),), -1, dtype=torch.long),
                              persistent=False)
         self._val_cells: list[Tensor] | None = None  # [sum of hard cells (h, w), count]
-        # (the inpainter's tensors, their versions, its copy with batch norm folded): see
-        # frozen_inpainter. A tuple, so that the copy stays out of the state dict.
-        self._folded: tuple[tuple, tuple, FoldedCopy] | None = None
+        # the inpainter with batch norm folded (see frozen_inpainter); not a module, so
+        # it stays out of the state dict
+        self._folded: FoldedCopy | None = None
 
     @property
     def instructor_settings(self) -> dict[str, Any] | None:
@@ -298,16 +297,12 @@ class PretrainTask(BaseTask):
         if getattr(self.inpainter, "_compiled_call_impl", None) is not None:
             self.inpainter.eval()
             return self.inpainter
-        tensors = list(itertools.chain(self.inpainter.parameters(), self.inpainter.buffers()))
-        layout = (id(self.inpainter), *(t.data_ptr() for t in tensors))
-        versions = tuple(t._version for t in tensors)
-        if self._folded is None or self._folded[0] != layout:
+        if self._folded is None or not self._folded.made_from(self.inpainter):
             self._folded = None  # let a stale copy go before the new one is made
-            self._folded = (layout, versions, FoldedCopy(self.inpainter))
-        elif self._folded[1] != versions:
-            self._folded[2].sync()
-            self._folded = (layout, versions, self._folded[2])
-        return self._folded[2].module
+            self._folded = FoldedCopy(self.inpainter)
+        else:
+            self._folded.refresh()
+        return self._folded.module
 
     def instructor_masks(self, images: Tensor, generator: torch.Generator | None = None
                          ) -> Tensor:
