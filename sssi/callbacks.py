@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from sssi.data.palettes import colorize
-from sssi.masking import cell_border_stats
+from sssi.game.masking import cell_border_stats
 from sssi.utils.io import write_png
 
 log = logging.getLogger(__name__)
@@ -230,6 +230,11 @@ class WandbSummary(L.Callback):
         return trainer.is_global_zero and any(is_wandb(lg) for lg in trainer.loggers)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # the task's own measure of success (BaseTask.monitor / mode) is always summarised
+        monitor = getattr(pl_module, "monitor", None)
+        if monitor and not self.summary_of(monitor):
+            mode = getattr(pl_module, "mode", "min")
+            (self.maximize if mode == "max" else self.minimize).append(monitor)
         if self._active(trainer):
             exact = [p for p in self.maximize + self.minimize if not any(c in p for c in "*?[")]
             self._define(trainer, exact)

@@ -13,7 +13,9 @@ unexpected or mis-shaped key is an error naming the file and the keys, never ign
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,8 +25,56 @@ from sssi.models import load_backbone_state, load_backbone_weights
 
 log = logging.getLogger(__name__)
 
-#: state-dict prefixes of the encoder inside each task's checkpoint
-ENCODER_PREFIXES = {"inpainter.encoder.": "pretext", "model.encoder.": "segmentation"}
+#: state-dict prefixes of the encoder inside each task's checkpoint (the game's before
+#: sssi.game too: ``inpainter.encoder.``)
+ENCODER_PREFIXES = {"game.inpainter.encoder.": "pretext", "inpainter.encoder.": "pretext",
+                    "model.encoder.": "segmentation"}
+
+# ------------------------------------------------------------------- the alias table
+#: Names that moved, old -> new: ``_target_`` values saved in checkpoints' hyper-
+#: parameters and run configs, and state-dict prefixes. Applied when a checkpoint is
+#: loaded (:func:`upgrade_targets`, :func:`upgrade_state_dict`), so files written before
+#: a move keep loading. Add a line here when you move a class a config can name.
+LEGACY_TARGETS = {
+    "sssi.masking.RandomBlocks": "sssi.game.masking.RandomBlocks",
+    "sssi.masking.RandomPatches": "sssi.game.masking.RandomPatches",
+    "sssi.masking.CenterHole": "sssi.game.masking.CenterHole",
+    "sssi.losses.ReconstructionLoss": "sssi.game.loss.ReconstructionLoss",
+    "sssi.models.instructor.Instructor": "sssi.game.instructor.Instructor",
+    "sssi.models.inpainter.Inpainter": "sssi.game.inpainter.Inpainter",
+}
+#: the pretext task's players sat at the top of its state dict before sssi.game
+LEGACY_STATE_PREFIXES = {"inpainter.": "game.inpainter.", "instructor.": "game.instructor.",
+                         "reward_baseline.": "game.reward_baseline."}
+
+
+def upgrade_targets(value: Any) -> Any:
+    """``value`` (plain hyperparameters or a config) with every moved ``_target_``
+    renamed (:data:`LEGACY_TARGETS`); anything else is returned as it is."""
+    if isinstance(value, Mapping):
+        out = {k: upgrade_targets(v) for k, v in value.items()}
+        target = out.get("_target_")
+        if isinstance(target, str) and target in LEGACY_TARGETS:
+            out["_target_"] = LEGACY_TARGETS[target]
+        return out
+    if isinstance(value, list | tuple):
+        return type(value)(upgrade_targets(v) for v in value)
+    return value
+
+
+def upgrade_state_dict(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A pretext state dict with the keys of today (:data:`LEGACY_STATE_PREFIXES`)."""
+    out = {}
+    for key, value in state.items():
+        old = next((p for p in LEGACY_STATE_PREFIXES if key.startswith(p)), None)
+        out[LEGACY_STATE_PREFIXES[old] + key[len(old):] if old else key] = value
+    return out
+
+
+def find_encoder(state: Mapping[str, Any]) -> tuple[str, str] | None:
+    """``(prefix, kind)`` of the encoder's keys in a task's state dict, or None."""
+    return next(((prefix, kind) for prefix, kind in ENCODER_PREFIXES.items()
+                 if any(k.startswith(prefix) for k in state)), None)
 
 #: where every task's checkpoint keeps its datamodule's state (bands, normalisation,
 #: dataset; see ``BaseTask.on_save_checkpoint``), whichever datamodule it trained on
@@ -36,10 +86,8 @@ LEGACY_DATA_KEYS = ("SegmentationDataModule", "PretextDataModule")
 def checkpoint_kind(ckpt: object) -> str | None:
     """``pretext`` or ``segmentation`` (from where the encoder's weights are), or None."""
     state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict):
-        return None
-    return next((kind for prefix, kind in ENCODER_PREFIXES.items()
-                 if any(k.startswith(prefix) for k in state)), None)
+    found = find_encoder(state) if isinstance(state, dict) else None
+    return found[1] if found else None
 
 
 def data_state(ckpt: object) -> dict | None:
@@ -84,13 +132,14 @@ def init_encoder(encoder: nn.Module, path: str | Path) -> str:
                           f"{first_line(err)})") from err
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         state = obj["state_dict"]
-        for prefix, kind in ENCODER_PREFIXES.items():
+        found = find_encoder(state)
+        if found:
+            prefix, kind = found
             sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-            if sub:
-                load_backbone_state(encoder, sub, f"{path} ({kind} checkpoint)")
-                log.info("encoder initialised from the %s checkpoint %s (%d tensors)", kind,
-                         path, len(sub))
-                return kind
+            load_backbone_state(encoder, sub, f"{path} ({kind} checkpoint)")
+            log.info("encoder initialised from the %s checkpoint %s (%d tensors)", kind,
+                     path, len(sub))
+            return kind
         raise ConfigError(f"task.init={path}: a Lightning checkpoint without an encoder "
                           f"(no keys under {', '.join(ENCODER_PREFIXES)})")
     load_backbone_weights(encoder, path)

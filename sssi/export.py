@@ -3,7 +3,7 @@
 Two kinds of output, chosen with ``format``:
 
 - **the encoder** (``state_dict``, default, or ``safetensors``) of a pretext
-  (``PretrainTask``, keys ``inpainter.encoder.*``) or segmentation (``SegmentTask``,
+  (``PretrainTask``, keys ``game.inpainter.encoder.*``) or segmentation (``SegmentTask``,
   keys ``model.encoder.*``) checkpoint: a plain state dict whose keys are torchvision's
   ResNet keys (``conv1.weight``, ``layer1.0.bn1.running_mean`` ...; exactly
   ``torchvision.models.resnetXX().state_dict()`` without ``fc.*``, BatchNorm
@@ -45,7 +45,13 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor, nn
 
 import sssi
-from sssi.checkpoints import ENCODER_PREFIXES, checkpoint_kind, data_state, read_lightning_file
+from sssi.checkpoints import (
+    ENCODER_PREFIXES,
+    checkpoint_kind,
+    data_state,
+    find_encoder,
+    read_lightning_file,
+)
 from sssi.cli import CONFIG_DIR, run_or_exit
 from sssi.errors import ConfigError, DataError, first_line
 from sssi.models import build_backbone, load_backbone_state
@@ -56,9 +62,6 @@ log = logging.getLogger("sssi.export")
 ENCODER_FORMATS = ("state_dict", "safetensors")
 SEGMENTER_FORMATS = ("torch_export", "onnx")
 FORMATS = ENCODER_FORMATS + SEGMENTER_FORMATS
-
-#: where each task keeps its encoder (kind -> state-dict prefix)
-PREFIXES = {kind: prefix for prefix, kind in ENCODER_PREFIXES.items()}
 
 #: the torchvision model whose state-dict keys each sssi backbone has
 TORCHVISION_MODELS = {"resnet18": "resnet18", "resnet34": "resnet34", "resnet50": "resnet50",
@@ -230,7 +233,7 @@ def encoder_state(ckpt: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     name and hash).
     """
     path, ck, kind = read_checkpoint(ckpt)
-    prefix = PREFIXES[kind]
+    prefix, _ = find_encoder(ck["state_dict"])
     sub = {k[len(prefix):]: v for k, v in ck["state_dict"].items() if k.startswith(prefix)}
     options = backbone_options(ck["hyper_parameters"]["backbone"])
     name = str(options.pop("name"))

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -178,6 +179,17 @@ def compile_in_place(modules: Iterable[nn.Module | None], value: bool | Mapping 
     if opts is None:
         return False
     for module in modules:
-        if module is not None and getattr(module, "_compiled_call_impl", None) is None:
+        if module is not None and not is_compiled(module):
             module.compile(**opts)
+            _COMPILED.add(module)
     return True
+
+
+#: the modules :func:`compile_in_place` compiled (weakly held: a module that is gone
+#: leaves the set by itself)
+_COMPILED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+
+
+def is_compiled(module: nn.Module) -> bool:
+    """Whether :func:`compile_in_place` compiled ``module`` (torch keeps no public mark)."""
+    return module in _COMPILED

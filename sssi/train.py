@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import hydra
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 import sssi.config  # noqa: F401  (registers the ${sssi.*} resolvers)
 from sssi.cli import CONFIG_DIR, other_shard, run_or_exit
@@ -64,7 +64,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")),
         logger=instantiate_group(cfg.get("logger")) or False, **trainer_overrides(cfg, task))
-    task.batch_plan = plan_batches(datamodule, task, trainer)
+    task.batch_plan = connect(datamodule, task, trainer)
     log_config(trainer.loggers, cfg)
 
     metrics: dict[str, float] = {}
@@ -85,23 +85,25 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
-    """``cfg.data`` as the datamodule the task needs: the task class's ``datamodule``
-    (``PretrainTask``: ``sssi.data.PretextDataModule``), written into
-    ``cfg.data._target_`` so that the logged config says which; a task class without
-    one keeps ``data._target_``."""
-    target = getattr(hydra.utils.get_class(cfg.task._target_), "datamodule", None)
-    if target:
-        with open_dict(cfg):
-            cfg.data._target_ = target
+    """``cfg.data`` as configured: its ``_target_`` is the datamodule the task needs
+    (the data config's segmentation datamodule; ``task=pretrain`` chooses the pretext
+    one)."""
     return hydra.utils.instantiate(cfg.data)
 
 
-def plan_batches(datamodule: L.LightningDataModule, task: L.LightningModule,
-                 trainer: L.Trainer) -> BatchPlan | None:
-    """The run's :class:`~sssi.scaling.BatchPlan`, worked out once from the
-    datamodule's batch keys, the trainer's world size and the task's accumulation, and
-    applied to the datamodule (its per-device batch); None for a datamodule without
-    ``plan_batches`` (a user's own)."""
+def connect(datamodule: L.LightningDataModule, task: L.LightningModule,
+            trainer: L.Trainer) -> BatchPlan | None:
+    """Where the task meets its datamodule, before anything is read: the datamodule's
+    windows must suit the task's networks (:meth:`BaseTask.input_multiple`), and the
+    run's :class:`~sssi.scaling.BatchPlan` is worked out once from the datamodule's
+    batch keys, the trainer's world size and the task's accumulation, and applied to
+    the datamodule (its per-device batch). Returns the plan; None for a datamodule
+    without ``plan_batches`` (a user's own)."""
+    from sssi.game.config import check_window_sides
+
+    multiple = getattr(task, "input_multiple", lambda: 1)()
+    if multiple > 1:
+        check_window_sides(datamodule, multiple)
     if not hasattr(datamodule, "plan_batches"):
         return None
     per_step = getattr(task, "micro_batches_per_step", int)
@@ -173,8 +175,17 @@ def _floats(metrics: dict) -> dict[str, float]:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     metrics = run_or_exit(run, cfg)
-    # value for Hydra sweepers that optimise an objective
-    return metrics.get("test/mIoU", metrics.get("val/mIoU"))
+    return objective(cfg, metrics)
+
+
+def objective(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
+    """The value for Hydra sweepers that optimise one: the task's ``monitor``
+    (``val/mIoU`` for segmentation, ``val/hole_error_random`` for the game; its ``mode``
+    says which way is better), from the test split when the run was tested."""
+    monitor = getattr(hydra.utils.get_class(cfg.task._target_), "monitor", None)
+    if not monitor:
+        return None
+    return metrics.get(monitor.replace("val/", "test/", 1), metrics.get(monitor))
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ def run_module(module: str, args: list[str], cwd: Path, timeout: int = 600
 
 def poison_reconstruction_loss(monkeypatch, nth_call: int) -> None:
     """Make the ``nth_call``-th reconstruction loss (1-based, over the test) NaN."""
-    from sssi.losses import ReconstructionLoss
+    from sssi.game.loss import ReconstructionLoss
 
     calls = {"n": 0}
     real_forward = ReconstructionLoss.forward

@@ -33,11 +33,11 @@ def test_game_benchmark_builds_the_papers_players(game_step):
     cfg = game_step.game_config(128, 8, [])
     task = game_step.build_task(cfg, "instructor", False, False)
     assert task.hparams.backbone["name"] == "drn_a_50"
-    assert task.inpainter.output == "tanh"
+    assert task.game.inpainter.output == "tanh"
     settings = task.instructor_settings
     assert settings["backbone"]["name"] == "resnet18" and not settings["backbone"]["stem_pool"]
     assert settings["network"]["ratio"] == 0.25
-    assert task.instructor.cell_size == 16
+    assert task.game.instructor.cell_size == 16
 
 
 @pytest.mark.parametrize(("choice", "players"), [("off", ()), ("on", ("inpainter", "instructor")),
@@ -46,14 +46,14 @@ def test_game_benchmark_builds_the_papers_players(game_step):
 def test_memory_format_choices_name_the_players(game_step, choice, players):
     cfg = game_step.game_config(128, 8, [])
     task = game_step.build_task(cfg, "instructor", game_step.MEMORY_FORMATS[choice], False)
-    assert task.channels_last == players
+    assert task.game.channels_last == players
 
 
 @pytest.mark.parametrize(("kind", "phase"), [("inpainter_random", "warmup"),
                                              ("inpainter", "inpainter"),
                                              ("instructor", "instructor")])
 def test_each_timed_kind_is_the_step_it_names(game_step, kind, phase):
-    from sssi.tasks.schedule import Schedule, warmup_end_step
+    from sssi.game.schedule import Schedule, warmup_end_step
 
     cfg = game_step.kind_config(game_step.game_config(128, 8, []), kind)
     s = Schedule(**cfg.task.schedule)  # as PretrainTask builds it

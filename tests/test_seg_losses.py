@@ -195,3 +195,14 @@ def test_loss_configs(name: str, active: set[str]):
     crit = instantiate(cfg)
     target = _blocky_target()
     assert set(crit(_random_logits(target), target)[1]) == active
+
+
+def test_segmentation_ce_ignores_255():
+    logits = torch.zeros(1, 3, 2, 2)
+    logits[0, 1] = 10.0  # confident class 1 everywhere
+    target = torch.tensor([[[1, 1], [255, 255]]])
+    loss, parts = SegmentationLoss()(logits, target)
+    assert loss.item() < 1e-3 and "ce" in parts
+    target_bad = torch.tensor([[[0, 0], [255, 255]]])
+    assert SegmentationLoss()(logits, target_bad)[0].item() > 5
+

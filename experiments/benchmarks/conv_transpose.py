@@ -9,7 +9,7 @@ forward alone (no autograd, the frozen inpainter in the instructor's step) and f
 and prints seconds, GFLOP/s and the ratio.
 :data:`sssi.models.conv_transpose.GEMM_MIN_IN_CHANNELS` is set from these rows.
 
-Then the whole paper inpainter (DRN-A-50 + decoder, ``sssi.models.inpainter``) as the
+Then the whole paper inpainter (DRN-A-50 + decoder, ``sssi.game.inpainter``) as the
 game runs it: a training step (forward, loss, backward, SGD step) and the frozen eval
 forward of the instructor's step, with its wide layer on PyTorch's kernel and on the
 matrix product, alternated ``--repeats`` times so that both see the same machine.
@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sssi.game.inpainter import Inpainter
 from sssi.models import build_backbone
 from sssi.models.conv_transpose import ConvTranspose2d, conv_transpose2d_gemm
-from sssi.models.inpainter import Inpainter
 
 #: (in channels, out channels, input size at 128 px crops, kernel, stride)
 LAYERS = ((2048, 512, 16, 4, 2), (1024, 512, 16, 4, 2), (512, 256, 32, 4, 2),

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
+from sssi.game.inpainter import Inpainter
 from sssi.models import build_backbone
 from sssi.models.folding import fold_batch_norm
-from sssi.models.inpainter import Inpainter
 
 sys.path.insert(0, str(Path(__file__).parent))  # the sibling benchmark's memory formats
 from conv_transpose import FORMATS, autocast_for

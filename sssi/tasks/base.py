@@ -19,7 +19,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from torch import nn
 
-from sssi.checkpoints import DATA_KEY
+from sssi.checkpoints import DATA_KEY, upgrade_targets
 from sssi.errors import ConfigError
 from sssi.scaling import (
     BatchPlan,
@@ -37,8 +37,9 @@ class BaseTask(L.LightningModule):
     ``__init__`` arguments), checks ``compile`` and ``scale_lr``, then calls
     :meth:`configure_models`, :meth:`configure_losses` and :meth:`configure_metrics`.
 
-    - ``datamodule``: the ``_target_`` of the datamodule the task trains on;
-      ``sssi.train`` instantiates ``cfg.data`` with it.
+    - ``monitor`` / ``mode``: the validation metric that says how well the task does
+      and whether higher (``max``) or lower (``min``) is better; ``sssi.train`` returns
+      it to Hydra's sweepers and the W&B summary keeps its best value.
     - ``find_unused_parameters``: whether DDP must look for parameters that get no
       gradient in a step; ``sssi.train`` then picks the Lightning strategy that does.
     - :meth:`compiled_modules`: what ``task.compile`` compiles, in place, when fitting.
@@ -49,12 +50,14 @@ class BaseTask(L.LightningModule):
       kind (``sssi.callbacks``); popping a kind the task never keeps gives None.
     """
 
-    datamodule: ClassVar[str | None] = None  # None: cfg.data's own _target_
+    monitor: ClassVar[str | None] = None
+    mode: ClassVar[str] = "min"
     find_unused_parameters: bool = False
 
     def __init__(self, hparams: Mapping[str, Any]) -> None:
         super().__init__()
-        self.save_hyperparameters(dict(hparams))
+        # a checkpoint written before a class moved names its old place
+        self.save_hyperparameters(upgrade_targets(dict(hparams)))
         compile_options(self.hparams.get("compile"))  # fail early on a bad task.compile
         scale_lr_options(self.hparams.get("scale_lr"))  # and on a bad task.scale_lr
         self._visuals: dict[str, Any] = {}
@@ -89,6 +92,11 @@ class BaseTask(L.LightningModule):
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
         if datamodule is not None:
             checkpoint[DATA_KEY] = datamodule.state_dict()
+
+    def input_multiple(self) -> int:
+        """Window sides the networks need to be multiples of (1: any); ``sssi.train``
+        checks the datamodule's windows against it before fitting."""
+        return 1
 
     def micro_batches_per_step(self, trainer_accumulation: int) -> int:
         """Batches per optimizer step: Lightning's ``trainer.accumulate_grad_batches``

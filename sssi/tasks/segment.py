@@ -44,7 +44,8 @@ class SegmentTask(BaseTask):
     and per-class IoU; the same under ``test/`` for the test split.
     """
 
-    datamodule = "sssi.data.SegmentationDataModule"
+    monitor = "val/mIoU"
+    mode = "max"
 
     def __init__(self, backbone: Mapping, loss: Mapping, num_classes: int,
                  optimizer: Mapping, scheduler: Mapping | None = None,

@@ -87,7 +87,7 @@ def test_probe_keeps_the_pretrained_encoder_and_maps_a_plain_jpeg(study, tmp_pat
     # the frozen encoder, BatchNorm statistics included, is the pretext encoder
     for key, value in probe.items():
         if key.startswith("model.encoder."):
-            source = "inpainter.encoder." + key.removeprefix("model.encoder.")
+            source = "game.inpainter.encoder." + key.removeprefix("model.encoder.")
             assert torch.equal(value, pretext[source]), key
     image = root / "Semantic segmentation dataset" / "Tile 2" / "images" / "image_part_001.jpg"
     proc = run_module("sssi.predict", [f"ckpt={ckpt}", f"input={image}",

@@ -59,3 +59,32 @@ def test_legacy_segmentation_checkpoint_evaluates_predicts_and_initialises(
 
     encoder = build_backbone("resnet18", in_channels=3)
     assert init_encoder(encoder, ckpt) == "segmentation"
+
+
+def test_a_game_checkpoint_from_before_sssi_game_loads_with_its_players_and_targets(tmp_path):
+    """Written when the players sat at the top of the state dict (``inpainter.*``,
+    ``reward_baseline.*``) and the configs named ``sssi.masking`` and ``sssi.losses``:
+    the alias table (``sssi.checkpoints.LEGACY_*``) renames both on load."""
+    from sssi.checkpoints import LEGACY_TARGETS
+    from sssi.tasks import PretrainTask
+
+    ckpt = legacy_checkpoint("game", tmp_path / "game.ckpt")
+    saved = torch.load(ckpt, weights_only=True)
+    old_targets = json.dumps(saved["hyper_parameters"])
+    assert "sssi.masking.RandomBlocks" in old_targets and "inpainter.encoder.conv1.weight" \
+        in saved["state_dict"]  # the old format, as written then
+    task = PretrainTask.load_from_checkpoint(ckpt, map_location="cpu")
+    assert task.hparams.mask_policy["random"]["_target_"] == "sssi.game.masking.RandomBlocks"
+    assert task.hparams.loss["_target_"] == "sssi.game.loss.ReconstructionLoss"
+    assert not any(old in json.dumps(task.hparams) for old in LEGACY_TARGETS)
+    state = saved["state_dict"]
+    assert torch.equal(task.game.inpainter.encoder.conv1.weight,
+                       state["inpainter.encoder.conv1.weight"])
+    assert torch.equal(task.game.instructor.encoder.conv1.weight,
+                       state["instructor.encoder.conv1.weight"])
+    assert torch.equal(task.game.reward_baseline.mean, state["reward_baseline.mean"])
+    restored = task(torch.zeros(1, 3, 64, 64))
+    assert restored.shape == (1, 3, 64, 64) and torch.isfinite(restored).all()
+    encoder = build_backbone("resnet18", in_channels=3)
+    assert init_encoder(encoder, ckpt) == "pretext"
+    assert torch.equal(encoder.conv1.weight, state["inpainter.encoder.conv1.weight"])

@@ -211,12 +211,12 @@ def test_every_experiment_composes_and_instantiates(experiment, tmp_path):
         assert [type(lg).__name__ for lg in loggers] == ["WandbLogger"]
     if "pretrain" in experiment or "inpaint" in experiment:
         assert type(dm).__name__ == "PretextDataModule"
-        assert (task.instructor is not None) == ("inpaint" not in experiment)
+        assert (task.game.instructor is not None) == ("inpaint" not in experiment)
         assert cfg.task.schedule.warmup_epochs >= 1
     if experiment == "potsdam_pretrain":  # the paper's settings (He et al. 2022)
         assert cfg.data.crop_size == 128 and cfg.data.batch_size == 128
-        assert cfg.backbone.name == "drn_a_50" and task.inpainter.encoder.reductions[-1] == 8
-        assert task.instructor.encoder.reductions[-1] == 16
+        assert cfg.backbone.name == "drn_a_50" and task.game.inpainter.encoder.reductions[-1] == 8
+        assert task.game.instructor.encoder.reductions[-1] == 16
         assert cfg.mask_policy.random.ratio == 0.25 == cfg.mask_policy.instructor.network.ratio
         assert cfg.mask_policy.instructor.network.latent_dim == 100
         sch = cfg.task.schedule
@@ -235,6 +235,23 @@ def test_a_window_the_game_cannot_take_is_one_line_at_set_up(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
+def test_task_pretrain_alone_runs_the_game_to_the_end(tmp_path):
+    """``task=pretrain`` brings its datamodule, run family and no test stage: the README's
+    one override trains the game and exits 0 (it ended in Lightning's "no test_step"
+    traceback when the task named its datamodule and the run kept ``test: true``)."""
+    out = tmp_path / "out"
+    proc = _run(["task=pretrain", *TINY, f"paths.data_dir={tmp_path / 'data'}",
+                 f"hydra.run.dir={out}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    config = (out / ".hydra" / "config.yaml").read_text()
+    assert "task_name: pretrain" in config and "_target_: sssi.data.PretextDataModule" in config
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["val/hole_error_random"] > 0 and not any(k.startswith("test/") for k in metrics)
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+
+
 def test_task_pretrain_alone_says_the_game_and_named_groups_win(tmp_path):
     game = _compose(["task=pretrain"], tmp_path)
     assert game.task._target_ == "sssi.tasks.PretrainTask"
@@ -243,6 +260,10 @@ def test_task_pretrain_alone_says_the_game_and_named_groups_win(tmp_path):
     blocks = _compose(["task=pretrain", "mask_policy=random_blocks"], tmp_path)
     assert not blocks.mask_policy.instructor.enabled  # a named mask policy wins
     assert blocks.callbacks.model_checkpoint.monitor is None
+    assert (game.task_name, game.test, game.data._target_) == \
+        ("pretrain", False, "sssi.data.PretextDataModule")  # the config picks the datamodule
     segment = _compose([], tmp_path)  # segmentation keeps its own groups
     assert segment.callbacks.model_checkpoint.monitor == "val/mIoU"
+    assert (segment.task_name, segment.test, segment.data._target_) == \
+        ("segment", True, "sssi.data.SegmentationDataModule")
     assert not segment.mask_policy.instructor.enabled

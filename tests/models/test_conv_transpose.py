@@ -101,8 +101,8 @@ def test_the_layer_keeps_torchs_parameters_and_results() -> None:
 
 
 def test_the_papers_inpainter_takes_the_product_for_its_first_decoder_layer_only() -> None:
+    from sssi.game.inpainter import Inpainter
     from sssi.models import build_backbone
-    from sssi.models.inpainter import Inpainter
 
     net = Inpainter(build_backbone("drn_a_50", in_channels=3, output_stride=8),
                     out_channels=3, output="tanh")

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
+from sssi.game.inpainter import Inpainter
 from sssi.models import build_backbone
 from sssi.models.conv_transpose import ConvTranspose2d
 from sssi.models.folding import FoldedCopy, fold_batch_norm
-from sssi.models.inpainter import Inpainter
 
 
 def _randomise_statistics(module: nn.Module, seed: int = 0) -> None:

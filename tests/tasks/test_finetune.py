@@ -38,13 +38,13 @@ def test_encoder_initialised_from_the_game_has_the_inpainters_weights(pretext_ck
     encoder = build_backbone("resnet18", in_channels=3)
     assert init_encoder(encoder, pretext_ckpt) == "pretext"
     own = encoder.state_dict()
-    prefix = "inpainter.encoder."
+    prefix = "game.inpainter.encoder."
     expected = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     assert own.keys() == expected.keys()
     for k, v in own.items():
         assert torch.equal(v, expected[k]), k
     # the instructor's encoder is a different network: it must not have been taken
-    instr = state["instructor.encoder.conv1.weight"]
+    instr = state["game.instructor.encoder.conv1.weight"]
     assert not torch.equal(own["conv1.weight"], instr)
 
 

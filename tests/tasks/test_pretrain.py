@@ -19,10 +19,9 @@ from hydra.utils import instantiate
 
 from sssi.callbacks import RAMP, heat_map
 from sssi.errors import ConfigError, SssiError
-from sssi.masking import border_cell_grid
-from sssi.tasks.pretrain import TrainingDivergedError
-from sssi.tasks.reward import raw_reward
-from sssi.tasks.schedule import (
+from sssi.game.masking import border_cell_grid
+from sssi.game.reward import raw_reward
+from sssi.game.schedule import (
     INPAINTER,
     INSTRUCTOR,
     PHASES,
@@ -31,6 +30,7 @@ from sssi.tasks.schedule import (
     accumulation_window,
     warmup_end_step,
 )
+from sssi.tasks.pretrain import TrainingDivergedError
 from sssi.train import run
 from tests.helpers import REPO, SMALL, compose_train, poison_reconstruction_loss
 
@@ -87,19 +87,20 @@ def test_relative_reward_ignores_what_a_position_always_costs():
     the instructor to the edge, the relative one is 0 for errors equal to their position's
     baseline and pushes the soft mask off the edge towards a cell harder than usual."""
     task = _task("mask_policy.instructor.reward=relative")
-    assert task.reward_baseline is not None and "reward_baseline.mean" in task.state_dict()
+    assert task.game.reward_baseline is not None
+    assert "game.reward_baseline.mean" in task.state_dict()
     ring = border_cell_grid(4, 4)
     per_position = torch.where(ring, 1.0, 0.5)
-    task.reward_baseline.update(3 * per_position, torch.full((4, 4), 3.0))
+    task.game.reward_baseline.update(3 * per_position, torch.full((4, 4), 3.0))
     cell_err = per_position.expand(2, 1, 4, 4).clone()
     soft = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0)).requires_grad_()
-    reward, hole_error = task.relative_reward(soft, cell_err)
+    reward, hole_error = task.game.relative_reward(soft, cell_err)
     assert abs(reward.item()) < 1e-6 and hole_error.item() > 0.5
     reward.backward()
     assert soft.grad.abs().max() < 1e-6  # no position is preferred for its own sake
     cell_err[:, :, 1, 2] = 0.9  # content: an inner cell harder than inner cells usually are
     soft = torch.full((2, 1, 4, 4), 0.5, requires_grad=True)
-    task.relative_reward(soft, cell_err)[0].backward()
+    task.game.relative_reward(soft, cell_err)[0].backward()
     assert (soft.grad[:, :, ring] < 0).all() and (soft.grad[:, :, 1, 2] > 0).all()
     raw_soft = torch.full((2, 1, 4, 4), 0.5, requires_grad=True)
     raw_reward(raw_soft, cell_err).backward()  # the paper's reward
@@ -108,12 +109,13 @@ def test_relative_reward_ignores_what_a_position_always_costs():
 
 def test_reward_option_defaults_and_errors():
     raw = _task()
-    assert raw.instructor_settings["reward"] == "raw" and raw.reward_baseline is None
+    assert raw.instructor_settings["reward"] == "raw" and raw.game.reward_baseline is None
     assert not any("reward_baseline" in k for k in raw.state_dict())  # old checkpoints load
-    assert raw.instructor.border_cells == 0
+    assert raw.game.instructor.border_cells == 0
     blocks = instantiate(compose_train(["+experiment=demo_inpaint_blocks",
                                         "++mask_policy.instructor.reward=relative"]).task)
-    assert blocks.instructor is None and blocks.reward_baseline is None  # nothing to reward
+    # nothing to reward
+    assert blocks.game.instructor is None and blocks.game.reward_baseline is None
     with pytest.raises((ConfigError, InstantiationException),
                        match=r"mask_policy\.instructor\.reward='bogus'"):
         _task("mask_policy.instructor.reward=bogus")
@@ -206,11 +208,11 @@ def test_the_instructor_learns_to_erase_what_the_inpainter_gets_wrong(seed=0):
     task = _task("task.image_every_n_steps=0", f"seed={seed}", "task.schedule.mode=alternate",
                  "task.schedule.warmup_epochs=0", "task.schedule.inpainter_steps=1",
                  "task.schedule.instructor_steps=1000")  # one inpainter step, then instructor
-    task.inpainter = _RestoresNothing(task.inpainter.reduction)
+    task.game.inpainter = _RestoresNothing(task.game.inpainter.reduction)
     images, loud = _scenes(64, 1000 + seed)
 
     def share_on_loud_cells() -> float:
-        holes = task.instructor_cells(images, torch.Generator().manual_seed(0)).bool()
+        holes = task.game.instructor_cells(images, torch.Generator().manual_seed(0)).bool()
         assert holes.shape == loud.shape
         return float((holes & loud).sum() / holes.sum())
 
@@ -257,7 +259,7 @@ def test_resume_mid_phase_gives_the_same_weights(tmp_path, data_dir):
     ckpt = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["game"]["phase"] == INSTRUCTOR and ckpt["game"]["epoch"] == 1
     assert len(ckpt["optimizer_states"]) == 2 and len(ckpt["lr_schedulers"]) == 1
-    seen = ckpt["state_dict"]["reward_baseline.seen"]
+    seen = ckpt["state_dict"]["game.reward_baseline.seen"]
     assert seen.shape == (4, 4) and seen[1:3, 1:3].all() and not seen[0].any()
     resumed = compose_train([*SMALL, *game, "trainer.max_epochs=4",
                            f"ckpt_path={tmp_path / 'b' / 'checkpoints' / 'last.ckpt'}"],
@@ -266,7 +268,7 @@ def test_resume_mid_phase_gives_the_same_weights(tmp_path, data_dir):
     a = _weights(tmp_path / "a" / "checkpoints" / "last.ckpt")
     c = _weights(tmp_path / "c" / "checkpoints" / "last.ckpt")
     assert a.keys() == c.keys()
-    assert any(k.startswith("instructor.") for k in a)
+    assert any(k.startswith("game.instructor.") for k in a)
     for k in a:
         assert torch.equal(a[k], c[k]), k
     b = _weights(tmp_path / "b" / "checkpoints" / "last.ckpt")
@@ -326,7 +328,7 @@ def test_two_process_cpu_ddp_game_ends_with_identical_weights(tmp_path, data_dir
     assert r0["world_size"] == r1["world_size"] == 2
     assert r0["windows"] != r1["windows"]  # the ranks trained on different windows
     assert r0["weights"].keys() == r1["weights"].keys()
-    assert any(k.startswith("instructor.") for k in r0["weights"])
+    assert any(k.startswith("game.instructor.") for k in r0["weights"])
     for k in r0["weights"]:
         assert torch.equal(r0["weights"][k], r1["weights"][k]), k
 
@@ -350,14 +352,14 @@ def test_channels_last_per_player_keeps_the_results():
     in its own format, and the masks and restorations are those of the NCHW task."""
     nchw, both, one = _task(), _task("task.channels_last=true"), \
         _task("task.channels_last=[instructor]")
-    assert (nchw.channels_last, both.channels_last, one.channels_last) == \
+    assert (nchw.game.channels_last, both.game.channels_last, one.game.channels_last) == \
         ((), ("inpainter", "instructor"), ("instructor",))
-    assert _task("task.channels_last=inpainter").channels_last == ("inpainter",)
+    assert _task("task.channels_last=inpainter").game.channels_last == ("inpainter",)
     with pytest.raises((ConfigError, InstantiationException),
                        match=r"task\.channels_last=\['coach'\]"):
         _task("task.channels_last=[coach]")
     one.load_state_dict(nchw.state_dict())
-    one.apply_memory_format()
+    one.game.apply_memory_format()
     seen: dict[str, bool] = {}
 
     def watch(name):
@@ -365,7 +367,7 @@ def test_channels_last_per_player_keeps_the_results():
             seen[name] = args[0].is_contiguous(memory_format=torch.channels_last)
         return hook
 
-    first = {n: next(m for m in getattr(one, n).modules() if isinstance(m, torch.nn.Conv2d))
+    first = {n: next(m for m in getattr(one.game, n).modules() if isinstance(m, torch.nn.Conv2d))
              for n in ("inpainter", "instructor")}
     for name, conv in first.items():
         conv.register_forward_pre_hook(watch(name))
@@ -374,7 +376,7 @@ def test_channels_last_per_player_keeps_the_results():
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     nchw.eval()
     one.eval()
-    masks = [t.instructor_masks(x, torch.Generator().manual_seed(0)) for t in (nchw, one)]
+    masks = [t.game.instructor_masks(x, torch.Generator().manual_seed(0)) for t in (nchw, one)]
     torch.testing.assert_close(masks[1], masks[0])
     with torch.no_grad():
         restored = [t(x * (1.0 - masks[0])) for t in (nchw, one)]
@@ -388,26 +390,26 @@ def test_the_instructor_steps_use_the_inpainter_folded_and_kept_up_to_date():
     change in place and made anew when they are replaced, nothing of it in the checkpoint."""
     task = _task()
     g = torch.Generator().manual_seed(1)
-    for m in task.inpainter.modules():  # statistics of a trained inpainter, not 0 and 1
+    for m in task.game.inpainter.modules():  # statistics of a trained inpainter, not 0 and 1
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.normal_(0.0, 0.3, generator=g)
             m.running_var.uniform_(0.5, 1.5, generator=g)
-    task.inpainter.eval()  # as the instructor's steps put it
+    task.game.inpainter.eval()  # as the instructor's steps put it
     keys = set(task.state_dict())
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 
-    folded = task.frozen_inpainter()
+    folded = task.game.frozen_inpainter()
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     assert set(task.state_dict()) == keys
     with torch.no_grad():
         torch.testing.assert_close(folded(x), task(x), rtol=1e-4, atol=1e-4)
-        first = next(task.inpainter.encoder.parameters())
+        first = next(task.game.inpainter.encoder.parameters())
         first.mul_(0.5)  # what an optimizer step or a loaded checkpoint does: in place
-        assert task.frozen_inpainter() is folded  # the same copy, brought up to date
+        assert task.game.frozen_inpainter() is folded  # the same copy, brought up to date
         torch.testing.assert_close(folded(x), task(x), rtol=1e-4, atol=1e-4)
-        task.channels_last = ("inpainter",)
-        task.apply_memory_format()  # new tensors: a new copy, in their format
-        nhwc = task.frozen_inpainter()
+        task.game.channels_last = ("inpainter",)
+        task.game.apply_memory_format()  # new tensors: a new copy, in their format
+        nhwc = task.game.frozen_inpainter()
         assert nhwc is not folded
-        torch.testing.assert_close(nhwc(task._input("inpainter", x)), task(x),
+        torch.testing.assert_close(nhwc(task.game.player_input("inpainter", x)), task(x),
                                    rtol=1e-4, atol=1e-4)

@@ -16,15 +16,16 @@ from hydra.utils import instantiate
 from torch import nn
 
 from sssi.errors import ConfigError
+from sssi.game.schedule import step_seed
 from sssi.scaling import (
     BatchPlan,
     compile_options,
     global_batch_size,
+    is_compiled,
     lr_scale_factor,
     per_device_batch_size,
 )
-from sssi.tasks.schedule import step_seed
-from sssi.train import plan_batches, run
+from sssi.train import connect, run
 from tests.helpers import compose_train, poison_reconstruction_loss
 
 
@@ -125,7 +126,7 @@ def test_scale_lr_multiplies_both_players_rates_by_global_over_base(caplog):
         task.configure_optimizers()  # no plan: one clear error, not a silent factor 1
     # the plan sssi.train makes: the task's accumulation (2), not the trainer's (1)
     trainer = SimpleNamespace(world_size=4, accumulate_grad_batches=1)
-    task.batch_plan = plan_batches(instantiate(cfg.data), task, trainer)
+    task.batch_plan = connect(instantiate(cfg.data), task, trainer)
     assert task.batch_plan == BatchPlan(per_device=8, world_size=4, accumulation=2)
     with caplog.at_level(logging.INFO, logger="sssi.scaling"):
         (inp, ins), (sched,) = task.configure_optimizers()
@@ -135,14 +136,14 @@ def test_scale_lr_multiplies_both_players_rates_by_global_over_base(caplog):
     assert sched.base_lrs == [pytest.approx(cfg.task.inpainter_optimizer.lr * 2)]
     assert "global batch 64 = 8 per device x 4 devices x 2 accumulation" in caplog.text
     with pytest.raises(ConfigError, match=r"set task.accumulate_grad_batches=3 instead"):
-        plan_batches(instantiate(cfg.data), task,
+        connect(instantiate(cfg.data), task,
                      SimpleNamespace(world_size=1, accumulate_grad_batches=3))
 
     seg_cfg = _compose(["task.scale_lr.enabled=true", "task.scale_lr.base_batch_size=16",
                         "task.scale_lr.rule=sqrt", "data.batch_size=4"])
     seg = instantiate(seg_cfg.task)
     # segmentation accumulates with Lightning: the trainer's count is the plan's
-    seg.batch_plan = plan_batches(instantiate(seg_cfg.data), seg,
+    seg.batch_plan = connect(instantiate(seg_cfg.data), seg,
                                   SimpleNamespace(world_size=4, accumulate_grad_batches=4))
     assert seg.batch_plan.global_batch == 64
     opt = seg.configure_optimizers()["optimizer"]
@@ -175,7 +176,7 @@ def test_trainer_accumulation_on_the_game_is_one_error_naming_the_task_key(tmp_p
 
 def test_game_accumulation_steps_every_k_batches_and_resumes_exactly(tmp_path, data_dir,
                                                                      monkeypatch):
-    from sssi.masking import RandomBlocks
+    from sssi.game.masking import RandomBlocks
 
     masks: list[torch.Tensor] = []
     real_forward = RandomBlocks.forward
@@ -201,7 +202,7 @@ def test_game_accumulation_steps_every_k_batches_and_resumes_exactly(tmp_path, d
                  tmp_path / "c", data_dir))
     c = _ckpt(tmp_path / "c")
     assert c["global_step"] == 4
-    assert any(k.startswith("instructor.") for k in a["state_dict"])
+    assert any(k.startswith("game.instructor.") for k in a["state_dict"])
     for k, v in a["state_dict"].items():
         assert torch.equal(v, c["state_dict"][k]), k
 
@@ -239,7 +240,7 @@ def test_segment_task_compiles_its_model_in_place():
     keys = list(task.state_dict())
     task._trainer = SimpleNamespace(datamodule=None)
     task.setup("fit")
-    assert task.model._compiled_call_impl is not None
+    assert is_compiled(task.model)
     assert list(task.state_dict()) == keys
     with pytest.raises(InstantiationException, match=r"task\.compile='fast'"):
         instantiate(_compose(["task.compile=fast"]).task)

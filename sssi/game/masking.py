@@ -15,8 +15,10 @@ give the same masks on every device.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import numbers
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +26,10 @@ from torch import Tensor, nn
 
 from sssi.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 __all__ = [
+    "CellTally",
     "CenterHole",
     "MaskPolicy",
     "RandomBlocks",
@@ -388,3 +393,37 @@ def cell_border_stats(cells: Tensor, cell_size: int = 1, border: int = 1) -> dic
         inner_freq = (freq * ~ring).sum() / (height * width - n_ring)
     ratio = (border_freq + BORDER_RATIO_EPS) / (inner_freq + BORDER_RATIO_EPS)
     return {"border_freq": border_freq, "inner_freq": inner_freq, "border_ratio": ratio}
+
+
+class CellTally:
+    """The hard cells of many batches summed per position: the instructor's erase
+    frequency per cell over a validation set. Batches whose grid differs from the first
+    one's (windows of another size) are left out with a warning: positions of two grids
+    cannot be compared."""
+
+    def __init__(self) -> None:
+        self.sums: Tensor | None = None  # (h, w)
+        self.count: Tensor | None = None  # images, a scalar on the same device
+
+    def add(self, cells: Tensor) -> None:
+        """Add a batch of hard cell masks ``(B, 1, h, w)`` (on their device: no sync)."""
+        total = cells.detach().float().sum(dim=(0, 1))
+        if self.sums is None:
+            self.sums = total
+            self.count = torch.tensor(float(cells.shape[0]), device=total.device)
+        elif self.sums.shape == total.shape:
+            self.sums += total
+            self.count += cells.shape[0]
+        else:
+            log.warning("validation: instructor grid %s differs from %s; batch left out of "
+                        "the cell frequencies", tuple(total.shape), tuple(self.sums.shape))
+
+    def frequency(self, reduce: Callable[[Tensor], Tensor] = lambda t: t
+                  ) -> tuple[Tensor, dict[str, Tensor]]:
+        """``(frequency, stats)``: the mean hard mask per cell ``(h, w)`` and its
+        :func:`cell_border_stats`. ``reduce`` sums a tensor over processes (DDP ranks),
+        so each rank's share of the windows counts."""
+        assert self.sums is not None and self.count is not None, "no cells were added"
+        stacked = reduce(torch.cat([self.sums.flatten(), self.count.view(1)]))
+        frequency = (stacked[:-1] / stacked[-1].clamp_min(1)).view(self.sums.shape)
+        return frequency, cell_border_stats(frequency)

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from sssi.errors import ConfigError
-from sssi.masking import border_cell_grid, check_ratio, count_holes, sample_normal
+from sssi.game.masking import border_cell_grid, check_ratio, count_holes, sample_normal
 from sssi.models.registry import Encoder
 
 __all__ = ["Instructor", "InstructorOutput"]
@@ -53,7 +53,7 @@ class Instructor(nn.Module):
             (0: any cell may be). k is still counted over all ``h * w`` cells, so the
             erased pixel fraction is unchanged, but it is clamped to the number of
             candidate cells minus one (one candidate stays visible, as
-            :func:`~sssi.masking.count_holes` keeps one cell visible, and the soft
+            :func:`~sssi.game.masking.count_holes` keeps one cell visible, and the soft
             mask's threshold needs the (k+1)-th candidate); a grid with fewer than two
             candidates raises :class:`ConfigError`.
 

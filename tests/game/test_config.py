@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from sssi.errors import ConfigError
-from sssi.tasks.game_config import check_mask_policy, check_window_sides
+from sssi.game.config import check_mask_policy, check_window_sides
 from tests.helpers import compose_train
 
 
@@ -15,7 +15,7 @@ def test_mask_policy_node_is_checked_and_names_the_key():
     game = check_mask_policy(compose_train(["+experiment=demo_pretrain"]).task.mask_policy)
     full = game["instructor"]
     assert full["enabled"] and full["random"]["block_size"] == 8  # the demo game's own holes
-    random = {"_target_": "sssi.masking.RandomBlocks", "ratio": 0.25}
+    random = {"_target_": "sssi.game.masking.RandomBlocks", "ratio": 0.25}
     # no instructor: null, or switched off (game settings an experiment gave are ignored)
     for off in (None, {"enabled": False, "reward": "relative", "optimizer": {"lr": 1.0}}):
         assert check_mask_policy({"random": random, "instructor": off}) == {
@@ -24,7 +24,7 @@ def test_mask_policy_node_is_checked_and_names_the_key():
     filled = check_mask_policy({"random": random, "instructor": minimal})["instructor"]
     assert filled["reward"] == "raw" and filled["kl_weight"] == 1e-6 and filled["random"] is None
     bad = [
-        ({"_target_": "sssi.models.instructor.Instructor", "_partial_": True},
+        ({"_target_": "sssi.game.instructor.Instructor", "_partial_": True},
          r"^mask_policy=.*expected \{random"),  # the layout before the instructor node
         ({"random": random, "ratio": 0.5}, r"mask_policy has unknown keys \['ratio'\]"),
         ({"random": {"ratio": 0.25}}, r"mask_policy\.random=.*_target_"),

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sssi.errors import ConfigError
-from sssi.tasks.reward import PositionBaseline, cell_errors, raw_reward, relative_reward
+from sssi.game.reward import PositionBaseline, cell_errors, raw_reward, relative_reward
 
 
 def test_position_baseline_moving_average_and_state():

@@ -7,10 +7,10 @@ import torch
 from torch import Tensor, nn
 
 from sssi.errors import ConfigError
-from sssi.masking import border_cell_grid, cell_border_stats, mask_stats
+from sssi.game.inpainter import Inpainter, decoder_plan
+from sssi.game.instructor import Instructor, InstructorOutput
+from sssi.game.masking import border_cell_grid, cell_border_stats, mask_stats
 from sssi.models import build_backbone
-from sssi.models.inpainter import Inpainter, decoder_plan
-from sssi.models.instructor import Instructor, InstructorOutput
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

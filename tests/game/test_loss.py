@@ -1,11 +1,11 @@
-"""Loss terms: reconstruction weighting, clamp, L1/L2, SSIM; segmentation CE."""
+"""The inpainter's loss: reconstruction weighting, clamp, L1/L2, SSIM."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from sssi.losses import ReconstructionLoss, SegmentationLoss, reconstruction_error
+from sssi.game.loss import ReconstructionLoss, reconstruction_error
 
 
 def test_reconstruction_error_clamps_per_band_and_averages_bands():
@@ -41,14 +41,3 @@ def test_ssim_term_is_zero_for_a_perfect_restoration_and_positive_otherwise():
     assert parts["ssim"].item() == pytest.approx(0.0, abs=1e-4)
     _, parts = crit(target + torch.randn(2, 3, 32, 32, generator=g), target, mask)
     assert parts["ssim"].item() > 0.1
-
-
-def test_segmentation_ce_ignores_255():
-    logits = torch.zeros(1, 3, 2, 2)
-    logits[0, 1] = 10.0  # confident class 1 everywhere
-    target = torch.tensor([[[1, 1], [255, 255]]])
-    loss, parts = SegmentationLoss()(logits, target)
-    assert loss.item() < 1e-3 and "ce" in parts
-    target_bad = torch.tensor([[[0, 0], [255, 255]]])
-    assert SegmentationLoss()(logits, target_bad)[0].item() > 5
-

@@ -9,8 +9,8 @@ from typing import Any
 
 from sssi.config import to_plain
 from sssi.errors import ConfigError
-from sssi.models.instructor import Instructor
-from sssi.tasks.reward import REWARDS
+from sssi.game.instructor import Instructor
+from sssi.game.reward import REWARDS
 
 #: ``mask_policy.instructor``: the keys that may be left out, with their values
 INSTRUCTOR_DEFAULTS = {"enabled": True, "scheduler": None, "alpha_train": 1.0, "kl_weight": 1e-6,
@@ -58,7 +58,7 @@ def check_mask_policy(mask_policy: Mapping) -> dict[str, Any]:
     unknown = sorted(set(settings["network"]) - set(allowed))
     if unknown:
         raise ConfigError(f"{key}.network has unknown keys {unknown}: expected arguments of "
-                          f"sssi.models.instructor.Instructor ({', '.join(allowed)})")
+                          f"sssi.game.instructor.Instructor ({', '.join(allowed)})")
     if settings["random"] is not None:
         _check_policy(settings["random"], f"{key}.random")
     return {"random": dict(mp["random"]), "instructor": settings}
@@ -67,7 +67,7 @@ def check_mask_policy(mask_policy: Mapping) -> dict[str, Any]:
 def _check_policy(policy: Any, key: str) -> None:
     if not isinstance(policy, Mapping) or "_target_" not in policy:
         raise ConfigError(f"{key}={policy!r}: expected a mask policy config with a _target_ "
-                          "(e.g. sssi.masking.RandomBlocks)")
+                          "(e.g. sssi.game.masking.RandomBlocks)")
 
 
 def check_window_sides(datamodule: object, multiple: int) -> None:

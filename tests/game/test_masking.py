@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sssi.errors import ConfigError
-from sssi.masking import (
+from sssi.game.masking import (
     CenterHole,
     MaskPolicy,
     RandomBlocks,
@@ -354,8 +354,8 @@ def test_instructor_config() -> None:
     """The game's node: random 16 px blocks for the warm-up and validation, and every
     instructor setting; the instructor's ratio follows the random holes' ratio."""
     hydra_utils = pytest.importorskip("hydra.utils")
-    from sssi.models.instructor import Instructor
-    from sssi.tasks.game_config import check_mask_policy
+    from sssi.game.config import check_mask_policy
+    from sssi.game.instructor import Instructor
     from tests.helpers import compose_train
 
     node = compose_train(["mask_policy=instructor"]).mask_policy
