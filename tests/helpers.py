@@ -117,7 +117,9 @@ class RecordValMetrics(L.Callback):
         self.path = Path(path)
         self.history: list[dict[str, float]] = []
 
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+    def on_validation_end(self, trainer, pl_module) -> None:
+        # after the module's own epoch-end logs (its on_validation_epoch_end runs after
+        # the callbacks')
         if trainer.sanity_checking:
             return
         self.history.append({k: float(v) for k, v in trainer.callback_metrics.items()

@@ -11,7 +11,8 @@ testable without a Trainer:
   the inpainter's phase);
 - :meth:`Game.inpainter_turn` / :meth:`Game.instructor_turn`: one player's loss, its
   logs, the pictures and what the reward baseline should learn (a :class:`Turn`);
-- :meth:`Game.validation_errors`: the hole error on each kind of holes.
+- :meth:`Game.validation_errors`: the hole error on each kind of holes, and that of
+  OpenCV's Telea inpainting on the same holes (the classical reference to beat).
 
 Backward, optimizer steps, phases, DDP and logging are Lightning's work
 (:class:`sssi.tasks.PretrainTask`); the one thing the game needs from there is the
@@ -33,6 +34,7 @@ from sssi.game.inpainter import Inpainter
 from sssi.game.instructor import Instructor
 from sssi.game.loss import ReconstructionLoss
 from sssi.game.masking import cell_border_stats, mask_stats
+from sssi.game.reference import telea_restore
 from sssi.game.reward import PositionBaseline, cell_errors, raw_reward, relative_reward
 from sssi.game.schedule import INPAINTER, INSTRUCTOR, WARMUP
 from sssi.models.folding import FoldedCopy
@@ -283,18 +285,24 @@ class Game(nn.Module):
     @torch.no_grad()
     def validation_errors(self, images: Tensor, generator: torch.Generator | None = None
                           ) -> tuple[dict[str, Tensor], Tensor | None]:
-        """``(errors, cells)``: the inpainter's mean error in the holes by kind of holes
-        (``random``; ``instructor`` when there is one: the game works when it is the
-        higher), and the instructor's hard cells (None without an instructor). The
+        """``(errors, cells)``: the mean error in the holes by kind of holes: the
+        inpainter's on ``random`` holes and, when there is an instructor, on the
+        ``instructor``'s (the game works when it is the higher); and ``telea``, OpenCV's
+        classical inpainting of the same random holes scored with the same error map
+        (:mod:`sssi.game.reference`: an inpainter that does not beat it has not learned
+        structure). ``cells``: the instructor's hard cells (None without one). The
         random holes are drawn first, then the instructor's latent."""
-        masks = {"random": self.random_policy(images, generator=generator)}
+        random = self.random_policy(images, generator=generator)
+        restored = {"random": (random, self.restore(images * (1.0 - random)))}
         cells = None
         if self.instructor is not None:
             cells = self.instructor_cells(images, generator)
-            masks["instructor"] = self.instructor.upsample(cells, images.shape[-2:])
+            mask = self.instructor.upsample(cells, images.shape[-2:])
+            restored["instructor"] = (mask, self.restore(images * (1.0 - mask)))
+        restored["telea"] = (random, telea_restore(images, random))
         errors = {}
-        for name, mask in masks.items():
-            err = self.criterion.error_map(self.restore(images * (1.0 - mask)), images)
+        for name, (mask, output) in restored.items():
+            err = self.criterion.error_map(output, images)
             errors[name] = (err * mask).sum() / mask.sum().clamp_min(1)
         return errors, cells
 

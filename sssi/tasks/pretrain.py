@@ -57,8 +57,9 @@ class PretrainTask(BaseTask):
 
     Logs each step's :class:`~sssi.game.Turn` (losses and their parts, the instructor's
     KL and hole error, ``mask/*`` statistics) and the phase; validation logs the hole
-    error on random holes, on the instructor's (the game works when it is the higher)
-    and the instructor's erase frequency per cell (``val/border_ratio``; the picture
+    error on random holes, Telea's on the same holes and the ratio of the two
+    (``val/hole_error_vs_telea``), on the instructor's holes (the game works when it is
+    the higher) and the instructor's erase frequency per cell (``val/border_ratio``; the picture
     goes to the image callback). ``mask_policy`` (``conf/mask_policy/*.yaml``) holds
     the random holes and every instructor setting (off for the baselines).
     """
@@ -275,6 +276,8 @@ class PretrainTask(BaseTask):
     # ------------------------------------------------------------------------ validation
     def on_validation_epoch_start(self) -> None:
         self._val_cells = CellTally()
+        # summed hole errors on random holes, Telea's on them, and the windows
+        self._val_errors = torch.zeros(3, device=self.device)
         self.pop_visuals("instructor_cells")  # a stale picture is not this epoch's
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -282,15 +285,24 @@ class PretrainTask(BaseTask):
         g = torch.Generator(device=images.device)
         g.manual_seed(int(self.hparams.seed) + batch_idx)  # same holes every validation
         errors, cells = self.game.validation_errors(images, g)
+        bs = images.shape[0]
         for name, value in errors.items():
-            self.log(f"val/hole_error_{name}", value, batch_size=images.shape[0],
-                     sync_dist=True)
+            self.log(f"val/hole_error_{name}", value, batch_size=bs, sync_dist=True)
+        # the same batch-weighted means, for the ratio of the epoch's errors
+        self._val_errors += torch.stack([errors["random"].detach() * bs,
+                                         errors["telea"].detach() * bs,
+                                         errors["random"].new_tensor(float(bs))])
         if cells is not None:
             self._val_cells.add(cells)
 
     def on_validation_epoch_end(self) -> None:
-        """The instructor's erase frequency per cell over the validation set (all ranks):
-        logged as border statistics, kept for the image callback."""
+        """``val/hole_error_vs_telea``: the inpainter's hole error over Telea's on the same
+        holes (below 1: it beats the classical inpainter); the instructor's erase
+        frequency per cell over the validation set (all ranks): logged as border
+        statistics, kept for the image callback."""
+        sums = self._over_ranks(self._val_errors)
+        if sums[2] > 0:
+            self.log("val/hole_error_vs_telea", sums[0] / sums[1].clamp_min(1e-12))
         if self._val_cells.count is None:
             return
         frequency, stats = self._val_cells.frequency(self._over_ranks)

@@ -161,8 +161,13 @@ def test_the_inpainter_learns_in_the_warmup_and_both_holes_are_validated(tmp_pat
     history = json.loads(record.read_text())
     assert len(history) == 4
     for epoch in history:
-        for kind in ("random", "instructor"):
+        for kind in ("random", "instructor", "telea"):
             assert 0 < epoch[f"val/hole_error_{kind}"] < float("inf"), (kind, epoch)
+        # the ratio of the epoch's means (the windows are of one size: equal weights)
+        assert epoch["val/hole_error_vs_telea"] == pytest.approx(
+            epoch["val/hole_error_random"] / epoch["val/hole_error_telea"], rel=1e-4)
+    # the classical reference does not learn: the same holes every epoch, the same error
+    assert len({round(e["val/hole_error_telea"], 6) for e in history}) == 1
     with open(tmp_path / "run" / "csv" / "metrics.csv") as fh:
         rows = sorted((r for r in csv.DictReader(fh) if r.get("train/phase")),
                       key=lambda r: int(r["step"]))
