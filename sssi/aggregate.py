@@ -274,26 +274,57 @@ def plot(groups: Sequence[Group], metric: str) -> bytes:
     return buf.getvalue()
 
 
+#: two-sided confidence of the paired comparison's interval
+CONFIDENCE = 0.95
+
+
 @dataclass
 class Paired:
-    """One method against a baseline at one fraction, paired by seed."""
+    """One method against a baseline at one fraction, paired by seed.
+
+    The rule that reads it (:attr:`verdict`), two-sided and on the pairs: the per-seed
+    differences' mean ± Student's t interval at :data:`CONFIDENCE` (``mean ± t(n-1) x
+    sd / sqrt(n)``). *ahead* when the whole interval is above 0, *behind* when it is
+    below, *level* when it holds 0; fewer than two seeds give no interval (*level*).
+    Pairing takes out what a seed shares between the two methods (the labelled
+    regions, the seed's luck), which the two methods' own spreads over seeds keep in.
+    """
 
     method: str
     baseline: str
     fraction: float
     seeds: list
     differences: list[float]  # method - baseline, per seed
-    spread: float  # the larger of the two methods' standard deviations over seeds
 
     @property
     def mean(self) -> float:
         return mean(self.differences) if self.differences else math.nan
 
     @property
-    def beyond_spread(self) -> bool:
-        """The mean gain is larger than the spread over seeds of either method."""
-        return bool(self.differences) and not math.isnan(self.spread) and \
-            self.mean > self.spread
+    def sd(self) -> float:
+        """Standard deviation of the per-seed differences (NaN below two seeds)."""
+        return stdev(self.differences) if len(self.differences) > 1 else math.nan
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        """The two-sided :data:`CONFIDENCE` interval of the mean difference."""
+        n = len(self.differences)
+        if n < 2:
+            return (math.nan, math.nan)
+        from scipy.stats import t as student
+
+        half = float(student.ppf(0.5 + CONFIDENCE / 2, n - 1)) * self.sd / math.sqrt(n)
+        return (self.mean - half, self.mean + half)
+
+    @property
+    def verdict(self) -> str:
+        """``ahead``, ``behind`` or ``level`` (see the class docstring)."""
+        low, high = self.interval
+        if low > 0:
+            return "ahead"
+        if high < 0:
+            return "behind"
+        return "level"
 
 
 def paired_differences(runs: Sequence[Run], groups: Sequence[Group], metric: str,
@@ -301,7 +332,6 @@ def paired_differences(runs: Sequence[Run], groups: Sequence[Group], metric: str
     """Every method against each baseline of the same protocol, paired by fraction and
     seed (methods labelled ``name/protocol`` are compared within their protocol)."""
     value = {(r.method, r.fraction, r.seed): metric_value(r.metrics, metric) for r in runs}
-    std = {(g.method, g.fraction): g.stats(metric)[1] for g in groups}
     methods = sorted({g.method for g in groups}, key=_method_order)
     out = []
     for i, base_name in enumerate(baselines):
@@ -323,37 +353,43 @@ def paired_differences(runs: Sequence[Run], groups: Sequence[Group], metric: str
                         seeds.append(seed)
                         diffs.append(a - b)
                 if diffs:
-                    spreads = [v for v in (std.get((method, g.fraction), math.nan),
-                                           std.get((base_of_method, g.fraction), math.nan))
-                               if not math.isnan(v)]
-                    out.append(Paired(method, base_of_method, g.fraction, seeds, diffs,
-                                      max(spreads) if spreads else math.nan))
+                    out.append(Paired(method, base_of_method, g.fraction, seeds, diffs))
     return out
 
 
 def paired_markdown(pairs: Sequence[Paired], metric: str) -> str:
+    pct = round(100 * CONFIDENCE)
     lines = [f"{metric}: method minus baseline, paired by label fraction and seed (points "
-             "of %). 'beyond spread': the mean gain exceeds both methods' standard "
-             "deviation over seeds.", "",
-             "| method | baseline | labels | seeds | mean difference | per seed | "
-             "beyond spread |", "|---|---|---|---|---|---|---|"]
+             f"of %): mean ± sd of the per-seed differences and their two-sided {pct} % "
+             f"Student's t interval; *ahead* when the interval is above 0, *behind* when "
+             f"below, *level* when it holds 0 (or with one seed).", "",
+             f"| method | baseline | labels | seeds | mean ± sd | {pct} % interval | "
+             "per seed | verdict |", "|---|---|---|---|---|---|---|---|"]
     for p in pairs:
         per_seed = ", ".join(f"{s}: {100 * d:+.1f}" for s, d in zip(p.seeds, p.differences,
                                                                    strict=True))
+        low, high = p.interval
+        sd = "" if math.isnan(p.sd) else f" ± {100 * p.sd:.1f}"
+        interval = "" if math.isnan(low) else f"[{100 * low:+.1f}, {100 * high:+.1f}]"
         lines.append(f"| {p.method} | {p.baseline} | {_fraction(p.fraction)} | "
-                     f"{len(p.seeds)} | {100 * p.mean:+.1f} | {per_seed} | "
-                     f"{'yes' if p.beyond_spread else 'no'} |")
+                     f"{len(p.seeds)} | {100 * p.mean:+.1f}{sd} | {interval} | {per_seed} | "
+                     f"{p.verdict} |")
     return "\n".join(lines) + "\n"
 
 
 def paired_csv(pairs: Sequence[Paired]) -> str:
     rows: list[list] = [["method", "baseline", "label_fraction", "seeds", "differences",
-                         "mean_difference", "spread", "beyond_spread"]]
+                         "mean_difference", "sd_difference", "interval_low",
+                         "interval_high", "verdict"]]
+
+    def num(v: float) -> str:
+        return "" if math.isnan(v) else f"{v:.6f}"
+
     for p in pairs:
+        low, high = p.interval
         rows.append([p.method, p.baseline, p.fraction, " ".join(map(str, p.seeds)),
-                     " ".join(f"{d:.6f}" for d in p.differences), f"{p.mean:.6f}",
-                     "" if math.isnan(p.spread) else f"{p.spread:.6f}",
-                     "yes" if p.beyond_spread else "no"])
+                     " ".join(f"{d:.6f}" for d in p.differences), num(p.mean), num(p.sd),
+                     num(low), num(high), p.verdict])
     return _csv(rows)
 
 

@@ -166,7 +166,7 @@ def test_study_init_maps_methods_to_their_starting_weights():
 
 
 def test_paired_differences_compare_within_a_protocol_seed_by_seed():
-    from sssi.aggregate import Run, group_runs, paired_differences, paired_markdown
+    from sssi.aggregate import Paired, Run, group_runs, paired_differences, paired_markdown
 
     scores = {  # (method, seed) -> mIoU at 10 % labels
         ("instructor/finetune", 0): 0.40, ("instructor/finetune", 1): 0.44,
@@ -190,13 +190,21 @@ def test_paired_differences_compare_within_a_protocol_seed_by_seed():
     game = found[("instructor/finetune", "scratch/finetune")]
     assert game.seeds == [0, 1, 2]
     assert game.differences == pytest.approx([0.10, 0.08, 0.09])
-    assert game.spread == pytest.approx(stdev([0.30, 0.36, 0.33]))  # the larger std
-    assert game.beyond_spread  # +9 points against a 3-point spread
+    # two-sided, on the pairs: 9 ± 1 points, t(2) = 4.303 -> 9 ± 2.5 is above 0
+    assert game.sd == pytest.approx(0.01)
+    assert game.interval == pytest.approx((0.09 - 4.3027 * 0.01 / 3 ** 0.5,
+                                           0.09 + 4.3027 * 0.01 / 3 ** 0.5), abs=1e-4)
+    assert game.verdict == "ahead"
     versus_blocks = found[("instructor/finetune", "random_blocks/finetune")]
     assert versus_blocks.differences == pytest.approx([-0.01, 0.04, -0.05])
-    assert not versus_blocks.beyond_spread
+    assert versus_blocks.verdict == "level"
     probe = found[("instructor/probe", "scratch/probe")]
-    assert probe.differences == pytest.approx([-0.05, 0.01]) and not probe.beyond_spread
+    assert probe.differences == pytest.approx([-0.05, 0.01]) and probe.verdict == "level"
+    # the pairing counts: a loss on every seed is "behind" even where the two methods'
+    # own spreads over seeds (which hold the seeds' luck) are far larger than the gap
+    behind = Paired("a", "b", 0.1, [0, 1, 2], [-0.02, -0.021, -0.019])
+    assert behind.verdict == "behind" and behind.interval[1] < 0
+    assert Paired("a", "b", 0.1, [0], [0.3]).verdict == "level"  # one seed: no interval
     table = paired_markdown(pairs, "mIoU")
-    assert "| instructor/finetune | scratch/finetune | 10 % | 3 | +9.0 | 0: +10.0, 1: +8.0, " \
-           "2: +9.0 | yes |" in table
+    assert "| instructor/finetune | scratch/finetune | 10 % | 3 | +9.0 ± 1.0 | [+6.5, +11.5] | " \
+           "0: +10.0, 1: +8.0, 2: +9.0 | ahead |" in table
