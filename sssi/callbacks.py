@@ -153,6 +153,45 @@ DEFAULT_MAXIMIZE = ("val/mIoU", "val/mF1", "val/OA", "val/*IoU*", "val/*F1*", "v
 DEFAULT_MINIMIZE = ("train/loss", "val/loss", "test/loss", "train/*loss", "val/hole_error_*")
 
 
+class CropBudgets(L.Callback):
+    """Checkpoints at pretraining budgets counted in crops the inpainter trained on.
+
+    Pretext methods are compared at matched inpainter crops, not epochs: the game spends
+    some steps on the instructor. After the optimizer step that takes
+    ``pl_module.inpainter_crops`` (:class:`sssi.tasks.PretrainTask`) to or past a budget,
+    ``dirpath/crops_NNNNNNN.ckpt`` is written (the budget, zero-padded), once per budget
+    (a resumed run skips the files it already has). With ``stop=true`` training ends
+    after the largest budget, so one restartable run makes a whole budget curve; make
+    the budgets multiples of an epoch's crops, so that the run stops at an epoch's end
+    and a later run with a larger budget (``ckpt_path=last``) continues it exactly
+    (Lightning counts a stopped epoch as finished).
+    """
+
+    def __init__(self, dirpath: str | Path, budgets: list[int], stop: bool = True) -> None:
+        if not budgets or any(isinstance(b, bool) or int(b) != b or b < 1 for b in budgets):
+            raise ValueError(f"callbacks.crop_budgets.budgets={budgets!r}: expected a list "
+                             "of positive crop counts")
+        self.dirpath = Path(dirpath)
+        self.budgets = sorted({int(b) for b in budgets})
+        self.stop = bool(stop)
+
+    def path(self, budget: int) -> Path:
+        return self.dirpath / f"crops_{budget:07d}.ckpt"
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        crops = int(getattr(pl_module, "inpainter_crops", 0))
+        for budget in self.budgets:
+            if crops >= budget and not self.path(budget).is_file():
+                partial = self.path(budget).with_suffix(".ckpt.partial")
+                trainer.save_checkpoint(partial)  # complete files only under the name
+                if trainer.is_global_zero:
+                    partial.replace(self.path(budget))
+                    log.info("budget of %d inpainter crops reached (%d): %s", budget, crops,
+                             self.path(budget))
+        if self.stop and crops >= self.budgets[-1]:
+            trainer.should_stop = True
+
+
 class WandbSummary(L.Callback):
     """Best values in the W&B run summary, and the checkpoint as a W&B artifact.
 

@@ -99,6 +99,9 @@ class PretrainTask(BaseTask):
         self.register_buffer("_first_bad", torch.full((len(PLAYERS),), -1, dtype=torch.long),
                              persistent=False)
         self._val_cells = CellTally()
+        #: crops the inpainter trained on, over all ranks: the budget that compares
+        #: pretext methods (the game's instructor steps do not count)
+        self.inpainter_crops = 0
 
     @property
     def instructor_settings(self) -> dict[str, Any] | None:
@@ -204,6 +207,8 @@ class PretrainTask(BaseTask):
         if turn.baseline_sums is not None:  # summed over ranks: one baseline everywhere
             self.game.update_baseline(self._over_ranks(turn.baseline_sums))
         self._backward_and_step(player, turn.loss, micro, size)
+        if player == INPAINTER:
+            self.inpainter_crops += images.shape[0] * self.trainer.world_size
         self._log_turn(turn, images.shape[0])
         self.log("train/phase", float(PHASES.index(phase)), on_step=True, on_epoch=False)
         every = int(self.hparams.finite_check_every_n_steps or 0)
@@ -340,12 +345,14 @@ class PretrainTask(BaseTask):
             "round": self.schedule.round(self.current_epoch),
             "schedule": dict(self.hparams.schedule or {}),
             "has_instructor": self.game.instructor is not None,
+            "inpainter_crops": self.inpainter_crops,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # checkpoints from before sssi.game keep the players at the top level
         checkpoint["state_dict"] = upgrade_state_dict(checkpoint.get("state_dict", {}))
         game = checkpoint.get("game")
+        self.inpainter_crops = int((game or {}).get("inpainter_crops", 0))
         if game and dict(self.hparams.schedule or {}) != game.get("schedule"):
             log.warning("resuming with a different schedule than the checkpoint's: %s -> %s",
                         game.get("schedule"), dict(self.hparams.schedule or {}))

@@ -32,7 +32,7 @@ from sssi.game.schedule import (
 )
 from sssi.tasks.pretrain import TrainingDivergedError
 from sssi.train import run
-from tests.helpers import REPO, SMALL, compose_train, poison_reconstruction_loss
+from tests.helpers import REPO, SMALL, TINY, compose_train, poison_reconstruction_loss
 
 
 @pytest.fixture(scope="module")
@@ -418,3 +418,32 @@ def test_the_instructor_steps_use_the_inpainter_folded_and_kept_up_to_date():
         assert nhwc is not folded
         torch.testing.assert_close(nhwc(task.game.player_input("inpainter", x)), task(x),
                                    rtol=1e-4, atol=1e-4)
+
+
+def test_crop_budgets_checkpoint_the_inpainters_crops_and_stop_after_the_last(
+        tmp_path, data_dir):
+    """Budgets count the crops the inpainter trained on: the game's instructor epoch adds
+    none. One file per budget, written after the step that reaches it; the run stops
+    after the largest one, and a resumed run with a larger budget keeps counting."""
+    budgets = tmp_path / "run" / "budgets"
+    game = ["+experiment=demo_pretrain", *TINY, "task.schedule.warmup_epochs=1",
+            "task.schedule.instructor_epochs=1", "task.image_every_n_steps=0",
+            "trainer.max_epochs=10", "+callbacks.crop_budgets._target_=sssi.callbacks.CropBudgets",
+            f"+callbacks.crop_budgets.dirpath={budgets}"]
+    # 8 crops of batch 4 per epoch: epoch 0 warm-up (crops 4, 8 at steps 1, 2), epoch 1
+    # the instructor's (none), epoch 2 the inpainter's (12, 16 at steps 5, 6), ...
+    run(compose_train([*game, "+callbacks.crop_budgets.budgets=[6,16]"], tmp_path / "run",
+                      data_dir))
+    assert sorted(p.name for p in budgets.iterdir()) == ["crops_0000006.ckpt",
+                                                         "crops_0000016.ckpt"]
+    for name, crops, step in (("crops_0000006.ckpt", 8, 2), ("crops_0000016.ckpt", 16, 6)):
+        ckpt = torch.load(budgets / name, weights_only=False)
+        assert (ckpt["game"]["inpainter_crops"], ckpt["global_step"]) == (crops, step), name
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["game"]["inpainter_crops"] == 16  # stopped after the largest budget
+    # a budget that ends an epoch stops at its end: the run can be extended exactly
+    run(compose_train([*game, "+callbacks.crop_budgets.budgets=[6,16,24]", "ckpt_path=last"],
+                      tmp_path / "run", data_dir))
+    ckpt = torch.load(budgets / "crops_0000024.ckpt", weights_only=False)
+    # epoch 3 the instructor's (steps 7, 8), epoch 4 the inpainter's (20, 24 at 9, 10)
+    assert (ckpt["game"]["inpainter_crops"], ckpt["global_step"]) == (24, 10)
