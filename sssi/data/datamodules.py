@@ -374,6 +374,16 @@ class TileDataModule(L.LightningDataModule):
             return []
         return self._loader(self.test_set, self.eval_batch_size, False)
 
+    def _validation_set(self, labels: bool) -> GridWindowDataset | None:
+        """The grid of ``val_window`` windows over ``val_split`` (at most
+        ``val_max_windows``), with or without labels; None without a validation split."""
+        if self.val_split is None:
+            return None
+        tiles, sizes = self._tiles(self.val_split, labels=labels)
+        return GridWindowDataset(TileReader(tiles, self.layout.palette),
+                                 self._eval_regions(sizes, self.val_max_windows),
+                                 with_labels=labels, out_size=self.val_window)
+
 
 class PretextDataModule(TileDataModule):
     """Unlabelled images for the inpainting game: every image tile of ``train_split``.
@@ -394,12 +404,7 @@ class PretextDataModule(TileDataModule):
                 seed=self.seed)
             log.info("pretext: %d tiles, %d windows of %d px per epoch", len(tiles),
                      len(self.train_set), self.crop_size)
-            if self.val_split is not None:
-                vtiles, vsizes = self._tiles(self.val_split, labels=False)
-                self.val_set = GridWindowDataset(
-                    TileReader(vtiles, self.layout.palette),
-                    self._eval_regions(vsizes, self.val_max_windows),
-                    with_labels=False, out_size=self.val_window)
+            self.val_set = self._validation_set(labels=False)
 
 
 class SegmentationDataModule(TileDataModule):
@@ -435,12 +440,7 @@ class SegmentationDataModule(TileDataModule):
                      "requested %.3g) from %d tiles, %d windows per epoch", len(regions), total,
                      self.region_size, share, self.label_fraction, len(tiles),
                      len(self.train_set))
-            if self.val_split is not None:
-                vtiles, vsizes = self._tiles(self.val_split, labels=True)
-                self.val_set = GridWindowDataset(
-                    TileReader(vtiles, self.layout.palette),
-                    self._eval_regions(vsizes, self.val_max_windows),
-                    with_labels=True, out_size=self.val_window)
+            self.val_set = self._validation_set(labels=True)
         if stage in (None, "test") and self.test_set is None and self.test_split is not None:
             ttiles, tsizes = self._tiles(self.test_split, labels=True)
             if self.mean is None or self.std is None:  # testing without fitting: train stats
