@@ -193,3 +193,42 @@ _COMPILED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 def is_compiled(module: nn.Module) -> bool:
     """Whether :func:`compile_in_place` compiled ``module`` (torch keeps no public mark)."""
     return module in _COMPILED
+
+
+# ------------------------------------------------------------------------ precision
+#: ``/proc/cpuinfo`` flags of bf16 matrix units (Intel AMX), where bf16 autocast runs
+#: convolutions 2-3x faster than fp32 (``experiments/benchmarks/RESULTS.md``)
+BF16_CPU_FLAGS = ("amx_bf16",)
+
+
+def cpu_has_bf16_units(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU has bf16 matrix units: one of :data:`BF16_CPU_FLAGS` among the
+    ``flags`` of ``/proc/cpuinfo`` (``cpuinfo``: its text, for tests). False where the
+    file does not exist (not Linux): fp32 is the safe choice."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+                cpuinfo = fh.read()
+        except OSError:
+            return False
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return any(flag in value.split() for flag in BF16_CPU_FLAGS)
+    return False
+
+
+def auto_precision(accelerator: str, cuda_bf16: bool | None = None,
+                   cpuinfo: str | None = None) -> tuple[str, str]:
+    """``trainer.precision=auto``: ``(precision, why)``. ``bf16-mixed`` on a GPU that
+    supports bf16 and on a CPU with bf16 matrix units, ``32-true`` elsewhere (a CPU
+    without them runs bf16 slower than fp32). ``accelerator``: the trainer's
+    (``auto`` means the GPU when there is one)."""
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        if cuda_bf16 is None:
+            cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return ("bf16-mixed", "GPU with bf16") if cuda_bf16 else \
+            ("32-true", "GPU without bf16 support")
+    if cpu_has_bf16_units(cpuinfo):
+        return "bf16-mixed", "CPU with bf16 matrix units (AMX)"
+    return "32-true", "CPU without bf16 matrix units (no amx_bf16 flag)"

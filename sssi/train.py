@@ -127,14 +127,23 @@ def strategy_for(task: L.LightningModule, strategy: Any) -> Any:
 
 
 def trainer_overrides(cfg: DictConfig, task: L.LightningModule) -> dict[str, Any]:
-    """Trainer arguments that the task decides (see :func:`strategy_for`)."""
+    """Trainer arguments that sssi decides: the strategy the task needs (see
+    :func:`strategy_for`) and ``trainer.precision=auto`` resolved for this machine
+    (:func:`sssi.scaling.auto_precision`, the choice logged)."""
+    from sssi.scaling import auto_precision
+
+    out: dict[str, Any] = {}
     strategy = cfg.trainer.get("strategy")
     wanted = strategy_for(task, strategy)
-    if wanted == strategy:
-        return {}
-    log.info("trainer.strategy=%s -> %s (%s trains one player per step)", strategy, wanted,
-             type(task).__name__)
-    return {"strategy": wanted}
+    if wanted != strategy:
+        log.info("trainer.strategy=%s -> %s (%s trains one player per step)", strategy,
+                 wanted, type(task).__name__)
+        out["strategy"] = wanted
+    if str(cfg.trainer.get("precision")) == "auto":
+        precision, why = auto_precision(str(cfg.trainer.get("accelerator", "auto")))
+        log.info("trainer.precision=auto -> %s (%s)", precision, why)
+        out["precision"] = precision
+    return out
 
 
 def _resume_from(trainer: L.Trainer, cfg: DictConfig) -> str | None:

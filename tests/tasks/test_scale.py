@@ -329,3 +329,26 @@ def test_slurm_sweep_launcher_asks_for_the_trainers_nodes_and_gpus(tmp_path, mon
     for line in ("--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4",
                  f"--output={tmp_path / 'sweep'}/.submitit/%j"):
         assert f"#SBATCH {line}" in script, line
+
+
+def test_precision_auto_takes_bf16_only_where_the_hardware_runs_it_fast(caplog):
+    """``trainer.precision=auto``: bf16 on a CPU with AMX (its flag in /proc/cpuinfo) or a
+    bf16 GPU, fp32 on other CPUs (bf16 there is slower than fp32); the choice is logged."""
+    from sssi.scaling import auto_precision, cpu_has_bf16_units
+    from sssi.train import trainer_overrides
+
+    amx = "processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+    epyc = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n"
+    assert cpu_has_bf16_units(amx) and not cpu_has_bf16_units(epyc)
+    assert not cpu_has_bf16_units("flags\t: avx512_bf16\n")  # bf16 vector ops only: no AMX
+    assert auto_precision("cpu", cpuinfo=amx)[0] == "bf16-mixed"
+    assert auto_precision("cpu", cpuinfo=epyc) == \
+        ("32-true", "CPU without bf16 matrix units (no amx_bf16 flag)")
+    assert auto_precision("gpu", cuda_bf16=True)[0] == "bf16-mixed"
+    assert auto_precision("gpu", cuda_bf16=False)[0] == "32-true"
+    cfg = _compose(["trainer.precision=auto"])
+    with caplog.at_level(logging.INFO, logger="sssi.train"):
+        chosen = trainer_overrides(cfg, instantiate(cfg.task))["precision"]
+    assert chosen == auto_precision("cpu")[0]  # this machine's answer, logged
+    assert f"trainer.precision=auto -> {chosen}" in caplog.text
+    assert "precision" not in trainer_overrides(_compose([]), instantiate(cfg.task))
