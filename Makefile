@@ -48,16 +48,16 @@ format: $(STAMP)
 
 ## data-pipeline benchmark (patches/s vs raw window reads)
 bench: $(STAMP)
-	$(PY) experiments/benchmarks/data_pipeline.py
+	$(PY) -m experiments.benchmarks.data_pipeline
 
 ## the game's training step (the paper's players, batch 8, 128 px, 2 threads) beside
 ## the authors' step when REFERENCE=path/to/authors_step.py is given; the data path's margin
 bench-game: $(STAMP)
-	$(PY) experiments/benchmarks/game_step.py --threads 2 $(if $(REFERENCE),--reference $(REFERENCE))
+	$(PY) -m experiments.benchmarks.game_step --threads 2 $(if $(REFERENCE),--reference $(REFERENCE))
 
 ## full-tile inference benchmark (MP/s, peak memory vs tile size)
 bench-infer: $(STAMP)
-	$(PY) experiments/benchmarks/inference.py
+	$(PY) -m experiments.benchmarks.inference
 
 clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache

@@ -4,24 +4,18 @@ transport row ships samples shaped like the dataset's."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+import importlib
 from pathlib import Path
 
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-BENCH = REPO / "experiments" / "benchmarks"
 
 
 def _load(name: str):
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))  # game_step imports data_pipeline by name
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """A benchmark module, imported as the package it is (``experiments.benchmarks``)."""
+    return importlib.import_module(f"experiments.benchmarks.{name}")
 
 
 @pytest.fixture(scope="module")
@@ -80,10 +74,10 @@ def test_ship_row_samples_match_the_dataset(tmp_path):
     assert not isinstance(dm.train_set, bench.Ready)  # the real dataset is put back
 
 
-def test_profile_split_groups_convolutions_batch_norm_and_the_rest(game_step):
-    shares = game_step.split_self_time([("aten::convolution_backward", 6.0), ("aten::mm", 2.0),
-                                        ("aten::native_batch_norm", 1.0),
-                                        ("aten::relu_", 0.5), ("aten::add_", 0.5)])
+def test_profile_split_groups_convolutions_batch_norm_and_the_rest():
+    split = _load("game_profile").split_self_time
+    shares = split([("aten::convolution_backward", 6.0), ("aten::mm", 2.0),
+                    ("aten::native_batch_norm", 1.0), ("aten::relu_", 0.5), ("aten::add_", 0.5)])
     assert shares == pytest.approx({"conv": 0.8, "batch_norm": 0.1, "other": 0.1})
 
 
@@ -97,8 +91,8 @@ def test_the_authors_steps_interleave_and_are_left_out_of_sssis_time(game_step):
     def authors_step() -> None:
         clock["now"] += next(authors_steps)
 
-    timer = game_step.LoopTimer(skip=2, last=3, clock=lambda: clock["now"])
-    authors = game_step.Interleaved(authors_step, timer)
+    timer = _load("common").LoopTimer(skip=2, last=3, clock=lambda: clock["now"])
+    authors = _load("game_reference").Interleaved(authors_step, timer)
     for batch_idx, seconds in enumerate(sssi_steps):
         clock["now"] += seconds
         timer.on_train_batch_end(None, None, None, None, batch_idx)
@@ -135,10 +129,21 @@ def test_the_authors_steps_run_between_sssis(game_step):
     script = REPO.parent / "shared" / "tools" / "authors_step.py"
     if not script.exists():
         pytest.skip(f"the authors' step script is not beside the checkout: {script}")
-    steps = game_step.authors_steps(str(script), batch=2, size=32)
+    steps = _load("game_reference").authors_steps(str(script), batch=2, size=32)
     assert set(steps) == set(game_step.KINDS)
     cfg = game_step.game_config(32, 2, ["backbone=resnet18"])
     args = SimpleNamespace(device="cpu", batch=2, size=32, warmup=0, steps=2, profile=False)
     got = game_step.time_kind(cfg, "instructor", args, "32-true", False, False,
                               steps["instructor"])
     assert got["rate"] > 0 and got["authors_rate"] > 0
+
+
+def test_the_shared_timers_and_cpu_flags():
+    common = _load("common")
+    calls = []
+    assert common.best_of(lambda: calls.append(1), repeats=3) >= 0 and len(calls) == 4
+    assert common.median_seconds([3.0, 1.0, 2.0]) == 2.0
+    assert common.median_seconds([]) != common.median_seconds([])  # NaN when nothing timed
+    info = "processor : 0\nflags : fpu avx2 avx512f amx_bf16 amx_tile\n"
+    assert common.cpu_flags(info) == "avx2 avx512f amx_bf16 amx_tile"
+    assert common.cpu_flags("flags : fpu sse2\n").startswith("none of ")

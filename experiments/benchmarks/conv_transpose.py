@@ -18,7 +18,7 @@ The last line is a summary a script can read: ``gemm_vs_kernel_fb C=R ... step=R
 frozen=R`` (per-layer forward + backward by input width C, first format and precision;
 then the whole inpainter's training step and frozen forward).
 
-    python experiments/benchmarks/conv_transpose.py [--threads 2] [--batch 8]
+    python -m experiments.benchmarks.conv_transpose [--threads 2] [--batch 8]
         [--formats channels_last contiguous] [--precisions 32-true bf16-mixed]
 """
 
@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from experiments.benchmarks.common import FORMATS, autocast_for, best_of, cpu_flags
 from sssi.game.inpainter import Inpainter
 from sssi.models import build_backbone
 from sssi.models.conv_transpose import ConvTranspose2d, conv_transpose2d_gemm
@@ -40,23 +41,6 @@ from sssi.models.conv_transpose import ConvTranspose2d, conv_transpose2d_gemm
 #: (in channels, out channels, input size at 128 px crops, kernel, stride)
 LAYERS = ((2048, 512, 16, 4, 2), (1024, 512, 16, 4, 2), (512, 256, 32, 4, 2),
           (256, 128, 64, 4, 2), (128, 64, 128, 3, 1))
-FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
-
-
-def best_of(fn: Callable[[], object], repeats: int) -> float:
-    """Fastest of ``repeats`` timed calls after one untimed call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
-def autocast_for(precision: str, device_type: str = "cpu") -> torch.autocast:
-    """Autocast to bf16 for ``bf16-mixed``, a disabled one for ``32-true``."""
-    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
 
 
 def forward(f: Callable[[], torch.Tensor], autocast: torch.autocast) -> None:
@@ -128,7 +112,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU flags: "
+          f"{cpu_flags()}, batch {args.batch}")
     print(f"{'layer':<22}{'format':<15}{'precision':<12}{'pass':<6}"
           f"{'kernel s':>9}{'gemm s':>9}{'kernel GF/s':>12}{'gemm GF/s':>10}{'ratio':>7}")
     summary: dict[int, float] = {}

@@ -31,7 +31,7 @@ a script can read: ``prepared_loader_vs_raw ...`` and, last, ``loader_vs_raw 128
 256=R 512=R`` (tiled tile, ``--workers`` workers, image+label raw reads as the
 denominator).
 
-    python experiments/benchmarks/data_pipeline.py [--crops 128 256 512] [--patches 512]
+    python -m experiments.benchmarks.data_pipeline [--crops 128 256 512] [--patches 512]
         [--workers 2] [--device cpu|cuda] [--size 6000] [--layouts striped tiled prepared]
 """
 

@@ -12,7 +12,7 @@ difference between the two outputs.
 The last line is a summary a script can read: ``folded_vs_eval R ...`` (one ratio per
 format x precision, in the order printed).
 
-    python experiments/benchmarks/frozen_forward.py [--threads 2] [--batch 8]
+    python -m experiments.benchmarks.frozen_forward [--threads 2] [--batch 8]
         [--formats channels_last contiguous] [--precisions 32-true bf16-mixed]
         [--device cpu|cuda]
 """
@@ -20,23 +20,14 @@ format x precision, in the order printed).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
+from experiments.benchmarks.common import FORMATS, autocast_for, cpu_flags, sync
 from sssi.game.inpainter import Inpainter
 from sssi.models import build_backbone
 from sssi.models.folding import fold_batch_norm
-
-sys.path.insert(0, str(Path(__file__).parent))  # the sibling benchmark's memory formats
-from conv_transpose import FORMATS, autocast_for
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def compare(batch: int, size: int, fmt: torch.memory_format, precision: str,
@@ -53,10 +44,10 @@ def compare(batch: int, size: int, fmt: torch.memory_format, precision: str,
             m.running_var.uniform_(0.5, 1.5, generator=g)
     net = net.to(device).to(memory_format=fmt).eval()
     x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     folded = fold_batch_norm(net)
-    _sync(device)
+    sync(device)
     fold_s = time.perf_counter() - t0
     autocast = autocast_for(precision, device.type)
     times: dict[str, list[float]] = {"eval": [], "folded": []}
@@ -64,10 +55,10 @@ def compare(batch: int, size: int, fmt: torch.memory_format, precision: str,
         diff = float((net(x).float() - folded(x).float()).abs().max())
         for i in range(repeats + 1):  # the first round warms both up
             for name, model in (("eval", net), ("folded", folded)):
-                _sync(device)
+                sync(device)
                 t0 = time.perf_counter()
                 model(x)
-                _sync(device)
+                sync(device)
                 if i:
                     times[name].append(time.perf_counter() - t0)
     return {"eval": min(times["eval"]), "folded": min(times["folded"]), "fold": fold_s,
@@ -89,7 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU flags: "
+          f"{cpu_flags()}, device "
           f"{args.device}, batch {args.batch}, {args.size} px, best of {args.repeats}")
     print(f"{'format':<15}{'precision':<12}{'eval s':>9}{'folded s':>10}{'ratio':>7}"
           f"{'fold s':>8}{'max diff':>10}")

@@ -11,19 +11,14 @@ Trainer on batches kept in memory. Each step kind is timed over whole loop itera
   instructor        the instructor's update (the frozen inpainter's forward included)
   game              instructor + inpainter: the per-image cost of one round
 
-``--reference PATH`` loads ``PATH`` (``../shared/tools/authors_step.py``, the authors' two
-steps rebuilt in plain PyTorch) into this process, sets up their players as their script
-does, and runs one of their steps of the same kind right after each of sssi's, timed on
-its own (and left out of sssi's loop time): the two alternate step by step, so both see
-the same machine (a shared VM's speed drifts by more than the differences measured). Each
-side's figure is its median step; a round is one instructor step and one inpainter step
-per image (the paper's 30 + 30 epochs over one loader), on both sides.
+``--reference PATH`` runs the authors' step of the same kind after each of sssi's, timed on
+its own (:mod:`experiments.benchmarks.game_reference`). Each side's figure is its median
+step; a round is one instructor step and one inpainter step per image (the paper's 30 +
+30 epochs over one loader), on both sides.
 
-``--profile`` (CPU) profiles one more step of each kind after the timed ones and splits
-its time into convolutions (and the matrix products that stand in for them), batch norm
-and the rest. With a reference it prints ``bound``: sssi's round over the authors' if
-everything but sssi's convolutions took no time, the ceiling of what removing
-per-step work can give at these kernels.
+``--profile`` (CPU) splits one more step of each kind into convolutions, batch norm and
+the rest, and with a reference prints the bound that split sets
+(:mod:`experiments.benchmarks.game_profile`).
 
 In the same process it times the data path at the step's crop: the datamodule's
 per-batch device step (augmentation + normalisation of a uint8 batch) and the training
@@ -35,7 +30,7 @@ each setting of precision x memory format x compile is timed, with MFU from the 
 count (``torch.utils.flop_counter``) and peak memory. ``experiments/benchmarks/gpu.sh``
 runs that with this machine's cores.
 
-    python experiments/benchmarks/game_step.py [--reference PATH] [--threads 2]
+    python -m experiments.benchmarks.game_step [--reference PATH] [--threads 2]
         [--batch 8] [--size 128] [--steps 3] [--device cpu|cuda]
         [--precisions 32-true bf16-mixed] [--compile off on]
         [--channels-last off on instructor inpainter]
@@ -47,13 +42,9 @@ The last line is a summary a script can read:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import os
-import statistics
-import sys
 import tempfile
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -65,6 +56,9 @@ from hydra.utils import instantiate
 from omegaconf import open_dict
 from torch.utils.data import DataLoader, Dataset
 
+from experiments.benchmarks.common import LoopTimer, cpu_flags
+from experiments.benchmarks.game_profile import StepProfile, print_shares
+from experiments.benchmarks.game_reference import Interleaved, authors_steps
 from sssi.cli import CONFIG_DIR
 from sssi.config import register_resolvers
 
@@ -92,97 +86,6 @@ class Batches(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         return {"image": self.images[i]}
-
-
-class LoopTimer(L.Callback):
-    """Wall time of each whole loop iteration (fetch, hooks, step, logging) after ``skip``
-    warm-up batches, up to batch ``last`` when given; time handed to :meth:`exclude` (the
-    authors' step run between two of sssi's) is not counted."""
-
-    def __init__(self, skip: int, last: int | None = None,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
-        self.skip, self.last, self.clock = skip, last, clock
-        self.durations: list[float] = []
-        self._prev: float | None = None
-        self._excluded = 0.0
-
-    def _sync(self) -> None:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-
-    def exclude(self, seconds: float) -> None:
-        """Leave ``seconds`` spent since the last batch's end out of the next duration."""
-        self._excluded += seconds
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._sync()
-        now = self.clock()
-        if batch_idx == self.skip - 1 and torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        timed = batch_idx >= self.skip and (self.last is None or batch_idx <= self.last)
-        if timed and self._prev is not None:
-            self.durations.append(now - self._prev - self._excluded)
-        self._prev, self._excluded = now, 0.0
-
-    @property
-    def seconds_per_step(self) -> float:
-        return median_seconds(self.durations)
-
-
-class Interleaved(L.Callback):
-    """After each of sssi's steps, one of the authors' (``step``), timed on its own (with
-    ``timer``'s clock) and left out of ``timer``'s; those between two timed steps of
-    sssi's are kept."""
-
-    def __init__(self, step: Callable[[], object], timer: LoopTimer) -> None:
-        self.step, self.timer = step, timer
-        self.durations: list[float] = []
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        timer = self.timer
-        if timer.last is not None and batch_idx >= timer.last:
-            return  # nothing of sssi's is timed after this
-        t0 = timer.clock()
-        self.step()
-        seconds = timer.clock() - t0
-        timer.exclude(seconds)
-        if batch_idx >= timer.skip - 1:
-            self.durations.append(seconds)  # between two timed steps of sssi's
-
-    @property
-    def seconds_per_step(self) -> float:
-        return median_seconds(self.durations)
-
-
-def median_seconds(durations: list[float]) -> float:
-    """The median timed step (NaN when none was timed)."""
-    return statistics.median(durations) if durations else float("nan")
-
-
-def authors_steps(path: str, batch: int, size: int) -> dict[str, Callable[[], object]]:
-    """The authors' step of each kind from their script at ``path``, loaded here, with
-    their players, optimizers and batch set up as the script's ``main`` does."""
-    spec = importlib.util.spec_from_file_location("authors_step", path)
-    if spec is None or spec.loader is None:
-        raise SystemExit(f"--reference {path}: not a Python file")
-    a = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(a)
-    torch.manual_seed(7)
-    net, coach = a.drn_a_50(), a.resnet18_coach_vae(drop_ratio=0.75)
-    net_opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-    coach_opt = torch.optim.Adam(coach.parameters(), lr=1e-5)
-    inputs, targets, _ = a.make_batch(batch, size, torch.Generator().manual_seed(7))
-    a.calibrate_bn(coach, inputs, alpha=1)  # eval-mode players with data statistics
-    with torch.no_grad():
-        coach.eval()
-        masks, _, _ = coach(inputs, alpha=100)
-    a.calibrate_bn(net, inputs * masks)
-    return {
-        "inpainter_random": lambda: a.inpainter_step(net, coach, net_opt, inputs, targets,
-                                                     False),
-        "inpainter": lambda: a.inpainter_step(net, coach, net_opt, inputs, targets, True),
-        "instructor": lambda: a.instructor_step(net, coach, coach_opt, inputs, targets),
-    }
 
 
 def game_config(size: int, batch: int, overrides: list[str]):
@@ -216,46 +119,6 @@ def kind_config(cfg, kind: str, channels_last: bool | list[str] = False,
         cfg.task.compile = compiled
         cfg.task.image_every_n_steps = 0
     return cfg
-
-
-#: Operators whose self time counts as convolution in ``--profile``: oneDNN's kernels
-#: (forward, transposed forward and backward) and the matrix products of
-#: :class:`sssi.models.conv_transpose.ConvTranspose2d`.
-CONV_OPS = ("aten::mkldnn_convolution", "aten::_convolution", "aten::convolution_backward",
-            "aten::mm", "aten::addmm", "aten::bmm", "aten::_convolution_transpose")
-
-
-class StepProfile(L.Callback):
-    """Self CPU time of batch ``index``, split into convolutions, batch norm and the rest
-    (fractions in :attr:`shares`)."""
-
-    def __init__(self, index: int) -> None:
-        self.index, self.shares = index, {}
-        self._prof = None
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if batch_idx == self.index:
-            from torch.profiler import ProfilerActivity, profile
-
-            self._prof = profile(activities=[ProfilerActivity.CPU])
-            self._prof.__enter__()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if batch_idx == self.index and self._prof is not None:
-            self._prof.__exit__(None, None, None)
-            self.shares = split_self_time(
-                (e.key, e.self_cpu_time_total) for e in self._prof.key_averages())
-
-
-def split_self_time(events) -> dict[str, float]:
-    """``{"conv", "batch_norm", "other"}`` fractions of the total of ``(name, self time)``."""
-    parts = {"conv": 0.0, "batch_norm": 0.0, "other": 0.0}
-    for name, t in events:
-        group = "conv" if name in CONV_OPS else "batch_norm" if "batch_norm" in name \
-            else "other"
-        parts[group] += t
-    total = sum(parts.values()) or 1.0
-    return {k: v / total for k, v in parts.items()}
 
 
 def time_kind(cfg, kind: str, args, precision: str, channels_last: bool | list[str],
@@ -320,9 +183,7 @@ def flops_per_image(cfg, kind: str, args) -> float:
 def data_path_rates(cfg, args, device: torch.device) -> dict[str, float]:
     """Patches/s of the datamodule's device step and of its training loader, at the
     step's crop and batch, over a tiled 2048 px Potsdam tile."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    from data_pipeline import TILE, time_augment, time_loader, write_tile
-
+    from experiments.benchmarks.data_pipeline import TILE, time_augment, time_loader, write_tile
     from sssi.data import PretextDataModule
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -380,8 +241,8 @@ def main() -> None:
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(0) if gpu else "none"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} "
-          f"cores, GPU {name}; batch {args.batch}, {args.size} px, {args.steps} timed steps "
-          f"after {args.warmup} warm-up")
+          f"cores (CPU flags: {cpu_flags()}), GPU {name}; batch {args.batch}, {args.size} px, "
+          f"{args.steps} timed steps after {args.warmup} warm-up")
     cfg = game_config(args.size, args.batch, args.override)
 
     if args.reference and gpu:
@@ -420,7 +281,7 @@ def main() -> None:
             _row(kind, precision, cl, compiled, rates[kind], ref.get(kind), kind_flops,
                  peak_tf and peak_tf.get(precision), peaks.get(kind))
         if any(shares.values()):
-            _print_shares(shares, rates, ref)
+            print_shares(shares, rates, ref)
         games.append(rates["game"])
 
     print(f"\ndata path at {args.size} px, batch {args.batch} (the game consumes up to "
@@ -436,18 +297,6 @@ def main() -> None:
 def _round(rates: dict[str, float]) -> float:
     """Images/s of a whole round: one instructor step and one inpainter step."""
     return 1.0 / (1.0 / rates["instructor"] + 1.0 / rates["inpainter"])
-
-
-def _print_shares(shares: dict[str, dict[str, float]], rates: dict[str, float],
-                  ref: dict[str, float]) -> None:
-    """Each kind's time split of ``--profile`` and, with a reference, the bound."""
-    for kind, part in shares.items():
-        print(f"  profile {kind:<17}" + "  ".join(f"{k} {100 * v:4.1f} %"
-                                                  for k, v in part.items()))
-    if ref:
-        conv_s = sum(shares[k]["conv"] / rates[k] for k in ("instructor", "inpainter"))
-        print(f"  bound: x authors {1.0 / ref['game'] / conv_s:.2f} if all but sssi's "
-              f"convolutions were free (now {rates['game'] / ref['game']:.2f})")
 
 
 def _row(kind, precision, cl, compiled, rate, ref, flops, peak_tf, peak_mb) -> None:

@@ -14,10 +14,10 @@ WORKERS=$(( $(nproc) - 1 ))
 (( WORKERS > 8 )) && WORKERS=8
 (( WORKERS < 1 )) && WORKERS=1
 $PY -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0))"
-$PY experiments/benchmarks/game_step.py --device cuda --batch 128 --size 128 \
+$PY -m experiments.benchmarks.game_step --device cuda --batch 128 --size 128 \
     --warmup 3 --steps 10 --precisions 32-true bf16-mixed --channels-last off on \
     --compile off on --workers "$WORKERS"
-$PY experiments/benchmarks/data_pipeline.py --device cuda --workers "$WORKERS" \
+$PY -m experiments.benchmarks.data_pipeline --device cuda --workers "$WORKERS" \
     --batch-size 128 --patches 4096
-$PY experiments/benchmarks/frozen_forward.py --device cuda --batch 128 \
+$PY -m experiments.benchmarks.frozen_forward --device cuda --batch 128 \
     --precisions 32-true bf16-mixed

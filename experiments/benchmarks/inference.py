@@ -7,7 +7,7 @@ size the whole raster would take as one float32 (bands + class probabilities)
 tensor. Peak memory that stays flat while that tensor grows is what lets a raster
 larger than memory be mapped.
 
-    python experiments/benchmarks/inference.py [--sizes 1000 3000 6000]
+    python -m experiments.benchmarks.inference [--sizes 1000 3000 6000]
         [--backbone resnet18] [--window 512] [--stride 384] [--chunk 2048]
         [--device cpu|cuda]
 """
