@@ -41,6 +41,7 @@ import argparse
 import tempfile
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -106,8 +107,7 @@ def time_loader(dm: SegmentationDataModule, workers: int, n: int) -> float:
     """Patches/s of the second epoch of persistent workers: the first one pays the
     workers' start-up and their first touches of memory inherited from the main
     process (GDAL's block cache after the band statistics), once per training run."""
-    dm.num_workers = workers
-    dm.persistent_workers = workers > 0
+    dm.loading = replace(dm.loading, num_workers=workers, persistent_workers=workers > 0)
     loader = dm.train_dataloader()
     for _ in loader:  # epoch 0: warm-up
         pass
@@ -142,7 +142,7 @@ def time_ship(dm: SegmentationDataModule, workers: int) -> float:
 
 
 def time_augment(dm: SegmentationDataModule, device: torch.device, rounds: int = 8) -> float:
-    dm.num_workers = 0
+    dm.loading = replace(dm.loading, num_workers=0)
     batch = next(iter(dm.train_dataloader()))
     moved = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
              for _ in range(rounds + 1)]

@@ -193,7 +193,7 @@ def data_path_rates(cfg, args, device: torch.device) -> dict[str, float]:
                                train_split=[TILE], val_split=None, test_split=None,
                                scale=list(cfg.data.scale))
         dm.setup("fit")
-        workers = args.workers if args.workers is not None else dm.num_workers
+        workers = args.workers if args.workers is not None else dm.loading.num_workers
         rates = {"augment": time_augment(dm, device)}
         rates[f"loader {workers} workers"] = time_loader(dm, workers, 0)
         return rates

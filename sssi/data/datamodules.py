@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from sssi.data.datasets import (
     grid_regions,
 )
 from sssi.data.layouts import Layout, Tile, build_layout
+from sssi.data.options import LabelSelection, Loading, Windows, as_split
 from sssi.data.palettes import IGNORE_INDEX, unpack_rgb
 from sssi.data.raster import describe
 from sssi.data.splits import select_label_regions, write_split
@@ -48,32 +50,26 @@ log = logging.getLogger(__name__)
 class TileDataModule(L.LightningDataModule):
     """What both tasks share: layout, validation, statistics, loaders.
 
-    Args mirror ``conf/data/*.yaml``; the important ones:
-        dataset, root, modality, ndsm: which data (``data.root`` is the folder holding
-            ``2_Ortho_RGB/`` etc. for Potsdam).
+    Takes the flat keys of ``conf/data/*.yaml`` and sorts them into one block per concern
+    (:mod:`sssi.data.options`, where each key is documented): :attr:`windows`
+    (:class:`~sssi.data.options.Windows`), :attr:`loading`
+    (:class:`~sssi.data.options.Loading`), :attr:`labels`
+    (:class:`~sssi.data.options.LabelSelection`, segmentation only) and :attr:`augment`
+    (:class:`~sssi.data.augment.Augment`). The rest says which data:
+
+        dataset, root, modality, ndsm, layout_options: the layout (``data.root`` is the
+            folder holding ``2_Ortho_RGB/`` etc. for Potsdam).
         in_channels, num_classes: expected band and class counts; checked against the
             layout so that a model config and a data config can't silently disagree.
-        crop_size, scale: training window size and zoom range.
-        input_scale: resampling of the imagery before the network sees it (0.5: half
-            the pixels per side, e.g. 0.5 m imagery seen at 1 m): training and grid
-            windows cover ``1 / input_scale`` times more ground at the same size in
-            pixels. Saved in checkpoints; evaluation and prediction resample alike and
-            score and write at the input's full resolution.
-        batch_size: windows per batch on each device (per process).
-        global_batch_size: when set, samples per optimizer step over all devices; the
-            per-device batch becomes ``global_batch_size / (world size x accumulation)``
-            when ``sssi.train`` plans the run (:meth:`plan_batches`, :mod:`sssi.scaling`),
-            replacing ``batch_size``.
-        samples_per_epoch: random windows per epoch (default: cover the area once).
-        label_memory_mb: the decoded training labels (one byte per labelled pixel) are
-            kept in memory when they fit in this many MiB, so that training windows
-            slice them instead of reading and decoding the label file per sample; 0
-            reads every window's label from its file.
-        seed: seed of the training windows and their augmentation (the run's ``seed``).
+        train_split, val_split, test_split: split names or lists of tile ids.
         mean, std: per-band statistics in raw units; computed from the training tiles
             when omitted.
+        validate_files: open every file at set-up (a corrupt one is named at once).
+        output_dir: where ``norm_stats.json``, ``label_split.json`` and
+            ``label_audit.json`` go (the run folder).
         synthetic: parameters of the embedded synthetic dataset, generated into
             ``root`` on first use when set.
+        seed: seed of the training windows and their augmentation (the run's ``seed``).
     """
 
     def __init__(
@@ -123,64 +119,32 @@ class TileDataModule(L.LightningDataModule):
         self.in_channels = in_channels
         self.expected_classes = num_classes
         self.layout_options = dict(layout_options or {})
-        self.crop_size = int(crop_size)
-        self.scale = tuple(scale) if scale else None
-        if not 0 < float(input_scale) <= 4:
-            raise ConfigError(f"data.input_scale={input_scale!r}: expected a factor in (0, 4] "
-                              "(0.5 = half the pixels per side)")
-        self.input_scale = float(input_scale)
-        self.batch_size = int(batch_size)
-        self.eval_batch_size = int(eval_batch_size or batch_size)
-        self._eval_batch_follows = not eval_batch_size
-        self.global_batch_size = global_batch_size
-        self.num_workers = auto_workers() if num_workers == "auto" else int(num_workers)
-        self.prefetch_factor = int(prefetch_factor)
-        self.pin_memory = bool(pin_memory)
-        self.persistent_workers = bool(persistent_workers)
-        self.samples_per_epoch = samples_per_epoch
-        self.augment_options = dict(augment or {})
-        self.train_split = _as_split(train_split)
-        self.val_split = _as_split(val_split)
-        self.test_split = _as_split(test_split)
-        self.val_window = int(val_window or crop_size)
-        self.val_max_windows = val_max_windows
+        self.windows = Windows(crop_size, tuple(scale) if scale else None, input_scale,
+                               samples_per_epoch, val_window, val_max_windows)
+        if num_workers == "auto":
+            num_workers = auto_workers()
+        self.loading = Loading(batch_size, eval_batch_size, global_batch_size, num_workers,
+                               prefetch_factor, pin_memory, persistent_workers)
+        self.labels = LabelSelection(label_fraction, region_size, split_seed, label_memory_mb)
+        self.augment = _augment_options(augment)
+        self.train_split = as_split(train_split)
+        self.val_split = as_split(val_split)
+        self.test_split = as_split(test_split)
         self.mean = list(mean) if mean is not None else None
         self.std = list(std) if std is not None else None
+        self._check_statistics()
         self.validate_files = validate_files
         self.output_dir = Path(output_dir) if output_dir else None
         self.synthetic = dict(synthetic) if synthetic else None
-        self.label_fraction = float(label_fraction)
-        self.region_size = int(region_size)
-        self.split_seed = int(split_seed)
-        self.label_memory_mb = float(label_memory_mb or 0)
         self.seed = int(seed)
-        self._check_values()
+        self._normalizer: BatchNormalizer | None = None
         self._layout: Layout | None = None
         self.train_set: torch.utils.data.Dataset | None = None
         self.val_set: torch.utils.data.Dataset | None = None
         self.test_set: torch.utils.data.Dataset | None = None
 
-    def _check_values(self) -> None:
-        """Values that would otherwise fail deep inside a loader or the first step end
-        the run at construction, with the key named."""
-        for key, minimum in (("crop_size", 1), ("val_window", 1), ("batch_size", 1),
-                             ("eval_batch_size", 1), ("num_workers", 0),
-                             ("prefetch_factor", 1)):
-            value = getattr(self, key)
-            if value < minimum:
-                raise ConfigError(f"data.{key}={value}: expected an integer >= {minimum}")
-        for key in ("samples_per_epoch", "val_max_windows"):
-            value = getattr(self, key)
-            if value is not None and (isinstance(value, bool) or int(value) < 1):
-                raise ConfigError(f"data.{key}={value!r}: expected a positive integer or null")
-        if self.label_memory_mb < 0:
-            raise ConfigError(f"data.label_memory_mb={self.label_memory_mb:g}: expected MiB "
-                              ">= 0 (0 reads every training window's label from its file)")
-        if self.scale is not None:
-            lo_hi = [float(v) for v in self.scale]
-            if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1]:
-                raise ConfigError(f"data.scale={list(self.scale)}: expected [low, high] zoom "
-                                  "factors with 0 < low <= high (e.g. [0.75, 1.5]), or null")
+    def _check_statistics(self) -> None:
+        """Given band statistics must come in pairs and be usable (named keys)."""
         if (self.mean is None) != (self.std is None):
             given, missing = ("mean", "std") if self.std is None else ("std", "mean")
             raise ConfigError(f"data.{given} is set but data.{missing} is not: give both "
@@ -188,31 +152,20 @@ class TileDataModule(L.LightningDataModule):
                               "tiles)")
         if self.std is not None and any(float(v) <= 0 for v in self.std):
             raise ConfigError(f"data.std={self.std}: every band's std must be positive")
-        allowed = Augment.keys()
-        unknown = sorted(set(self.augment_options) - set(allowed))
-        if unknown:
-            raise ConfigError(f"data.augment has unknown keys {unknown}: expected "
-                              f"{', '.join(allowed)}")
-        for key in ("brightness_contrast", "noise"):
-            value = self.augment_options.get(key, 0.0)
-            if not 0.0 <= float(value) <= 1.0:
-                raise ConfigError(f"data.augment.{key}={value}: expected a probability in [0, 1]")
-        self.augment = Augment(**self.augment_options)
-        self._normalizer: BatchNormalizer | None = None
 
     def plan_batches(self, world_size: int = 1, accumulation: int = 1) -> BatchPlan:
         """The run's batch plan, applied: ``data.batch_size`` per device, or the per-device
         batch that ``data.global_batch_size`` gives over ``world_size`` devices and
         ``accumulation`` micro-batches (a clear error when they do not divide it).
         ``sssi.train`` calls this once and hands the plan to the task."""
-        plan = plan_batches(self.batch_size, self.global_batch_size, world_size, accumulation)
-        if plan.per_device != self.batch_size:
+        loading = self.loading
+        plan = plan_batches(loading.batch_size, loading.global_batch_size, world_size,
+                            accumulation)
+        if plan.per_device != loading.batch_size:
             log.info("data.global_batch_size=%d over %d devices x %d accumulation: %d windows "
-                     "per device batch", self.global_batch_size, world_size, accumulation,
+                     "per device batch", loading.global_batch_size, world_size, accumulation,
                      plan.per_device)
-        self.batch_size = plan.per_device
-        if self._eval_batch_follows:
-            self.eval_batch_size = plan.per_device
+        self.loading = replace(loading, batch_size=plan.per_device)  # eval batch follows
         return plan
 
     # ---------------------------------------------------------------------------- layout
@@ -308,20 +261,15 @@ class TileDataModule(L.LightningDataModule):
         return self.augment if self.augment.active else None
 
     def _epoch_length(self, regions: Sequence[Region]) -> int:
-        if self.samples_per_epoch:
-            return int(self.samples_per_epoch)
+        if self.windows.samples_per_epoch:
+            return int(self.windows.samples_per_epoch)
         area = sum(r.height * r.width for r in regions)
-        return max(self.batch_size, round(area * self.input_scale**2 / self.crop_size**2))
-
-    @property
-    def window_scale(self) -> tuple[float, float] | None:
-        """The zoom range of training windows, ``data.scale`` times ``input_scale``."""
-        if self.scale is None:
-            return None if self.input_scale == 1 else (self.input_scale, self.input_scale)
-        return (self.scale[0] * self.input_scale, self.scale[1] * self.input_scale)
+        w = self.windows
+        return max(self.loading.batch_size, round(area * w.input_scale**2 / w.crop_size**2))
 
     def _eval_regions(self, sizes, max_windows: int | None) -> list[Region]:
-        ground = max(1, round(self.val_window / self.input_scale))  # resized to val_window
+        # windows of this much ground, resized to val_window
+        ground = max(1, round(self.windows.val_window / self.windows.input_scale))
         regions = grid_regions(sizes, ground, ground)
         if max_windows and len(regions) > max_windows:
             step = len(regions) / max_windows  # evenly spread, deterministic
@@ -332,7 +280,7 @@ class TileDataModule(L.LightningDataModule):
     def state_dict(self) -> dict[str, Any]:
         return {"mean": self.mean, "std": self.std, "band_names": list(self.band_names),
                 "dataset": self.dataset, "num_classes": self.num_classes,
-                "input_scale": self.input_scale}
+                "input_scale": self.windows.input_scale}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.mean = state_dict.get("mean", self.mean)
@@ -341,7 +289,7 @@ class TileDataModule(L.LightningDataModule):
 
     # ----------------------------------------------------------------------- loaders
     def _loader(self, dataset, batch_size: int, drop_last: bool, sampler=None) -> DataLoader:
-        workers = self.num_workers
+        workers = self.loading.num_workers
         # samples are bytes, so pinned batches go to the GPU without a staging copy; a
         # worker hands each batch over as one shared block (collate_windows); persistent
         # workers keep their open file handles between epochs
@@ -352,27 +300,27 @@ class TileDataModule(L.LightningDataModule):
             collate_fn=collate_windows,
             num_workers=workers,
             worker_init_fn=init_worker,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
-            persistent_workers=self.persistent_workers and workers > 0,
-            prefetch_factor=self.prefetch_factor if workers > 0 else None,
+            pin_memory=self.loading.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.loading.persistent_workers and workers > 0,
+            prefetch_factor=self.loading.prefetch_factor if workers > 0 else None,
             drop_last=drop_last,
         )
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup('fit') first"
         sampler = EpochSampler(self.train_set)
-        return self._loader(self.train_set, self.batch_size, len(sampler) >= self.batch_size,
-                            sampler)
+        batch = self.loading.batch_size
+        return self._loader(self.train_set, batch, len(sampler) >= batch, sampler)
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_set is None:
             return []
-        return self._loader(self.val_set, self.eval_batch_size, False)
+        return self._loader(self.val_set, self.loading.eval_batch, False)
 
     def test_dataloader(self) -> DataLoader | list:
         if self.test_set is None:
             return []
-        return self._loader(self.test_set, self.eval_batch_size, False)
+        return self._loader(self.test_set, self.loading.eval_batch, False)
 
     def _validation_set(self, labels: bool) -> GridWindowDataset | None:
         """The grid of ``val_window`` windows over ``val_split`` (at most
@@ -381,8 +329,8 @@ class TileDataModule(L.LightningDataModule):
             return None
         tiles, sizes = self._tiles(self.val_split, labels=labels)
         return GridWindowDataset(TileReader(tiles, self.layout.palette),
-                                 self._eval_regions(sizes, self.val_max_windows),
-                                 with_labels=labels, out_size=self.val_window)
+                                 self._eval_regions(sizes, self.windows.val_max_windows),
+                                 with_labels=labels, out_size=self.windows.val_window)
 
 
 class PretextDataModule(TileDataModule):
@@ -399,11 +347,11 @@ class PretextDataModule(TileDataModule):
             regions = [Region(i, 0, 0, h, w) for i, (h, w) in enumerate(sizes)]
             reader = TileReader(tiles, self.layout.palette)
             self.train_set = RandomWindowDataset(
-                reader, regions, self.crop_size, self._epoch_length(regions),
-                with_labels=False, augment=self._augment(), scale=self.window_scale,
+                reader, regions, self.windows.crop_size, self._epoch_length(regions),
+                with_labels=False, augment=self._augment(), scale=self.windows.zoom,
                 seed=self.seed)
             log.info("pretext: %d tiles, %d windows of %d px per epoch", len(tiles),
-                     len(self.train_set), self.crop_size)
+                     len(self.train_set), self.windows.crop_size)
             self.val_set = self._validation_set(labels=False)
 
 
@@ -421,24 +369,25 @@ class SegmentationDataModule(TileDataModule):
         if stage in (None, "fit") and self.train_set is None:
             tiles, sizes = self._tiles(self.train_split, labels=True)
             self._ensure_stats(tiles)
-            regions, total = select_label_regions(sizes, self.region_size, self.label_fraction,
-                                                  self.split_seed)
+            chosen = self.labels
+            regions, total = select_label_regions(sizes, chosen.region_size,
+                                                  chosen.label_fraction, chosen.split_seed)
             total_pixels = sum(h * w for h, w in sizes)
             if self.output_dir is not None and rank_zero_only.rank == 0:
                 write_split(self.output_dir / "label_split.json", regions, tiles,
-                            fraction=self.label_fraction, seed=self.split_seed,
-                            region_size=self.region_size, total=total,
+                            fraction=self.labels.label_fraction, seed=self.labels.split_seed,
+                            region_size=self.labels.region_size, total=total,
                             total_pixels=total_pixels)
             reader = TileReader(tiles, self.layout.palette)
             kept = self._audit(reader, regions)
             self.train_set = RandomWindowDataset(
-                reader, regions, self.crop_size, self._epoch_length(regions),
-                with_labels=True, augment=self._augment(), scale=self.window_scale,
+                reader, regions, self.windows.crop_size, self._epoch_length(regions),
+                with_labels=True, augment=self._augment(), scale=self.windows.zoom,
                 seed=self.seed, region_labels=kept)
             share = sum(r.height * r.width for r in regions) / total_pixels
             log.info("segmentation: %d of %d labelled regions of ~%d px (%.3g of the pixels; "
                      "requested %.3g) from %d tiles, %d windows per epoch", len(regions), total,
-                     self.region_size, share, self.label_fraction, len(tiles),
+                     self.labels.region_size, share, self.labels.label_fraction, len(tiles),
                      len(self.train_set))
             self.val_set = self._validation_set(labels=True)
         if stage in (None, "test") and self.test_set is None and self.test_split is not None:
@@ -447,7 +396,8 @@ class SegmentationDataModule(TileDataModule):
                 self._ensure_stats(self.layout.tiles(self.train_split))
             self.test_set = GridWindowDataset(
                 TileReader(ttiles, self.layout.palette, use_eval_labels=True),
-                self._eval_regions(tsizes, None), with_labels=True, out_size=self.val_window)
+                self._eval_regions(tsizes, None), with_labels=True,
+                out_size=self.windows.val_window)
 
     def _audit(self, reader: TileReader, regions: Sequence[Region]) -> list | None:
         """Count ignore and off-palette pixels of the labels a run will train on.
@@ -458,7 +408,7 @@ class SegmentationDataModule(TileDataModule):
         per_tile: dict[str, dict[str, int]] = {}
         colour = self.layout.label_bands == 3
         nbytes = sum(r.height * r.width for r in regions)
-        keep = 0 < nbytes <= self.label_memory_mb * 2**20
+        keep = 0 < nbytes <= self.labels.label_memory_mb * 2**20
         kept = []
         for r in regions:
             tile = reader.tiles[r.tile]
@@ -489,7 +439,7 @@ class SegmentationDataModule(TileDataModule):
             log.info("training labels kept in memory: %.1f MiB", nbytes / 2**20)
         else:
             log.info("training labels (%.1f MiB decoded) are read per window: over "
-                     "data.label_memory_mb=%g", nbytes / 2**20, self.label_memory_mb)
+                     "data.label_memory_mb=%g", nbytes / 2**20, self.labels.label_memory_mb)
         return kept if keep else None
 
 
@@ -502,7 +452,17 @@ def auto_workers() -> int:
     return max(1, min(8, cores - 1 if cores > 2 else cores))
 
 
-def _as_split(split):
-    if split is None or isinstance(split, str):
-        return split
-    return [str(s) for s in split]
+
+def _augment_options(options: Mapping | None) -> Augment:
+    """``data.augment`` as an :class:`Augment`; unknown keys and probabilities outside
+    [0, 1] are errors naming the key."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(Augment.keys()))
+    if unknown:
+        raise ConfigError(f"data.augment has unknown keys {unknown}: expected "
+                          f"{', '.join(Augment.keys())}")
+    for key in ("brightness_contrast", "noise"):
+        value = options.get(key, 0.0)
+        if not 0.0 <= float(value) <= 1.0:
+            raise ConfigError(f"data.augment.{key}={value}: expected a probability in [0, 1]")
+    return Augment(**options)

@@ -72,9 +72,11 @@ def _check_policy(policy: Any, key: str) -> None:
 
 def check_window_sides(datamodule: object, multiple: int) -> None:
     """One error naming the key when the datamodule's training or validation windows
-    (``data.crop_size``, ``data.val_window``) are not multiples of ``multiple``."""
+    (``data.crop_size``, ``data.val_window``: its ``windows`` block, or the object's own
+    attributes) are not multiples of ``multiple``."""
+    windows = getattr(datamodule, "windows", datamodule)
     for key in ("crop_size", "val_window"):
-        size = getattr(datamodule, key, None)
+        size = getattr(windows, key, None)
         if size is None or int(size) % multiple == 0:
             continue
         lower = int(size) // multiple * multiple

@@ -155,7 +155,7 @@ def test_global_batch_size_sets_the_per_device_batch():
     dm = instantiate(cfg.data)
     plan = dm.plan_batches(world_size=4, accumulation=2)
     assert plan == BatchPlan(8, 4, 2) and plan.global_batch == 64
-    assert dm.batch_size == dm.eval_batch_size == 8
+    assert dm.loading.batch_size == dm.loading.eval_batch == 8
     assert dm.plan_batches(world_size=2, accumulation=8).per_device == 4
     with pytest.raises(ConfigError, match=r"data.global_batch_size=64 is not divisible by"):
         dm.plan_batches(world_size=3, accumulation=1)
