@@ -201,21 +201,26 @@ def is_compiled(module: nn.Module) -> bool:
 BF16_CPU_FLAGS = ("amx_bf16",)
 
 
-def cpu_has_bf16_units(cpuinfo: str | None = None) -> bool:
-    """Whether this CPU has bf16 matrix units: one of :data:`BF16_CPU_FLAGS` among the
-    ``flags`` of ``/proc/cpuinfo`` (``cpuinfo``: its text, for tests). False where the
-    file does not exist (not Linux): fp32 is the safe choice."""
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The ``flags`` of the first processor in ``/proc/cpuinfo`` (``cpuinfo``: its text,
+    for tests); empty where the file does not exist (not Linux)."""
     if cpuinfo is None:
         try:
             with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
                 cpuinfo = fh.read()
         except OSError:
-            return False
+            return set()
     for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
         if key.strip() == "flags":
-            return any(flag in value.split() for flag in BF16_CPU_FLAGS)
-    return False
+            return set(value.split())
+    return set()
+
+
+def cpu_has_bf16_units(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU has bf16 matrix units: one of :data:`BF16_CPU_FLAGS` among its
+    :func:`cpu_flags`. False where they cannot be read: fp32 is the safe choice."""
+    return any(flag in cpu_flags(cpuinfo) for flag in BF16_CPU_FLAGS)
 
 
 def auto_precision(accelerator: str, cuda_bf16: bool | None = None,

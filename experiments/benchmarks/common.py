@@ -18,6 +18,8 @@ from collections.abc import Callable
 import lightning as L
 import torch
 
+from sssi import scaling
+
 #: ``--formats`` choices -> torch memory formats
 FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 
@@ -56,16 +58,12 @@ def autocast_for(precision: str, device_type: str = "cpu") -> torch.autocast:
 
 
 def cpu_flags(cpuinfo: str | None = None) -> str:
-    """The :data:`CPU_FLAGS` this CPU has, for the header of a benchmark's table."""
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-                cpuinfo = fh.read()
-        except OSError:
-            return "unknown"
-    flags = next((line.partition(":")[2].split() for line in cpuinfo.splitlines()
-                  if line.partition(":")[0].strip() == "flags"), [])
-    return " ".join(f for f in CPU_FLAGS if f in flags) or "none of " + " ".join(CPU_FLAGS)
+    """The :data:`CPU_FLAGS` this CPU has, for the header of a benchmark's table (read by
+    :func:`sssi.scaling.cpu_flags`, the reader ``trainer.precision=auto`` uses)."""
+    have = scaling.cpu_flags(cpuinfo)
+    if cpuinfo is None and not have:
+        return "unknown"
+    return " ".join(f for f in CPU_FLAGS if f in have) or "none of " + " ".join(CPU_FLAGS)
 
 
 class LoopTimer(L.Callback):
