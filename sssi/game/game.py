@@ -23,7 +23,7 @@ sum over ranks of the baseline's update, which the task hands to
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -33,7 +33,7 @@ from sssi.errors import ConfigError
 from sssi.game.inpainter import Inpainter
 from sssi.game.instructor import Instructor
 from sssi.game.loss import ReconstructionLoss
-from sssi.game.masking import cell_border_stats, mask_stats
+from sssi.game.masking import CellTally, cell_border_stats, mask_stats
 from sssi.game.reference import telea_restore
 from sssi.game.reward import PositionBaseline, cell_errors, raw_reward, relative_reward
 from sssi.game.schedule import INPAINTER, INSTRUCTOR, WARMUP
@@ -80,6 +80,31 @@ class Turn:
         assert self.images is not None and self.mask is not None and self.restored is not None
         return {"image": self.images[:n].detach(), "mask": self.mask[:n].detach(),
                 "restored": self.restored[:n].detach().float()}
+
+
+class ValidationTally:
+    """An epoch of :meth:`Game.validation_errors`: the batch-weighted sums of the hole
+    errors on random holes and Telea's on the same holes (their ratio says whether the
+    inpainter beats the classical one), and the instructor's cells (:class:`CellTally`).
+    Sums stay on the device until the epoch ends."""
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.errors = torch.zeros(3, device=device)  # random, telea, windows
+        self.cells = CellTally()
+
+    def add(self, errors: dict[str, Tensor], cells: Tensor | None, batch_size: int) -> None:
+        self.errors += torch.stack([errors["random"].detach() * batch_size,
+                                    errors["telea"].detach() * batch_size,
+                                    errors["random"].new_tensor(float(batch_size))])
+        if cells is not None:
+            self.cells.add(cells)
+
+    def ratio_to_telea(self, reduce: Callable[[Tensor], Tensor] = lambda t: t
+                       ) -> Tensor | None:
+        """The epoch's hole error over Telea's (below 1: the inpainter beats it); None
+        without windows. ``reduce`` sums over processes (DDP ranks)."""
+        sums = reduce(self.errors)
+        return sums[0] / sums[1].clamp_min(1e-12) if sums[2] > 0 else None
 
 
 class Game(nn.Module):

@@ -18,6 +18,7 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from sssi.checkpoints import DATA_KEY, upgrade_targets
 from sssi.errors import ConfigError
@@ -85,6 +86,19 @@ class BaseTask(L.LightningModule):
     def setup(self, stage: str) -> None:
         if stage == "fit":  # in place: state-dict keys stay those of the plain modules
             compile_in_place(self.compiled_modules(), self.hparams.get("compile"))
+
+    def on_fit_start(self) -> None:
+        # After the strategy wrapped the module: a task whose steps leave parameters
+        # without a gradient needs DDP to find them (sssi.train picks that variant; a
+        # strategy given by hand may not).
+        model = self.trainer.strategy.model
+        if self.find_unused_parameters and isinstance(model, DistributedDataParallel) and \
+                not model.find_unused_parameters:
+            raise ConfigError(
+                f"trainer.strategy: {type(self).__name__} leaves some parameters without a "
+                "gradient in a step, so DDP must find unused parameters; use trainer."
+                "strategy=ddp_find_unused_parameters_true (or a DDPStrategy with "
+                "find_unused_parameters: true)")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep the datamodule's state (bands, normalisation) under one key that does not

@@ -21,17 +21,15 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.strategies import ParallelStrategy
 from torch import Tensor
-from torch.nn.parallel import DistributedDataParallel
 
 from sssi.checkpoints import upgrade_state_dict
 from sssi.config import to_plain
-from sssi.errors import ConfigError, SssiError
+from sssi.errors import ConfigError
 from sssi.game import Game, Turn
 from sssi.game.config import check_mask_policy
-from sssi.game.game import PLAYERS, channels_last_players
+from sssi.game.game import PLAYERS, ValidationTally, channels_last_players
 from sssi.game.inpainter import Inpainter
 from sssi.game.instructor import Instructor
-from sssi.game.masking import CellTally
 from sssi.game.schedule import (
     INPAINTER,
     INSTRUCTOR,
@@ -44,12 +42,11 @@ from sssi.game.schedule import (
 )
 from sssi.scaling import compile_options
 from sssi.tasks.base import BaseTask
+from sssi.tasks.divergence import DivergenceWatch, TrainingDivergedError
+
+__all__ = ["PretrainTask", "TrainingDivergedError"]
 
 log = logging.getLogger(__name__)
-
-
-class TrainingDivergedError(SssiError):
-    """A player's loss became NaN or infinite."""
 
 
 class PretrainTask(BaseTask):
@@ -95,10 +92,8 @@ class PretrainTask(BaseTask):
         self.automatic_optimization = False
         self.accumulate_grad_batches = k
         self.schedule = Schedule(**(self.hparams.schedule or {}))
-        # the first step whose loss was not finite, per player (-1: none yet)
-        self.register_buffer("_first_bad", torch.full((len(PLAYERS),), -1, dtype=torch.long),
-                             persistent=False)
-        self._val_cells = CellTally()
+        self.divergence = DivergenceWatch(PLAYERS)
+        self._val = ValidationTally()
         #: crops the inpainter trained on, over all ranks: the budget that compares
         #: pretext methods (the game's instructor steps do not count)
         self.inpainter_crops = 0
@@ -172,23 +167,13 @@ class PretrainTask(BaseTask):
         """``task.accumulate_grad_batches``: the game steps by hand, so Lightning's own
         accumulation must stay 1 (an error naming both keys otherwise)."""
         if trainer_accumulation != 1:
-            raise ConfigError(
-                f"trainer.accumulate_grad_batches={trainer_accumulation}: the game "
-                "uses manual optimisation, which Lightning cannot accumulate; set "
-                f"task.accumulate_grad_batches={trainer_accumulation} instead "
-                "(and leave trainer.accumulate_grad_batches=1)")
+            raise ConfigError(f"trainer.accumulate_grad_batches={trainer_accumulation}: the "
+                              "game steps by hand, which Lightning cannot accumulate; set "
+                              f"task.accumulate_grad_batches={trainer_accumulation} instead")
         return self.accumulate_grad_batches
 
     def on_fit_start(self) -> None:
-        # After the strategy wrapped the module: DDP must find the unused parameters of
-        # the player that sits a step out.
-        model = self.trainer.strategy.model
-        if self.find_unused_parameters and isinstance(model, DistributedDataParallel) and \
-                not model.find_unused_parameters:
-            raise ConfigError(
-                "trainer.strategy: the game trains one player per step, so DDP must find "
-                "unused parameters; use trainer.strategy=ddp_find_unused_parameters_true "
-                "(or a DDPStrategy with find_unused_parameters: true)")
+        super().on_fit_start()  # DDP must find the parameters of the player sitting out
         self.game.apply_memory_format()
 
     # --------------------------------------------------------------------- training step
@@ -221,7 +206,7 @@ class PretrainTask(BaseTask):
         window and synchronised across DDP ranks only then."""
         opt = self._optimizers()[PLAYERS.index(player)]
         last = micro == size - 1
-        self._watch(loss, player)
+        self.divergence.watch(loss, player, self.global_step)
         if micro == 0:
             opt.zero_grad(set_to_none=True)
         strategy = self.trainer.strategy
@@ -249,24 +234,10 @@ class PretrainTask(BaseTask):
         if every and self.global_step % every == 0:  # for callbacks.ImageGrid
             self.keep_visuals("game", turn.visuals())
 
-    # ------------------------------------------------------------------------ divergence
-    def _watch(self, loss: Tensor, player: str) -> None:
-        """Remember the first step whose loss is not finite, without a host sync."""
-        i = PLAYERS.index(player)
-        bad = ~torch.isfinite(loss.detach())
-        step = torch.tensor(self.global_step, device=self._first_bad.device)
-        self._first_bad[i] = torch.where(bad & (self._first_bad[i] < 0), step,
-                                         self._first_bad[i])
-
     def _raise_if_diverged(self) -> None:
-        for player, step in zip(PLAYERS, self._first_bad.tolist(), strict=True):
-            if step >= 0:
-                ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or \
-                    "none written yet"
-                raise TrainingDivergedError(
-                    f"the {player}'s loss is NaN or infinite at step {step} (epoch "
-                    f"{self.current_epoch}, phase {self.phase}); stopped. The last good "
-                    f"checkpoint is intact: {ckpt}")
+        ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", "")
+        self.divergence.raise_if_diverged(f"epoch {self.current_epoch}, phase {self.phase}",
+                                          ckpt or "none written yet")
 
     def on_train_epoch_end(self) -> None:
         # runs before ModelCheckpoint's epoch-end save: never checkpoint a diverged model
@@ -280,9 +251,7 @@ class PretrainTask(BaseTask):
 
     # ------------------------------------------------------------------------ validation
     def on_validation_epoch_start(self) -> None:
-        self._val_cells = CellTally()
-        # summed hole errors on random holes, Telea's on them, and the windows
-        self._val_errors = torch.zeros(3, device=self.device)
+        self._val = ValidationTally(self.device)
         self.pop_visuals("instructor_cells")  # a stale picture is not this epoch's
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -290,27 +259,21 @@ class PretrainTask(BaseTask):
         g = torch.Generator(device=images.device)
         g.manual_seed(int(self.hparams.seed) + batch_idx)  # same holes every validation
         errors, cells = self.game.validation_errors(images, g)
-        bs = images.shape[0]
         for name, value in errors.items():
-            self.log(f"val/hole_error_{name}", value, batch_size=bs, sync_dist=True)
-        # the same batch-weighted means, for the ratio of the epoch's errors
-        self._val_errors += torch.stack([errors["random"].detach() * bs,
-                                         errors["telea"].detach() * bs,
-                                         errors["random"].new_tensor(float(bs))])
-        if cells is not None:
-            self._val_cells.add(cells)
+            self.log(f"val/hole_error_{name}", value, batch_size=images.shape[0],
+                     sync_dist=True)
+        self._val.add(errors, cells, images.shape[0])
 
     def on_validation_epoch_end(self) -> None:
-        """``val/hole_error_vs_telea``: the inpainter's hole error over Telea's on the same
-        holes (below 1: it beats the classical inpainter); the instructor's erase
-        frequency per cell over the validation set (all ranks): logged as border
-        statistics, kept for the image callback."""
-        sums = self._over_ranks(self._val_errors)
-        if sums[2] > 0:
-            self.log("val/hole_error_vs_telea", sums[0] / sums[1].clamp_min(1e-12))
-        if self._val_cells.count is None:
+        """``val/hole_error_vs_telea`` (below 1: it beats the classical inpainter); the
+        instructor's erase frequency per cell over the validation set (all ranks):
+        logged as border statistics, kept for the image callback."""
+        ratio = self._val.ratio_to_telea(self._over_ranks)
+        if ratio is not None:
+            self.log("val/hole_error_vs_telea", ratio)
+        if self._val.cells.count is None:
             return
-        frequency, stats = self._val_cells.frequency(self._over_ranks)
+        frequency, stats = self._val.cells.frequency(self._over_ranks)
         self.keep_visuals("instructor_cells", frequency)
         for k, v in stats.items():
             self.log(f"val/{k}", v, sync_dist=True)  # equal on all ranks already

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# How the benefit of pretraining grows with the pretext budget, on the Dubai images
+# (issue 28). One long, restartable pretext run per method and pretext seed writes a
+# checkpoint at each budget of inpainter crops (sssi.callbacks.CropBudgets), so the game
+# and random blocks are compared at matched inpainter crops; each checkpoint is then
+# scored on tile 6 only (the test tile 7 is never read):
+#   experiments/label_efficiency/dubai_scaling.sh pretext DATA_ROOT OUT METHOD SEED BUDGET...
+#   experiments/label_efficiency/dubai_scaling.sh score   DATA_ROOT OUT PROTOCOL START FRACTION SEED...
+#   python -m experiments.label_efficiency.collect_scaling OUT RESULTS_DIR
+# METHOD: blocks (random 16 px blocks) or game (the instructor). Budgets are multiples
+# of 512 (an epoch's crops): a run asked for a larger budget continues from its
+# last.ckpt exactly. PROTOCOL: probe (sssi.probe: BatchNorm re-estimated on clean crops,
+# an L-BFGS logistic fit on layer3 and layer4) or finetune (+experiment=dubai_finetune,
+# its lr rule for every start: a pretrained encoder at 1/10 of the head's rate);
+# START: METHOD/seed_S/BUDGET (that checkpoint) or scratch (random weights drawn with
+# SEED). Every scoring run uses the pretext's band statistics (tiles 1-6), scratch too,
+# and SEED is also the labelled regions' seed (paired across starts). Finished jobs
+# (budgets/crops_N.ckpt, probe.json, metrics.json present) are skipped.
+# PYTHON picks the interpreter; SETTINGS=... adds overrides to every pretext run (the
+# recorded curve: see results_dubai_scaling/README.md). The CPU setting is the
+# measured fastest per crop (experiments/benchmarks/RESULTS.md, the pretext levers):
+# ResNet-18 at stride 32, the light decoder, channels_last, half resolution, constant
+# learning rate (a checkpoint in the middle of the run is not at a decayed rate, so
+# every budget is read from the same run).
+set -euo pipefail
+stage="${1:?usage: dubai_scaling.sh pretext|score DATA_ROOT OUT ...}"
+root="${2:?DATA_ROOT}"
+out="${3:?OUT}"
+shift 3
+PY="${PYTHON:-python}"
+here="$(cd "$(dirname "$0")" && pwd)"
+common=("data.root=$root" "data.input_scale=0.5" "data.num_workers=1")
+pretext_settings=(backbone.output_stride=32 "task.decoder_channels=[128,64,32]"
+  task.channels_last=true "task.inpainter_scheduler.milestones=[1000000]")
+
+experiment_of() {
+  case "$1" in
+    blocks) echo dubai_inpaint_blocks ;;
+    game) echo dubai_pretrain ;;
+    *) echo "error: METHOD '$1': expected blocks or game" >&2; exit 2 ;;
+  esac
+}
+
+budgets_list() {  # BUDGET... -> [b1,b2,...]
+  local IFS=,; echo "[$*]"
+}
+
+case "$stage" in
+  pretext)
+    method="${1:?METHOD}"; seed="${2:?SEED}"; shift 2
+    [ $# -ge 1 ] || { echo "error: no BUDGET given" >&2; exit 2; }
+    exp=$(experiment_of "$method")
+    dir="$out/pretext/${method}/seed_${seed}"
+    last="${*: -1}"
+    [ -f "$dir/budgets/crops_$(printf %07d "$last").ckpt" ] && exit 0
+    mkdir -p "$dir"
+    start=$(date +%s)
+    resume=()
+    [ -f "$dir/checkpoints/last.ckpt" ] && resume=(ckpt_path=last)
+    "$PY" -m sssi.train "+experiment=$exp" "${common[@]}" "${pretext_settings[@]}" \
+      "seed=$seed" trainer.max_epochs=100000 trainer.check_val_every_n_epoch=6 \
+      callbacks.model_checkpoint.every_n_epochs=6 callbacks.model_checkpoint.save_top_k=1 \
+      "+callbacks.crop_budgets._target_=sssi.callbacks.CropBudgets" \
+      "+callbacks.crop_budgets.dirpath=$dir/budgets" \
+      "+callbacks.crop_budgets.budgets=$(budgets_list "$@")" \
+      "hydra.run.dir=$dir" "${resume[@]}" ${SETTINGS:-}
+    # wall seconds per leg, so that a budget's cost adds the legs that led to it
+    printf '%s\t%s\t%s\n' "$last" "$start" "$(date +%s)" >> "$dir/wall_time.tsv"
+    ;;
+  score)
+    protocol="${1:?PROTOCOL}"; start_name="${2:?START}"; fraction="${3:?FRACTION}"; shift 3
+    [ $# -ge 1 ] || { echo "error: no SEED given" >&2; exit 2; }
+    stats=$(ls "$out"/pretext/*/seed_*/norm_stats.json 2>/dev/null | head -1)
+    [ -n "$stats" ] || { echo "error: no pretext run under $out/pretext: its band statistics are needed" >&2; exit 2; }
+    norm=($("$PY" -c 'import json,sys; d=json.load(open(sys.argv[1]))
+print("data.mean=[%s]" % ",".join(map(repr, d["mean"])), "data.std=[%s]" % ",".join(map(repr, d["std"])))' "$stats"))
+    if [ "$start_name" = scratch ]; then
+      init=(task.init=null task.require_init=false)
+    else
+      method="${start_name%%/*}"; rest="${start_name#*/}"; budget="${rest#*/}"; pseed="${rest%%/*}"
+      ckpt="$out/pretext/$method/$pseed/budgets/crops_$(printf %07d "$budget").ckpt"
+      [ -f "$ckpt" ] || { echo "error: $ckpt: not found (run the pretext stage first)" >&2; exit 2; }
+      init=("task.init=$ckpt")
+    fi
+    for seed in "$@"; do
+      dir="$out/score/$protocol/$start_name/fraction_$fraction/seed_$seed"
+      case "$protocol" in
+        probe)
+          [ -f "$dir/probe.json" ] && continue
+          "$PY" -m sssi.probe +experiment=dubai_finetune "${common[@]}" "${norm[@]}" \
+            "${init[@]}" "seed=$seed" "data.split_seed=$seed" "data.label_fraction=$fraction" \
+            "hydra.run.dir=$dir" ;;
+        finetune)
+          [ -f "$dir/metrics.json" ] && continue
+          "$PY" -m sssi.train +experiment=dubai_finetune "${common[@]}" "${norm[@]}" \
+            "${init[@]}" "seed=$seed" "data.split_seed=$seed" "data.label_fraction=$fraction" \
+            trainer.check_val_every_n_epoch=6 test=false callbacks.model_checkpoint.monitor=null \
+            callbacks.model_checkpoint.save_top_k=0 "hydra.run.dir=$dir" ;;
+        *) echo "error: PROTOCOL '$protocol': expected probe or finetune" >&2; exit 2 ;;
+      esac
+    done
+    ;;
+  *) echo "error: stage '$stage': expected pretext or score" >&2; exit 2 ;;
+esac

@@ -1,0 +1,100 @@
+"""The budget curve's tables (experiments/label_efficiency/collect_scaling.py) on a
+hand-made OUT folder, and dubai_scaling.sh's refusals."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from experiments.label_efficiency import collect_scaling
+from tests.helpers import REPO
+
+SCRIPT = REPO / "experiments/label_efficiency/dubai_scaling.sh"
+BUDGETS = (1000, 10000, 100000)
+
+
+def _probe(out: Path, start: str, seed: int, layer3: float, layer4: float) -> None:
+    run = out / "score" / "probe" / start / "fraction_0.1" / f"seed_{seed}"
+    run.mkdir(parents=True)
+    (run / "probe.json").write_text(json.dumps(
+        {"layers": {"layer3": {"mIoU": layer3}, "layer4": {"mIoU": layer4}}}))
+
+
+def _finetune(out: Path, start: str, seed: int, miou: float) -> None:
+    run = out / "score" / "finetune" / start / "fraction_0.1" / f"seed_{seed}"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"val/mIoU": miou}))
+
+
+@pytest.fixture
+def out(tmp_path) -> Path:
+    """Blocks at three budgets, each decade 2 points better on layer3 than the last
+    (seed noise added), scratch at a fixed score per seed; two legs of wall time."""
+    out = tmp_path / "out"
+    run = out / "pretext" / "blocks" / "seed_0"
+    (run / "budgets").mkdir(parents=True)
+    for budget in BUDGETS:
+        torch.save({"game": {"inpainter_crops": budget + 16}},
+                   run / "budgets" / f"crops_{budget:07d}.ckpt")
+    (run / "wall_time.tsv").write_text("10000\t0\t100\n100000\t100\t1000\n")
+    noise = {0: 0.0, 1: 0.004, 2: -0.004}
+    for seed in range(3):
+        _probe(out, "scratch", seed, 0.30 + 0.01 * seed, 0.25)
+        _finetune(out, "scratch", seed, 0.40)
+        for decade, budget in enumerate(BUDGETS):
+            start = f"blocks/seed_0/{budget}"
+            _probe(out, start, seed, 0.30 + 0.01 * seed + 0.02 * decade + noise[seed], 0.25)
+        _finetune(out, "blocks/seed_0/100000", seed, 0.42 + noise[seed])
+    return out
+
+
+def test_scaling_csv_has_one_row_per_score_with_crops_and_wall_time(out, tmp_path):
+    collect_scaling.main([str(out), str(tmp_path / "res"), "--no-holes"])
+    rows = list(csv.DictReader((tmp_path / "res" / "scaling.csv").open()))
+    assert list(rows[0]) == collect_scaling.FIELDS
+    # 3 seeds x (scratch: 2 layers + finetune; blocks: 3 budgets x 2 layers + 1 finetune)
+    assert len(rows) == 3 * (3 + 7)
+    first = [r for r in rows if r["budget"] == "1000"][0]
+    assert first["crops"] == "1016"  # what the inpainter trained on, from the checkpoint
+    # wall time: 1000 of the first leg's 10000 crops, and the two legs in full
+    walls = {r["budget"]: float(r["pretext_wall_s"]) for r in rows if r["method"] == "blocks"}
+    assert walls == {"1000": 10.0, "10000": 100.0, "100000": 1000.0}
+    assert (tmp_path / "res" / "scaling.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_gaps_are_paired_and_the_slope_per_decade_is_recovered(out, tmp_path):
+    rows = collect_scaling.table(out, measure=False)
+    pairs, slopes = collect_scaling.gaps(rows)
+    by_name = {(p.method, p.baseline): p for p in pairs}
+    top = by_name[("blocks/seed_0/100000", "scratch/probe/layer3")]
+    assert top.seeds == [0, 1, 2]
+    assert top.differences == pytest.approx([4.0, 4.4, 3.6])
+    assert top.verdict == "ahead"
+    assert by_name[("blocks/seed_0/100000", "scratch/finetune/all")].mean == pytest.approx(2.0)
+    slope = {(s[2]): s for s in slopes if s[0] == "blocks"}
+    method, pseed, protocol, fraction, per_decade, half, n = slope["probe/layer3"]
+    assert per_decade == pytest.approx(2.0, abs=0.01) and n == 9 and 0 < half < 1
+    assert slope["probe/layer4"][4] == pytest.approx(0.0, abs=1e-9)
+    assert "slope / decade" in collect_scaling.markdown(pairs, slopes)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["bogus", "R", "O"], "stage 'bogus'"),
+    (["pretext", "R", "O", "masks", "0", "512"], "METHOD 'masks'"),
+    (["pretext", "R", "O", "blocks", "0"], "no BUDGET"),
+    (["score", "R", "{out}", "probe", "blocks/seed_0/512", "0.1", "0"], "crops_0000512.ckpt"),
+])
+def test_scaling_script_refuses_bad_arguments_with_one_line(args, message, tmp_path):
+    (tmp_path / "pretext" / "blocks" / "seed_0").mkdir(parents=True)
+    (tmp_path / "pretext" / "blocks" / "seed_0" / "norm_stats.json").write_text(
+        json.dumps({"mean": [1.0, 2.0, 3.0], "std": [1.0, 1.0, 1.0]}))
+    args = [a.replace("{out}", str(tmp_path)) for a in args]
+    proc = subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2
+    assert message in proc.stderr.strip().splitlines()[-1]
