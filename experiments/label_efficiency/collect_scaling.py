@@ -46,7 +46,8 @@ def hole_errors(run: Path, ckpt: Path) -> dict[str, float]:
     task = PretrainTask.load_from_checkpoint(ckpt, map_location="cpu")
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                         enable_model_summary=False)
-    (metrics,) = trainer.validate(task, datamodule=datamodule, verbose=False)
+    # ckpt_path restores the datamodule's state too: the run's band statistics
+    (metrics,) = trainer.validate(task, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
     return {"hole_error": float(metrics["val/hole_error_random"]),
             "telea_error": float(metrics["val/hole_error_telea"])}
 

@@ -16,8 +16,9 @@
 # SEED). Every scoring run uses the pretext's band statistics (tiles 1-6), scratch too,
 # and SEED is also the labelled regions' seed (paired across starts). Finished jobs
 # (budgets/crops_N.ckpt, probe.json, metrics.json present) are skipped.
-# PYTHON picks the interpreter; SETTINGS=... adds overrides to every pretext run (the
-# recorded curve: see results_dubai_scaling/README.md). The CPU setting is the
+# PYTHON picks the interpreter; SETTINGS=... adds overrides to every pretext run and
+# SCORE_SETTINGS=... to every scoring run (its probe.* keys to the probe only;
+# gpu_scaling.sh sets both). The CPU setting is the
 # measured fastest per crop (experiments/benchmarks/RESULTS.md, the pretext levers):
 # ResNet-18 at stride 32, the light decoder, channels_last, half resolution, constant
 # learning rate (a checkpoint in the middle of the run is not at a decayed rate, so
@@ -30,6 +31,14 @@ shift 3
 PY="${PYTHON:-python}"
 here="$(cd "$(dirname "$0")" && pwd)"
 common=("data.root=$root" "data.input_scale=0.5" "data.num_workers=1")
+# shellcheck disable=SC2206 # lists of overrides
+settings=(${SETTINGS:-})
+# shellcheck disable=SC2206
+score_settings=(${SCORE_SETTINGS:-})
+finetune_settings=()  # the same without the probe's own keys (probe.*)
+for arg in "${score_settings[@]}"; do
+  case "$arg" in probe.*|+probe.*) ;; *) finetune_settings+=("$arg") ;; esac
+done
 pretext_settings=(backbone.output_stride=32 "task.decoder_channels=[128,64,32]"
   task.channels_last=true "task.inpainter_scheduler.milestones=[1000000]")
 
@@ -63,7 +72,7 @@ case "$stage" in
       "+callbacks.crop_budgets._target_=sssi.callbacks.CropBudgets" \
       "+callbacks.crop_budgets.dirpath=$dir/budgets" \
       "+callbacks.crop_budgets.budgets=$(budgets_list "$@")" \
-      "hydra.run.dir=$dir" "${resume[@]}" ${SETTINGS:-}
+      "hydra.run.dir=$dir" "${resume[@]}" "${settings[@]}"
     # wall seconds per leg, so that a budget's cost adds the legs that led to it
     printf '%s\t%s\t%s\n' "$last" "$start" "$(date +%s)" >> "$dir/wall_time.tsv"
     ;;
@@ -89,13 +98,13 @@ print("data.mean=[%s]" % ",".join(map(repr, d["mean"])), "data.std=[%s]" % ",".j
           [ -f "$dir/probe.json" ] && continue
           "$PY" -m sssi.probe +experiment=dubai_finetune "${common[@]}" "${norm[@]}" \
             "${init[@]}" "seed=$seed" "data.split_seed=$seed" "data.label_fraction=$fraction" \
-            "hydra.run.dir=$dir" ;;
+            "hydra.run.dir=$dir" "${score_settings[@]}" ;;
         finetune)
           [ -f "$dir/metrics.json" ] && continue
           "$PY" -m sssi.train +experiment=dubai_finetune "${common[@]}" "${norm[@]}" \
             "${init[@]}" "seed=$seed" "data.split_seed=$seed" "data.label_fraction=$fraction" \
             trainer.check_val_every_n_epoch=6 test=false callbacks.model_checkpoint.monitor=null \
-            callbacks.model_checkpoint.save_top_k=0 "hydra.run.dir=$dir" ;;
+            callbacks.model_checkpoint.save_top_k=0 "hydra.run.dir=$dir" "${finetune_settings[@]}" ;;
         *) echo "error: PROTOCOL '$protocol': expected probe or finetune" >&2; exit 2 ;;
       esac
     done

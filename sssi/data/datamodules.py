@@ -322,6 +322,12 @@ class TileDataModule(L.LightningDataModule):
             return []
         return self._loader(self.test_set, self.loading.eval_batch, False)
 
+    def _stats_for_evaluation(self) -> None:
+        """Evaluating without fitting: the training tiles' band statistics, unless given
+        (a checkpoint's, restored by Lightning after setup, replace them)."""
+        if self.mean is None or self.std is None:
+            self._ensure_stats(self.layout.tiles(self.train_split))
+
     def _validation_set(self, labels: bool) -> GridWindowDataset | None:
         """The grid of ``val_window`` windows over ``val_split`` (at most
         ``val_max_windows``), with or without labels; None without a validation split."""
@@ -352,6 +358,9 @@ class PretextDataModule(TileDataModule):
                 seed=self.seed)
             log.info("pretext: %d tiles, %d windows of %d px per epoch", len(tiles),
                      len(self.train_set), self.windows.crop_size)
+            self.val_set = self._validation_set(labels=False)
+        if stage == "validate" and self.val_set is None:  # trainer.validate on a checkpoint
+            self._stats_for_evaluation()
             self.val_set = self._validation_set(labels=False)
 
 
@@ -390,10 +399,12 @@ class SegmentationDataModule(TileDataModule):
                      self.labels.region_size, share, self.labels.label_fraction, len(tiles),
                      len(self.train_set))
             self.val_set = self._validation_set(labels=True)
+        if stage == "validate" and self.val_set is None:  # trainer.validate on a checkpoint
+            self._stats_for_evaluation()
+            self.val_set = self._validation_set(labels=True)
         if stage in (None, "test") and self.test_set is None and self.test_split is not None:
             ttiles, tsizes = self._tiles(self.test_split, labels=True)
-            if self.mean is None or self.std is None:  # testing without fitting: train stats
-                self._ensure_stats(self.layout.tiles(self.train_split))
+            self._stats_for_evaluation()
             self.test_set = GridWindowDataset(
                 TileReader(ttiles, self.layout.palette, use_eval_labels=True),
                 self._eval_regions(tsizes, None), with_labels=True,

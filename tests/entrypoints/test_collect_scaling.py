@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from experiments.label_efficiency import collect_scaling
-from tests.helpers import REPO
+from tests.helpers import REPO, real_sample
 
 SCRIPT = REPO / "experiments/label_efficiency/dubai_scaling.sh"
 BUDGETS = (1000, 10000, 100000)
@@ -59,7 +61,7 @@ def test_scaling_csv_has_one_row_per_score_with_crops_and_wall_time(out, tmp_pat
     assert list(rows[0]) == collect_scaling.FIELDS
     # 3 seeds x (scratch: 2 layers + finetune; blocks: 3 budgets x 2 layers + 1 finetune)
     assert len(rows) == 3 * (3 + 7)
-    first = [r for r in rows if r["budget"] == "1000"][0]
+    first = next(r for r in rows if r["budget"] == "1000")
     assert first["crops"] == "1016"  # what the inpainter trained on, from the checkpoint
     # wall time: 1000 of the first leg's 10000 crops, and the two legs in full
     walls = {r["budget"]: float(r["pretext_wall_s"]) for r in rows if r["method"] == "blocks"}
@@ -77,7 +79,7 @@ def test_gaps_are_paired_and_the_slope_per_decade_is_recovered(out, tmp_path):
     assert top.verdict == "ahead"
     assert by_name[("blocks/seed_0/100000", "scratch/finetune/all")].mean == pytest.approx(2.0)
     slope = {(s[2]): s for s in slopes if s[0] == "blocks"}
-    method, pseed, protocol, fraction, per_decade, half, n = slope["probe/layer3"]
+    *_, per_decade, half, n = slope["probe/layer3"]
     assert per_decade == pytest.approx(2.0, abs=0.01) and n == 9 and 0 < half < 1
     assert slope["probe/layer4"][4] == pytest.approx(0.0, abs=1e-9)
     assert "slope / decade" in collect_scaling.markdown(pairs, slopes)
@@ -98,3 +100,32 @@ def test_scaling_script_refuses_bad_arguments_with_one_line(args, message, tmp_p
                           cwd=tmp_path, timeout=60)
     assert proc.returncode == 2
     assert message in proc.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_gpu_script_makes_a_budget_curve_at_tiny_scale_on_the_cpu(tmp_path):
+    """gpu_scaling.sh end to end on two images of the real Dubai data, on the CPU: a
+    budget checkpoint, both protocols from it and from scratch, and the tables."""
+    root = real_sample("dubai")
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": sys.executable, "BUDGETS": "16", "EPOCH": "16",
+           "BATCH": "4", "ACCEL": "cpu", "PRECISION": "32-true", "SEEDS": "0",
+           "EXTRA": "data.train_split=['2_001'] data.val_split=['3_001'] data.crop_size=64 "
+                    "data.val_window=64 data.val_max_windows=2 data.region_size=128",
+           "SCORE_EXTRA": "probe.crops=8 probe.max_iter=20 trainer.max_epochs=1 "
+                          "trainer.check_val_every_n_epoch=1 "
+                          "data.samples_per_epoch=8"}
+    proc = subprocess.run(["bash", str(REPO / "experiments/label_efficiency/gpu_scaling.sh"),
+                           str(root), str(out)], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert (out / "pretext/blocks/seed_0/budgets/crops_0000016.ckpt").is_file()
+    collect_scaling.main([str(out), str(tmp_path / "res")])
+    rows = list(csv.DictReader((tmp_path / "res" / "scaling.csv").open()))
+    scored = {(r["method"], r["protocol"], r["layer"]) for r in rows}
+    assert scored == {(m, "probe", "layer3") for m in ("blocks", "scratch")} | \
+        {(m, "probe", "layer4") for m in ("blocks", "scratch")} | \
+        {(m, "finetune", "all") for m in ("blocks", "scratch")}
+    block = [r for r in rows if r["method"] == "blocks"]
+    assert all(float(r["hole_error"]) > 0 and float(r["telea_error"]) > 0 for r in block)
+    assert all(r["crops"] == "16" for r in block)
