@@ -139,6 +139,23 @@ class BaseTask(L.LightningModule):
         with the errors of :meth:`build_optimizer`."""
         return _built(key, lambda: instantiate(config)(optimizer=optimizer))
 
+    def optimizer_list(self) -> list:
+        """Lightning's optimizers as a list, also when there is one (manual optimisation)."""
+        opts = self.optimizers()
+        return opts if isinstance(opts, list) else [opts]
+
+    def step_schedulers(self) -> None:
+        """Step every learning-rate scheduler once (manual optimisation, per epoch)."""
+        schedulers = self.lr_schedulers() or []
+        for sch in schedulers if isinstance(schedulers, list) else [schedulers]:
+            sch.step()
+
+    def sum_over_ranks(self, value: torch.Tensor) -> torch.Tensor:
+        """``value`` summed over DDP ranks (itself on one process)."""
+        if self._trainer is not None and self.trainer.world_size > 1:
+            return self.trainer.strategy.reduce(value, reduce_op="sum")
+        return value
+
     def keep_visuals(self, kind: str, value: Any) -> None:
         """Keep ``value`` for the image callback of ``kind`` (replacing an older one)."""
         self._visuals[kind] = value

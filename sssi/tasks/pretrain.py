@@ -159,7 +159,7 @@ class PretrainTask(BaseTask):
         if self.schedule.reset_optimizers_each_round and \
                 self.schedule.round_starts(self.current_epoch):
             # the paper re-creates both optimizers each round: drop their moments
-            for opt in self._optimizers():
+            for opt in self.optimizer_list():
                 opt.optimizer.state.clear()
         log.debug("epoch %d: phase %s", self.current_epoch, self.phase)
 
@@ -190,7 +190,7 @@ class PretrainTask(BaseTask):
             player, turn = INPAINTER, self.game.inpainter_turn(images, *self.game.holes(
                 phase, images, g))
         if turn.baseline_sums is not None:  # summed over ranks: one baseline everywhere
-            self.game.update_baseline(self._over_ranks(turn.baseline_sums))
+            self.game.update_baseline(self.sum_over_ranks(turn.baseline_sums))
         self._backward_and_step(player, turn.loss, micro, size)
         if player == INPAINTER:
             self.inpainter_crops += images.shape[0] * self.trainer.world_size
@@ -204,7 +204,7 @@ class PretrainTask(BaseTask):
         """Backward of ``player``'s ``loss`` for micro-batch ``micro`` of ``size``; the
         player's optimizer steps after the last one. Gradients are averaged over the
         window and synchronised across DDP ranks only then."""
-        opt = self._optimizers()[PLAYERS.index(player)]
+        opt = self.optimizer_list()[PLAYERS.index(player)]
         last = micro == size - 1
         self.divergence.watch(loss, player, self.global_step)
         if micro == 0:
@@ -216,16 +216,6 @@ class PretrainTask(BaseTask):
             self.manual_backward(loss / size if size > 1 else loss)
         if last:
             opt.step()
-
-    def _optimizers(self) -> list:
-        opts = self.optimizers()
-        return opts if isinstance(opts, list) else [opts]
-
-    def _over_ranks(self, value: Tensor) -> Tensor:
-        """``value`` summed over DDP ranks (itself on one process)."""
-        if self._trainer is not None and self.trainer.world_size > 1:
-            return self.trainer.strategy.reduce(value, reduce_op="sum")
-        return value
 
     def _log_turn(self, turn: Turn, batch_size: int) -> None:
         for name, value in turn.logs.items():
@@ -242,9 +232,7 @@ class PretrainTask(BaseTask):
     def on_train_epoch_end(self) -> None:
         # runs before ModelCheckpoint's epoch-end save: never checkpoint a diverged model
         self._raise_if_diverged()
-        schedulers = self.lr_schedulers() or []
-        for sch in schedulers if isinstance(schedulers, list) else [schedulers]:
-            sch.step()
+        self.step_schedulers()
 
     def on_validation_start(self) -> None:
         self._raise_if_diverged()
@@ -268,12 +256,12 @@ class PretrainTask(BaseTask):
         """``val/hole_error_vs_telea`` (below 1: it beats the classical inpainter); the
         instructor's erase frequency per cell over the validation set (all ranks):
         logged as border statistics, kept for the image callback."""
-        ratio = self._val.ratio_to_telea(self._over_ranks)
+        ratio = self._val.ratio_to_telea(self.sum_over_ranks)
         if ratio is not None:
             self.log("val/hole_error_vs_telea", ratio)
         if self._val.cells.count is None:
             return
-        frequency, stats = self._val.cells.frequency(self._over_ranks)
+        frequency, stats = self._val.cells.frequency(self.sum_over_ranks)
         self.keep_visuals("instructor_cells", frequency)
         for k, v in stats.items():
             self.log(f"val/{k}", v, sync_dist=True)  # equal on all ranks already
