@@ -101,6 +101,7 @@ def read_run(path: Path, metrics_file: str = "metrics.json",
         raise DataError(f"{metrics_path}: not a JSON file of metrics ({err})") from err
     if not isinstance(metrics, dict):
         raise DataError(f"{metrics_path}: expected a JSON object of metrics")
+    cfg = _training_config(cfg, config_file)
     method = next((str(v) for k in method_keys if (v := _select(cfg, k)) not in (None, "")),
                   "run")
     fraction = _select(cfg, FRACTION_KEY)
@@ -110,6 +111,26 @@ def read_run(path: Path, metrics_file: str = "metrics.json",
                seed=seed if isinstance(seed, (int, str)) else "?",
                metrics={k: float(v) for k, v in metrics.items()
                         if isinstance(v, (int, float)) and not isinstance(v, bool)})
+
+
+def _training_config(cfg, config_file: Path):
+    """The config that says what an evaluation run (``sssi.evaluate ckpt=...``) scored:
+    that of the training run whose checkpoint it read (``RUN/checkpoints/X.ckpt`` ->
+    ``RUN/.hydra/config.yaml``), since the evaluation's own config holds the data
+    group's default label fraction, not the model's. Without it, the fraction and seed
+    are unknown (NaN, ``?``) rather than wrong. Other runs: ``cfg`` itself."""
+    ckpt = _select(cfg, "ckpt")
+    if not isinstance(ckpt, str) or _select(cfg, "task_name") != "evaluate":
+        return cfg
+    trained = Path(ckpt).expanduser().parent.parent / ".hydra" / "config.yaml"
+    if not trained.is_file():
+        log.warning("%s: the training run of %s has no .hydra/config.yaml; its label "
+                    "fraction and seed are unknown", config_file, ckpt)
+        return OmegaConf.create({"task_name": "evaluate"})
+    try:
+        return OmegaConf.load(trained)
+    except Exception as err:
+        raise DataError(f"{trained}: cannot read the run's config ({err})") from err
 
 
 def find_runs(roots: Iterable[Path], metrics_file: str = "metrics.json",

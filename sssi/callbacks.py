@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -16,6 +19,90 @@ from sssi.game.masking import cell_border_stats
 from sssi.utils.io import write_png
 
 log = logging.getLogger(__name__)
+
+
+class RunInterruptedError(Exception):
+    """A fit ended by a signal: ``signum`` and the resumable checkpoint it left (None
+    when nothing newer than the last epoch's checkpoint could be saved)."""
+
+    def __init__(self, signum: int, checkpoint: Path | None) -> None:
+        self.signum, self.checkpoint = int(signum), checkpoint
+        where = f"saved {checkpoint}" if checkpoint else "no checkpoint saved"
+        super().__init__(f"interrupted by {signal.Signals(signum).name}: {where}")
+
+
+class Preemption(L.Callback):
+    """SIGTERM (what SLURM and most schedulers send to preempt) and SIGINT (Ctrl-C) end
+    a fit without losing work: the current training batch finishes, ``last.ckpt`` is
+    saved beside the model checkpoint's others, and the fit raises :class:`RunInterruptedError`,
+    which ``sssi.train`` turns into exit status 128 + the signal's number and one line
+    saying how to resume. A second Ctrl-C stops at once.
+
+    SIGTERM is Lightning's own flag (``trainer.received_sigterm``); when it arrives
+    outside the training batches (set-up, validation) Lightning stops there, and the
+    previous epoch's ``last.ckpt`` is the one to resume from. Under DDP the ranks agree
+    on the stop before any of them saves.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: Any = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.signum = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # after Lightning's own signal set-up, which puts back what it found at the end
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        """Give SIGINT back to whoever had it (also after an exception)."""
+        if self._previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt  # the second Ctrl-C: stop now
+        self.signum = signum
+        log.warning("SIGINT: stopping after this batch with a checkpoint "
+                    "(Ctrl-C again to stop at once)")
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:
+        signum = signal.SIGTERM if trainer.received_sigterm else self.signum
+        if trainer.world_size > 1:  # every rank stops at the same batch, or none does
+            if not trainer.strategy.reduce_boolean_decision(signum is not None, all=False):
+                return
+            signum = signum or signal.SIGTERM
+        if signum is None:
+            return
+        self.signum = int(signum)
+        path = last_checkpoint_path(trainer)
+        if path is not None:
+            trainer.save_checkpoint(path)
+        raise RunInterruptedError(self.signum, path)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                     exception: BaseException) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        self._restore()
+        if isinstance(exception, SIGTERMException):
+            self.signum = signal.SIGTERM
+        elif isinstance(exception, KeyboardInterrupt):
+            self.signum = signal.SIGINT
+
+
+def last_checkpoint_path(trainer: L.Trainer) -> Path | None:
+    """``last.ckpt`` in the model checkpoint's folder (None without one)."""
+    callback = trainer.checkpoint_callback
+    dirpath = getattr(callback, "dirpath", None)
+    return Path(dirpath) / "last.ckpt" if dirpath else None
 
 
 class ImageGrid(L.Callback):

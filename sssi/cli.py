@@ -10,16 +10,18 @@ anything (:data:`NOISE`) are dropped; every other warning stays.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from hydra.errors import InstantiationException
-from omegaconf import DictConfig
+from hydra.utils import get_object
+from omegaconf import DictConfig, ListConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from sssi.errors import ConfigError, SssiError
@@ -96,6 +98,7 @@ def run_or_exit(run: Callable[[DictConfig], T], cfg: DictConfig) -> T:
     """``run(cfg)``; a user error becomes one ``error:`` line on stderr and exit 1."""
     quiet_noise()
     try:
+        check_booleans(cfg)
         return run(cfg)
     except (SssiError, InstantiationException, OmegaConfBaseException) as exc:
         err = user_error(exc)
@@ -121,3 +124,39 @@ def other_shard(shard: str | None) -> bool:
 
     num = HydraConfig.get().job.num if HydraConfig.initialized() else 0
     return num % int(match[2]) != int(match[1])
+
+
+def check_booleans(cfg: DictConfig) -> None:
+    """Refuse a non-boolean value for a boolean argument of any ``_target_`` in ``cfg``
+    (``task.freeze_encoder=maybe`` would otherwise be taken as true): one
+    :class:`ConfigError` naming the key. An argument counts as boolean when its
+    annotation is exactly ``bool``; a target that cannot be imported is left to Hydra."""
+    for key, node in _target_nodes(cfg):
+        try:
+            params = inspect.signature(get_object(str(node["_target_"]))).parameters
+        except Exception:  # Hydra reports an unknown target itself
+            continue
+        for name, param in params.items():
+            if param.annotation not in (bool, "bool") or name not in node:
+                continue
+            try:
+                value = node[name]
+            except OmegaConfBaseException:
+                continue  # an interpolation that fails is reported where it is used
+            if not isinstance(value, bool):
+                raise ConfigError(f"{key}.{name}={value!r}: expected true or false")
+
+
+def _target_nodes(node: Any, key: str = "") -> Iterator[tuple[str, DictConfig]]:
+    if isinstance(node, DictConfig):
+        if "_target_" in node:
+            yield key, node
+        for k in node:
+            try:
+                child = node[k]
+            except OmegaConfBaseException:
+                continue
+            yield from _target_nodes(child, f"{key}.{k}" if key else str(k))
+    elif isinstance(node, ListConfig):
+        for i, child in enumerate(node):
+            yield from _target_nodes(child, f"{key}[{i}]")

@@ -16,8 +16,8 @@ Two kinds of output, chosen with ``format``:
   W) float32, already normalised, with dynamic batch, height and width (multiples of
   the encoder's largest reduction), one output ``logits`` (B, K, H, W).
 
-Beside the output, ``NAME.json`` (same stem) records what the file needs to be used
-right: architecture, output stride and dilation per block, bands in order, the
+Beside the output, ``NAME.json`` (its full name plus ``.json``) records what the file
+needs to be used right: architecture, output stride and dilation per block, bands in order, the
 normalisation ``(raw - mean) / std`` per band (kept outside any graph), classes for a
 segmenter, where it came from (checkpoint, kind, the run's ``.hydra/config.yaml`` when
 the checkpoint sits in ``RUN/checkpoints/``, the git commit when one was recorded) and
@@ -229,7 +229,7 @@ def encoder_state(ckpt: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
 
     ``state_dict`` has torchvision's ResNet keys (see :func:`torchvision_state_dict`)
     and was verified by loading it, strictly, into the backbone rebuilt from the
-    checkpoint's config. ``info`` is what ``encoder.json`` records (without the file's
+    checkpoint's config. ``info`` is what ``encoder.pth.json`` records (without the file's
     name and hash).
     """
     path, ck, kind = read_checkpoint(ckpt)
@@ -270,8 +270,11 @@ def _check_output(output: str | Path, ckpt: str | Path) -> Path:
 
 
 def description_path(output: str | Path) -> Path:
-    """Where the description of ``output`` goes: same folder and stem, ``.json``."""
-    return Path(output).with_suffix(".json")
+    """Where the description of ``output`` goes: its full name plus ``.json``
+    (``encoder.pth.json``), so that exports that share a stem in one folder
+    (``encoder.pth``, ``encoder.safetensors``) keep a description each."""
+    output = Path(output)
+    return output.with_name(output.name + ".json")
 
 
 def _sha256(path: Path) -> str:

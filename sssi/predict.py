@@ -146,7 +146,10 @@ def predict_file(loaded: LoadedModel, input_path: str | Path, output_path: str |
     if probabilities_dtype not in ("uint8", "float32"):
         raise ConfigError(f"probabilities_dtype={probabilities_dtype!r}: expected uint8 or "
                           "float32")
-    for p in (out_path, prob_path):
+    for key, p in (("output", out_path), ("probabilities", prob_path)):
+        if p is not None and p.suffix.lower() not in (".tif", ".tiff"):
+            raise ConfigError(f"{key}={p}: predictions are written as GeoTIFF; give a name "
+                              "ending in .tif or .tiff")
         if p is not None and p.exists() and src_path.exists() and p.samefile(src_path):
             raise ConfigError(f"{p}: output would overwrite the input")
     check_readable(src_path)  # missing, unreadable or truncated input: one clear line

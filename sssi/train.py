@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,7 +70,13 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     metrics: dict[str, float] = {}
     if cfg.get("train", True):
-        trainer.fit(task, datamodule=datamodule, ckpt_path=_resume_from(trainer, cfg))
+        try:
+            trainer.fit(task, datamodule=datamodule, ckpt_path=_resume_from(trainer, cfg))
+        except BaseException as stop:
+            interrupted = _interruption(trainer, stop)
+            if interrupted is stop:
+                raise
+            raise interrupted from None
         metrics.update(_floats(trainer.callback_metrics))
     if cfg.get("test", False) and cfg.data.get("test_split") is not None:
         ckpt = _best_checkpoint(trainer) if cfg.get("train", True) else cfg.get("ckpt_path")
@@ -128,11 +135,20 @@ def strategy_for(task: L.LightningModule, strategy: Any) -> Any:
 
 def trainer_overrides(cfg: DictConfig, task: L.LightningModule) -> dict[str, Any]:
     """Trainer arguments that sssi decides: the strategy the task needs (see
-    :func:`strategy_for`) and ``trainer.precision=auto`` resolved for this machine
-    (:func:`sssi.scaling.auto_precision`, the choice logged)."""
+    :func:`strategy_for`), ``trainer.precision=auto`` resolved for this machine
+    (:func:`sssi.scaling.auto_precision`, the choice logged), and checkpoints written
+    atomically (:class:`~sssi.checkpoint_io.AtomicCheckpointIO`, unless
+    ``trainer.plugins`` brings a checkpoint writer of its own)."""
+    from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
+
+    from sssi.checkpoint_io import AtomicCheckpointIO
     from sssi.scaling import auto_precision
 
     out: dict[str, Any] = {}
+    plugins = instantiate_group(dict(enumerate(cfg.trainer.get("plugins") or [])))
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())
+    out["plugins"] = plugins
     strategy = cfg.trainer.get("strategy")
     wanted = strategy_for(task, strategy)
     if wanted != strategy:
@@ -146,14 +162,32 @@ def trainer_overrides(cfg: DictConfig, task: L.LightningModule) -> dict[str, Any
     return out
 
 
+def _interruption(trainer: L.Trainer, stop: BaseException) -> BaseException:
+    """What a fit that ended with ``stop`` raises: a signal the :class:`Preemption`
+    callback saw (SIGTERM or SIGINT, whichever part of the fit it hit, including
+    Lightning's own exits for them) becomes :class:`RunInterruptedError`; anything else is
+    ``stop`` itself."""
+    from sssi.callbacks import Preemption, RunInterruptedError, last_checkpoint_path
+
+    if isinstance(stop, RunInterruptedError):
+        return stop
+    signums = [cb.signum for cb in trainer.callbacks
+               if isinstance(cb, Preemption) and cb.signum is not None]
+    if not signums:
+        return stop
+    last = last_checkpoint_path(trainer)
+    return RunInterruptedError(signums[0], last if last is not None and last.is_file() else None)
+
+
 def _resume_from(trainer: L.Trainer, cfg: DictConfig) -> str | None:
     """``ckpt_path``; ``last`` is this run's ``last.ckpt`` when there is one (a restarted
     job of a sweep with fixed folders), else a fresh start."""
+    from sssi.callbacks import last_checkpoint_path
+
     ckpt = cfg.get("ckpt_path")
     if ckpt != "last":
         return ckpt
-    cb = trainer.checkpoint_callback
-    last = Path(cb.dirpath) / "last.ckpt" if cb is not None and cb.dirpath else None
+    last = last_checkpoint_path(trainer)
     if last is not None and last.is_file():
         log.info("resuming from %s", last)
         return str(last)
@@ -183,8 +217,20 @@ def _floats(metrics: dict) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = run_or_exit(run, cfg)
+    from sssi.callbacks import RunInterruptedError
+
+    try:
+        metrics = run_or_exit(run, cfg)
+    except RunInterruptedError as stop:  # preempted or Ctrl-C: not a success, and resumable
+        print(f"{stop}; resume with the same command and {resume_hint(cfg)}",
+              file=sys.stderr)
+        sys.exit(128 + stop.signum)
     return objective(cfg, metrics)
+
+
+def resume_hint(cfg: DictConfig) -> str:
+    """The overrides that resume this run in its own folder."""
+    return f"hydra.run.dir={cfg.paths.output_dir} ckpt_path=last"
 
 
 def objective(cfg: DictConfig, metrics: dict[str, float]) -> float | None:

@@ -110,6 +110,19 @@ class DumpWeights(L.Callback):
                    self.dirpath / f"rank{trainer.global_rank}.pt")
 
 
+class SignalAt(L.Callback):
+    """Sends this process ``signum`` at the start of training batch ``step`` (counted over
+    the whole fit, from 0), as a scheduler's preemption or a Ctrl-C would."""
+
+    def __init__(self, step: int, signum: int = 15) -> None:
+        self.step, self.signum, self.seen = int(step), int(signum), 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.seen == self.step:
+            os.kill(os.getpid(), self.signum)
+        self.seen += 1
+
+
 class RecordValMetrics(L.Callback):
     """Appends the validation metrics of every epoch to a JSON list file."""
 

@@ -130,7 +130,12 @@ def table(out: Path, measure: bool) -> list[dict]:
 def gaps(rows: list[dict]) -> tuple[list[Paired], list[tuple]]:
     """Paired gaps to scratch per start x protocol/layer x fraction, and per method x
     pretext seed x protocol/layer x fraction the slope of the per-seed gaps on log10
-    crops (least squares; 95 % t interval; NaN with fewer than two budgets)."""
+    crops (least squares; 95 % t interval; NaN with fewer than two budgets). Where a
+    method has several pretext seeds, rows with pretext seed ``all`` pool them (start
+    ``METHOD/all/BUDGET``): every (pretext seed, seed) difference counts as one value,
+    so the spread includes the pretext's own seed-to-seed variation (the seeds share
+    their labelled regions, so the interval is somewhat narrower than independent
+    draws would give)."""
     from scipy.stats import t as student
 
     scratch = {(r["protocol"], r["layer"], r["label_fraction"], r["seed"]): r["mIoU"]
@@ -147,8 +152,22 @@ def gaps(rows: list[dict]) -> tuple[list[Paired], list[tuple]]:
         pair = pairs.setdefault(key, Paired(name, f"scratch/{key[1]}", key[2], [], []))
         pair.seeds.append(r["seed"])
         pair.differences.append(100 * (r["mIoU"] - base))
-        line = (r["method"], r["pretext_seed"], key[1], key[2])
-        points.setdefault(line, []).append((math.log10(r["crops"]), 100 * (r["mIoU"] - base)))
+        point = (math.log10(r["crops"]), 100 * (r["mIoU"] - base))
+        points.setdefault((r["method"], r["pretext_seed"], key[1], key[2]), []).append(point)
+        points.setdefault((r["method"], "all", key[1], key[2]), []).append(point)
+        # the pretext seeds pooled: each (pretext seed, seed) difference one value
+        pooled = (f"{r['method']}/all/{r['budget']}", key[1], key[2])
+        pair = pairs.setdefault(pooled, Paired(pooled[0], f"scratch/{key[1]}", key[2], [], []))
+        pair.seeds.append(r["seed"])
+        pair.differences.append(100 * (r["mIoU"] - base))
+    seeds_of = {}
+    for method, pseed, _, _ in points:
+        if pseed != "all":
+            seeds_of.setdefault(method, set()).add(pseed)
+    pairs = {k: p for k, p in pairs.items()  # pooled rows only where there is more than one
+             if "/all/" not in k[0] or len(seeds_of.get(k[0].split("/")[0], ())) > 1}
+    points = {k: v for k, v in points.items()
+              if k[1] != "all" or len(seeds_of.get(k[0], ())) > 1}
     slopes = []
     for line, pts in sorted(points.items(), key=lambda kv: str(kv[0])):
         x, y = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
@@ -178,8 +197,8 @@ def markdown(pairs: list[Paired], slopes: list[tuple]) -> str:
               "| method | pretext seed | protocol | fraction | slope / decade | points |",
               "|---|---|---|---|---|---|"]
     for method, pseed, protocol, fraction, slope, half, n in slopes:
-        lines.append(f"| {method} | {pseed} | {protocol} | {fraction:g} | "
-                     f"{slope:+.1f} ± {half:.1f} | {n} |")
+        value = "–" if math.isnan(slope) else f"{slope:+.1f} ± {half:.1f}"
+        lines.append(f"| {method} | {pseed} | {protocol} | {fraction:g} | {value} | {n} |")
     return "\n".join(lines) + "\n"
 
 

@@ -310,6 +310,9 @@ class TileDataModule(L.LightningDataModule):
         assert self.train_set is not None, "call setup('fit') first"
         sampler = EpochSampler(self.train_set)
         batch = self.loading.batch_size
+        epoch, done = resume_position(self.trainer)
+        sampler.set_epoch(epoch)
+        sampler.skip_once(done * batch)
         return self._loader(self.train_set, batch, len(sampler) >= batch, sampler)
 
     def val_dataloader(self) -> DataLoader | list:
@@ -477,3 +480,21 @@ def _augment_options(options: Mapping | None) -> Augment:
         if not 0.0 <= float(value) <= 1.0:
             raise ConfigError(f"data.augment.{key}={value}: expected a probability in [0, 1]")
     return Augment(**options)
+
+
+def resume_position(trainer: L.Trainer | None) -> tuple[int, int]:
+    """``(epoch, batches already trained in it)`` where a fit starts or resumes.
+
+    Lightning creates the training loader's iterator before it tells the sampler the
+    epoch, and a loader with workers draws its first indices at that moment: a run
+    resumed at epoch 5 would replay epoch 0's windows (and, resumed inside an epoch,
+    the epoch's first batches again). So the loader is built already at the epoch, and
+    past the batches that the checkpoint's loop progress says were trained; a fresh
+    fit gives (0, 0)."""
+    if trainer is None:
+        return 0, 0
+    fit = trainer.fit_loop
+    epochs = fit.epoch_progress.current
+    inside = epochs.started > epochs.processed  # saved inside an epoch (a preemption)
+    done = fit.epoch_loop.batch_progress.current.processed if inside else 0
+    return int(epochs.processed), int(done)

@@ -333,10 +333,17 @@ class EpochSampler(DistributedSampler):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
         self.length = len(dataset)  # type: ignore[arg-type]
         self.per_rank = math.ceil(self.length / num_replicas)
+        self._skip = 0
+
+    def skip_once(self, n: int) -> None:
+        """Leave out this rank's first ``n`` indices in the next pass only (a fit resumed
+        inside an epoch continues where it stopped)."""
+        self._skip = int(n)
 
     def __iter__(self):
-        base = self.epoch * self.length
-        for k in range(self.per_rank):
+        base, skip = self.epoch * self.length, self._skip
+        self._skip = 0
+        for k in range(skip, self.per_rank):
             yield base + (self.rank + k * self.num_replicas) % self.length
 
     def __len__(self) -> int:

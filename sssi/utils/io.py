@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
+
+from sssi.errors import DataError
+
+#: the write failures a user can act on, as the one line that names them
+_WRITE_ERRORS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                 errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                 errno.EPERM: "permission denied", errno.EFBIG: "file too large"}
 
 
 def file_mode() -> int:
@@ -16,25 +27,57 @@ def file_mode() -> int:
     return 0o666 & ~mask
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to a temporary file beside ``path``, then rename it into place.
+def write_error(path: str | Path, exc: OSError) -> DataError | None:
+    """``PATH: no space left on device`` (or read-only, ...) for a write failure a user
+    can act on; None for other errors."""
+    reason = _WRITE_ERRORS.get(exc.errno or -1)
+    return DataError(f"{path}: {reason}") if reason else None
 
-    The file gets the permissions a plain ``open(path, "w")`` would give (``mkstemp``
-    alone makes it private to its owner)."""
+
+@contextmanager
+def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
+    """A binary file that appears at ``path`` only when the ``with`` block completes.
+
+    It is written as a hidden temporary file in the same folder (so the rename cannot
+    cross volumes), flushed to disk, then renamed over ``path``; on any failure the
+    temporary file is removed and an existing ``path`` is left as it was. A full,
+    read-only or forbidden target raises one :class:`~sssi.errors.DataError` naming
+    ``path``. The file gets the permissions a plain ``open(path, "w")`` would give
+    (``mkstemp`` alone makes it private to its owner)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+        tmp = None
+    except OSError as exc:
+        err = write_error(path, exc)
+        if err is None:
+            raise
+        raise err from exc
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def stale_temporaries(folder: str | Path) -> list[Path]:
+    """Temporary files :func:`atomic_writer` left in ``folder`` when its process was
+    killed (``.NAME.XXXX.tmp``)."""
+    folder = Path(folder)
+    return sorted(folder.glob(".*.tmp")) if folder.is_dir() else []
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through :func:`atomic_writer`."""
+    with atomic_writer(path) as fh:
+        fh.write(data)
+    return Path(path)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -85,6 +85,33 @@ def test_gaps_are_paired_and_the_slope_per_decade_is_recovered(out, tmp_path):
     assert "slope / decade" in collect_scaling.markdown(pairs, slopes)
 
 
+def test_a_second_pretext_seed_is_pooled_with_the_first(out):
+    """Pretext seed 1 at the top budget, 2 points below seed 0 on layer3: the pooled row
+    holds all six differences, the pooled slope every point; a method with one pretext
+    seed gets no pooled rows."""
+    run = out / "pretext" / "blocks" / "seed_1" / "budgets"
+    run.mkdir(parents=True)
+    torch.save({"game": {"inpainter_crops": 100016}}, run / "crops_0100000.ckpt")
+    for seed, noise in enumerate((0.0, 0.004, -0.004)):
+        _probe(out, "blocks/seed_1/100000", seed, 0.32 + 0.01 * seed + noise, 0.25)
+    pairs, slopes = collect_scaling.gaps(collect_scaling.table(out, measure=False))
+    by_name = {(p.method, p.baseline): p for p in pairs}
+    pooled = by_name[("blocks/all/100000", "scratch/probe/layer3")]
+    assert sorted(pooled.differences) == pytest.approx([1.6, 2.0, 2.4, 3.6, 4.0, 4.4])
+    assert pooled.mean == pytest.approx(3.0)
+    assert ("blocks/all/100000", "scratch/finetune/all") in by_name  # seed 0 alone there
+    lines = {(s[0], s[1], s[2]): s for s in slopes}
+    assert lines[("blocks", "all", "probe/layer3")][-1] == 12
+    assert lines[("blocks", 1, "probe/layer3")][-1] == 3  # one budget: no slope
+    assert "| blocks | 1 | probe/layer3 | 0.1 | – | 3 |" in collect_scaling.markdown(pairs, slopes)
+
+
+def test_one_pretext_seed_gets_no_pooled_rows(out):
+    pairs, slopes = collect_scaling.gaps(collect_scaling.table(out, measure=False))
+    assert not any("/all/" in p.method for p in pairs)
+    assert not any(s[1] == "all" for s in slopes)
+
+
 @pytest.mark.parametrize("args, message", [
     (["bogus", "R", "O"], "stage 'bogus'"),
     (["pretext", "R", "O", "masks", "0", "512"], "METHOD 'masks'"),

@@ -26,6 +26,7 @@ from sssi.cli import CONFIG_DIR, run_or_exit
 from sssi.errors import ConfigError
 from sssi.export import (
     _require_package,
+    description_path,
     encoder_state,
     export_encoder,
     export_segmenter,
@@ -106,7 +107,7 @@ def test_pretext_encoder_exports_and_round_trips(ckpts, tmp_path):
     state = torch.load(out, map_location="cpu", weights_only=True)
     assert type(state) is dict and shapes(state) == without_fc(reference("resnet18"))
 
-    desc = json.loads(out.with_suffix(".json").read_text())
+    desc = json.loads(description_path(out).read_text())
     assert desc == info
     assert desc["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
     assert desc["format"] == "state_dict" and desc["file"] == "encoder.pth"
@@ -157,7 +158,7 @@ def test_torch_export_segmenter_matches_checkpoint(ckpts, tmp_path):
     desc = export_segmenter(segment, out, size=(64, 64))
     assert desc["classes"][0] == "impervious_surfaces" and desc["num_classes"] == 6
     assert desc["input"]["height_width_multiple_of"] == 32 and desc["bands"] == ["R", "G", "B"]
-    assert json.loads(out.with_suffix(".json").read_text())["sha256"] == \
+    assert json.loads(description_path(out).read_text())["sha256"] == \
         hashlib.sha256(out.read_bytes()).hexdigest()
     model = torch.export.load(out).module()
     reference_model = load_segmenter(segment).model
@@ -213,7 +214,7 @@ def error_line(capsys, cfg) -> str:
 def test_config_path_and_bad_inputs(ckpts, tmp_path, capsys):
     pretext, _ = ckpts
     desc = run(export_cfg(f"ckpt={pretext}", f"output={tmp_path / 'e.pth'}"))
-    assert desc["source"]["kind"] == "pretext" and (tmp_path / "e.json").is_file()
+    assert desc["source"]["kind"] == "pretext" and (tmp_path / "e.pth.json").is_file()
 
     junk = tmp_path / "junk.ckpt"
     junk.write_text("not a checkpoint")
@@ -243,3 +244,15 @@ def test_cli_missing_checkpoint_is_one_error_line(tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and str(missing) in last and "not found" in last
     assert not (tmp_path / "encoder.pth").exists()
+
+
+def test_exports_sharing_a_stem_keep_a_description_each(ckpts, tmp_path):
+    """``encoder.pth`` then ``encoder.pt`` in one folder: the second no longer replaces
+    the first one's description (``encoder.json`` before)."""
+    pretext, _ = ckpts
+    first = run(export_cfg(f"ckpt={pretext}", f"output={tmp_path / 'encoder.pth'}"))
+    second = run(export_cfg(f"ckpt={pretext}", f"output={tmp_path / 'encoder.pt'}"))
+    for name, desc in (("encoder.pth", first), ("encoder.pt", second)):
+        on_disk = json.loads((tmp_path / f"{name}.json").read_text())
+        assert on_disk["sha256"] == desc["sha256"] == \
+            hashlib.sha256((tmp_path / name).read_bytes()).hexdigest()

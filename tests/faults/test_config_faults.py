@@ -1,0 +1,46 @@
+"""Config values that used to be taken silently: each is now refused with one line that
+names the key, before anything runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sssi.cli import check_booleans
+from sssi.errors import ConfigError
+from tests.helpers import CONF, compose_train
+
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize(("overrides", "line"), [
+    (["+experiment=demo_finetune", "task.freeze_encoder=maybe"],
+     "task.freeze_encoder='maybe': expected true or false"),
+    (["+experiment=demo_pretrain", "data.persistent_workers=1"],
+     "data.persistent_workers=1: expected true or false"),
+    (["+experiment=demo_finetune", "+callbacks.budgets._target_=sssi.callbacks.CropBudgets",
+      "+callbacks.budgets.dirpath=x", "+callbacks.budgets.budgets=[512]",
+      "+callbacks.budgets.stop=no"],
+     "callbacks.budgets.stop='no': expected true or false"),
+])
+def test_a_boolean_key_refuses_anything_but_true_or_false(overrides, line):
+    with pytest.raises(ConfigError) as err:
+        check_booleans(compose_train(overrides))
+    assert str(err.value) == line
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_passes_the_boolean_check(experiment: str):
+    check_booleans(compose_train([f"+experiment={experiment}"]))
+
+
+def test_a_refused_boolean_ends_the_command_with_one_line(tmp_path: Path):
+    from tests.helpers import run_module
+
+    out = run_module("sssi.train", ["+experiment=demo_finetune", "task.freeze_encoder=maybe",
+                                    f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1] == \
+        "error: task.freeze_encoder='maybe': expected true or false"
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing ran

@@ -1,0 +1,163 @@
+"""Faults a long run meets on a shared machine: resumed with loader workers, preempted
+(SIGTERM) or interrupted (Ctrl-C) inside an epoch, a full or read-only disk under the
+checkpoints. Each case checks the exit status or the one-line error, that a resumed
+run ends bit for bit where an uninterrupted one does, and that nothing already written
+was lost or left half-written."""
+
+from __future__ import annotations
+
+import csv
+import errno
+import signal
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import sssi.checkpoint_io
+from sssi.callbacks import RunInterruptedError
+from sssi.errors import DataError
+from sssi.train import main, run
+from sssi.utils.io import atomic_writer, stale_temporaries
+from tests.helpers import SMALL, compose_train
+
+#: the demo game with two loader workers (the default of real runs), no pictures
+GAME = [*SMALL, "data.num_workers=2", "task.image_every_n_steps=0",
+        "trainer.num_sanity_val_steps=0"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, data_dir) -> dict[str, torch.Tensor]:
+    """The weights after 3 uninterrupted epochs (4 batches each) with 2 workers."""
+    out = tmp_path_factory.mktemp("straight")
+    run(compose_train([*GAME, "trainer.max_epochs=3"], out, data_dir))
+    return _weights(out / "checkpoints" / "last.ckpt")
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+
+
+def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.slow
+def test_resume_with_workers_at_an_epoch_boundary_is_bit_exact(tmp_path, data_dir, straight):
+    """Before the fix, the loader's workers drew the resumed epoch's windows as epoch 0's
+    (the iterator is built before Lightning sets the sampler's epoch)."""
+    run(compose_train([*GAME, "trainer.max_epochs=2"], tmp_path, data_dir))
+    first = _weights(tmp_path / "checkpoints" / "last.ckpt")
+    run(compose_train([*GAME, "trainer.max_epochs=3", "ckpt_path=last"], tmp_path, data_dir))
+    _assert_same(straight, _weights(tmp_path / "checkpoints" / "last.ckpt"))
+    assert not all(torch.equal(first[k], straight[k]) for k in first)  # it did train on
+    with open(tmp_path / "csv" / "metrics.csv", newline="") as fh:  # both legs' rows kept
+        epochs = {float(r["epoch"]) for r in csv.DictReader(fh) if r.get("epoch")}
+    assert epochs == {0.0, 1.0, 2.0}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_inside_an_epoch_saves_exits_128_plus_n_and_resumes_exactly(
+        tmp_path, data_dir, straight, capsys, signum):
+    # the signal arrives as batch 6 starts (epoch 1's third): that batch finishes
+    signalled = [*GAME, "trainer.max_epochs=3", "+callbacks.signal._target_=tests.helpers.SignalAt",
+                 "+callbacks.signal.step=6", f"+callbacks.signal.signum={int(signum)}"]
+    with pytest.raises(SystemExit) as stop:
+        main(compose_train(signalled, tmp_path, data_dir))
+    assert stop.value.code == 128 + signum
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (f"interrupted by {signal.Signals(signum).name}: saved {last}; resume with "
+                   f"the same command and hydra.run.dir={tmp_path} ckpt_path=last")
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    assert (ckpt["epoch"], ckpt["global_step"]) == (1, 7)  # inside epoch 1
+    assert not (tmp_path / "metrics.json").exists()  # not reported as a finished run
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    run(compose_train([*GAME, "trainer.max_epochs=3", "ckpt_path=last"], tmp_path, data_dir))
+    _assert_same(straight, _weights(last))
+
+
+def test_a_signal_outside_the_training_batches_is_still_an_interruption(monkeypatch):
+    """Lightning's own exits for SIGTERM (SystemExit with no code: status 0) and Ctrl-C
+    become :class:`RunInterruptedError` once the callback has seen the signal."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from sssi.callbacks import Preemption
+    from sssi.train import _interruption
+
+    seen = Preemption()
+    trainer = SimpleNamespace(callbacks=[seen], checkpoint_callback=None)
+    seen.on_exception(trainer, None, SIGTERMException())
+    stop = _interruption(trainer, SIGTERMException())
+    assert isinstance(stop, RunInterruptedError) and stop.signum == signal.SIGTERM
+    assert str(stop) == "interrupted by SIGTERM: no checkpoint saved"
+    other = ValueError("a bug")
+    assert _interruption(SimpleNamespace(callbacks=[Preemption()]), other) is other
+
+
+# ----------------------------------------------------------------- disks that refuse
+
+
+def _failing_save(monkeypatch, fail_on_call: int, code: int) -> list[int]:
+    """Checkpoint writes fail on call ``fail_on_call`` (from 1) with ``code``, after half
+    the bytes went to the file, as a disk that fills up mid-write does."""
+    calls = [0]
+
+    def save(obj, fh) -> None:
+        calls[0] += 1
+        if calls[0] == fail_on_call:
+            fh.write(b"\0" * 1000)
+            raise OSError(code, "injected")
+        torch.save(obj, fh)
+
+    monkeypatch.setattr(sssi.checkpoint_io, "torch", SimpleNamespace(save=save))
+    return calls
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("code", "reason"), [(errno.ENOSPC, "no space left on device"),
+                                              (errno.EROFS, "read-only file system")])
+def test_a_disk_that_refuses_a_checkpoint_is_one_line_and_keeps_the_last_one(
+        tmp_path, data_dir, monkeypatch, capsys, code, reason):
+    calls = _failing_save(monkeypatch, 3, code)  # epoch 0: epoch_000 and last; then epoch 1
+    cfg = compose_train([*GAME, "trainer.max_epochs=2"], tmp_path, data_dir)
+    with pytest.raises(SystemExit) as stop:
+        main(cfg)
+    assert stop.value.code == 1 and calls[0] == 3
+    folder = tmp_path / "checkpoints"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        f"error: {folder / 'epoch_001.ckpt'}: {reason}"
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch_000.ckpt", "last.ckpt"]
+    assert torch.load(folder / "last.ckpt", weights_only=False)["epoch"] == 0  # intact
+
+
+def test_atomic_writer_leaves_the_old_file_and_no_temporary_on_failure(tmp_path):
+    target = tmp_path / "table.csv"
+    target.write_text("old")
+    with pytest.raises(DataError, match=rf"^{target}: no space left on device$"), \
+            atomic_writer(target) as fh:
+        fh.write(b"new, half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert target.read_text() == "old"
+    assert stale_temporaries(tmp_path) == []
+    with pytest.raises(ValueError), atomic_writer(target) as fh:  # other errors pass through
+        raise ValueError("a bug")
+    assert target.read_text() == "old" and stale_temporaries(tmp_path) == []
+
+
+def test_a_checkpoint_folder_loses_the_temporaries_of_a_killed_run(tmp_path):
+    stale = tmp_path / ".last.ckpt.abc123.tmp"
+    stale.write_bytes(b"\0" * 10)  # what kill -9 during a write leaves
+    io = sssi.checkpoint_io.AtomicCheckpointIO()
+    io.save_checkpoint({"epoch": 3}, tmp_path / "last.ckpt")
+    assert not stale.exists()
+    assert torch.load(tmp_path / "last.ckpt", weights_only=False) == {"epoch": 3}
