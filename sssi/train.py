@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 
 import sssi.config  # noqa: F401  (registers the ${sssi.*} resolvers)
 from sssi.cli import CONFIG_DIR, other_shard, run_or_exit
-from sssi.errors import DataError
+from sssi.errors import ConfigError, DataError
 from sssi.loggers import finish, log_config
 from sssi.utils.io import atomic_write_text
 
@@ -58,7 +58,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if ckpt not in (None, "last") and not Path(str(ckpt)).expanduser().is_file():
         raise DataError(f"ckpt_path={ckpt}: file not found (a checkpoint file, `last` for this "
                         "run folder's last.ckpt, or null)")
-    L.seed_everything(cfg.seed, workers=True)
+    seed = cfg.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"seed={seed!r}: expected an integer")
+    L.seed_everything(seed, workers=True)
 
     datamodule = build_datamodule(cfg)
     task: L.LightningModule = hydra.utils.instantiate(cfg.task)
@@ -66,6 +69,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")),
         logger=instantiate_group(cfg.get("logger")) or False, **trainer_overrides(cfg, task))
     task.batch_plan = connect(datamodule, task, trainer)
+    if cfg.get("test", False) and cfg.get("train", True) and hasattr(datamodule, "will_test"):
+        datamodule.will_test = True  # the test tiles are checked at set-up, not after fitting
     log_config(trainer.loggers, cfg)
 
     metrics: dict[str, float] = {}

@@ -377,6 +377,11 @@ class SegmentationDataModule(TileDataModule):
     ``label_audit.json``.
     """
 
+    #: set by ``sssi.train`` when the run tests after fitting: ``setup("fit")`` then
+    #: checks the test tiles too, so a missing or corrupt one stops the run before
+    #: training rather than after it
+    will_test: bool = False
+
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit") and self.train_set is None:
             tiles, sizes = self._tiles(self.train_split, labels=True)
@@ -402,6 +407,8 @@ class SegmentationDataModule(TileDataModule):
                      self.labels.region_size, share, self.labels.label_fraction, len(tiles),
                      len(self.train_set))
             self.val_set = self._validation_set(labels=True)
+            if self.will_test and self.test_split is not None:
+                self._tiles(self.test_split, labels=True)  # missing or corrupt: named now
         if stage == "validate" and self.val_set is None:  # trainer.validate on a checkpoint
             self._stats_for_evaluation()
             self.val_set = self._validation_set(labels=True)

@@ -44,3 +44,19 @@ def test_a_refused_boolean_ends_the_command_with_one_line(tmp_path: Path):
     assert out.stderr.strip().splitlines()[-1] == \
         "error: task.freeze_encoder='maybe': expected true or false"
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing ran
+
+
+@pytest.mark.parametrize(("args", "line"), [
+    (["seed=abc"], "error: seed='abc': expected an integer"),
+    # the test tiles are checked before training, not after it
+    (["data.test_split=['7_003']"], "error: data/synthetic_potsdam: tiles ['7_003'] not found"),
+])
+def test_a_bad_value_stops_the_run_at_set_up_with_one_line(tmp_path: Path, args, line):
+    from tests.helpers import run_module
+
+    out = run_module("sssi.train", ["+debug=tiny", *args, f"hydra.run.dir={tmp_path / 'run'}",
+                                    f"paths.data_dir={tmp_path / 'data'}"], cwd=tmp_path)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1].startswith(
+        line.replace("data/", f"{tmp_path / 'data'}/"))
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing was trained
