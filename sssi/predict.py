@@ -62,6 +62,31 @@ GTIFF_OPTIONS = {"driver": "GTiff", "tiled": True, "blockxsize": BLOCK, "blockys
 COG_OPTIONS = {"compress": "DEFLATE", "blocksize": BLOCK, "BIGTIFF": "IF_SAFER"}
 
 
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove the temporaries that a killed predict left beside ``path``
+    (``.NAME.PID-TAG.tmp.tif``, ``.cog.tif``) when process PID is gone (a live one may
+    be writing); each removal is logged. Returns what was removed."""
+    removed = []
+    for stale in sorted(path.parent.glob(f".{path.name}.*-*.*.tif")):
+        pid = stale.name[len(path.name) + 2:].split("-", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        log.warning("removing %s, left half-written by a killed run", stale)
+        stale.unlink(missing_ok=True)
+        removed.append(stale)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class CogWriter:
     """One output GeoTIFF: chunks go to a temporary tiled GTiff beside ``path``;
     :meth:`finish` translates it to a COG under a second temporary name; :meth:`commit`
@@ -74,6 +99,7 @@ class CogWriter:
         self.cog = path.parent / f".{path.name}.{tag}.cog.tif"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(path)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 self.ds = rasterio.open(self.tmp, "w", **profile)

@@ -45,3 +45,23 @@ def test_an_evaluation_is_listed_at_its_models_label_fraction_not_the_data_defau
                          {"test/mIoU": 0.5})
     run = read_run(orphan)
     assert run.fraction != run.fraction and run.seed == "?"  # unknown (NaN), never 100 %
+
+
+def test_predict_removes_what_a_killed_run_left_but_not_a_live_runs_files(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from sssi.predict import remove_stale_temporaries
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    out = tmp_path / "map.tif"
+    dead = [tmp_path / f".map.tif.{gone}-abcd1234.tmp.tif",
+            tmp_path / f".map.tif.{gone}-abcd1234.cog.tif"]
+    live = tmp_path / f".map.tif.{os.getpid()}-ffff0000.tmp.tif"
+    other = tmp_path / f".other.tif.{gone}-abcd1234.tmp.tif"
+    for p in (*dead, live, other):
+        p.write_bytes(b"")  # kill -9 mid-write leaves empty files
+    assert remove_stale_temporaries(out) == sorted(dead)
+    assert sorted(tmp_path.iterdir()) == sorted([live, other])
