@@ -62,6 +62,21 @@ def quiet_noise() -> None:
         logger = logging.getLogger(name)
         if _NOISE_FILTER not in logger.filters:
             logger.addFilter(_NOISE_FILTER)
+    log_lightning_once()
+
+
+def log_lightning_once() -> None:
+    """Lightning's package logger prints through a console handler of its own *and*
+    passes every record up to the root logger, which under Hydra has its console and
+    ``.log`` file: each of Lightning's lines appeared twice. Where the root logger has
+    handlers, Lightning's own is removed (importing Lightning is what adds it)."""
+    if not logging.getLogger().handlers:
+        return
+    import lightning
+
+    own = getattr(lightning, "_console", None)
+    if own is not None:
+        logging.getLogger("lightning").removeHandler(own)
 
 
 def user_error(exc: BaseException | None) -> SssiError | None:

@@ -69,6 +69,9 @@ def test_main_job_runs_end_to_end_on_generated_synthetic_data(tmp_path):
         assert 0.0 <= metrics[key] <= 1.0
     assert (out / "label_split.json").is_file() and (out / "norm_stats.json").is_file()
     assert (out / "csv" / "metrics.csv").is_file()
+    # Lightning's lines once (its own console handler and Hydra's both printed them)
+    assert proc.stderr.count("GPU available: False") + proc.stdout.count(
+        "GPU available: False") == 1
 
 
 def test_config_typo_is_a_clear_hydra_error(tmp_path):
