@@ -33,49 +33,59 @@ class RunInterruptedError(Exception):
 
 class Preemption(L.Callback):
     """SIGTERM (what SLURM and most schedulers send to preempt) and SIGINT (Ctrl-C) end
-    a fit without losing work: the current training batch finishes, ``last.ckpt`` is
-    saved beside the model checkpoint's others, and the fit raises :class:`RunInterruptedError`,
-    which ``sssi.train`` turns into exit status 128 + the signal's number and one line
-    saying how to resume. A second Ctrl-C stops at once.
+    a fit without losing work: the current optimizer step finishes (every micro-batch of
+    its accumulation window; at an epoch's end, the epoch and the next one's first
+    step), ``last.ckpt`` is saved beside the model checkpoint's
+    others, and the fit raises :class:`RunInterruptedError`, which ``sssi.train`` turns
+    into exit status 128 + the signal's number and one line saying how to resume. A
+    second Ctrl-C stops at once.
 
-    SIGTERM is Lightning's own flag (``trainer.received_sigterm``); when it arrives
-    outside the training batches (set-up, validation) Lightning stops there, and the
-    previous epoch's ``last.ckpt`` is the one to resume from. Under DDP the ranks agree
-    on the stop before any of them saves.
+    From the start of training a signal only sets a flag, so a validation in progress
+    completes (and its epoch's checkpoints are written) before the stop. Before that
+    (set-up, the sanity check) Lightning's own handling stops the run, and the exit
+    status is still 128 + N. Under DDP the ranks agree on the stop at each optimizer
+    step before any of them saves.
     """
 
     def __init__(self) -> None:
         self.signum: int | None = None
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.signum = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # after Lightning's own signal set-up, which puts back what it found at the end
+        # replaces Lightning's SIGTERM handler for the training (Lightning's would stop
+        # inside an accumulation window or a validation); Lightning puts back, at its
+        # teardown, what it found before its own set-up
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._on_signal)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore()
 
     def _restore(self) -> None:
-        """Give SIGINT back to whoever had it (also after an exception)."""
-        if self._previous is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        """Give the signals back to whoever had them (also after an exception)."""
+        if threading.current_thread() is threading.main_thread():
+            for signum, handler in self._previous.items():
+                signal.signal(signum, handler)
+        self._previous = {}
 
-    def _on_sigint(self, signum: int, frame: Any) -> None:
-        if self.signum is not None:
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
             raise KeyboardInterrupt  # the second Ctrl-C: stop now
-        self.signum = signum
-        log.warning("SIGINT: stopping after this batch with a checkpoint "
-                    "(Ctrl-C again to stop at once)")
+        self.signum = self.signum or signum
+        log.warning("%s: stopping with a checkpoint after this optimizer step%s",
+                    signal.Signals(signum).name,
+                    " (Ctrl-C again to stop at once)" if signum == signal.SIGINT else "")
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
-        signum = signal.SIGTERM if trainer.received_sigterm else self.signum
-        if trainer.world_size > 1:  # every rank stops at the same batch, or none does
+        if not _at_step_end(trainer, pl_module, batch_idx):
+            return  # accumulated gradients are not in a checkpoint: finish the step
+        signum = self.signum or (signal.SIGTERM if trainer.received_sigterm else None)
+        if trainer.world_size > 1:  # every rank stops at the same step, or none does
             if not trainer.strategy.reduce_boolean_decision(signum is not None, all=False):
                 return
             signum = signum or signal.SIGTERM
@@ -96,6 +106,17 @@ class Preemption(L.Callback):
             self.signum = signal.SIGTERM
         elif isinstance(exception, KeyboardInterrupt):
             self.signum = signal.SIGINT
+
+
+def _at_step_end(trainer: L.Trainer, pl_module: L.LightningModule, batch_idx: int) -> bool:
+    """Whether batch ``batch_idx`` ended an optimizer step (its accumulation window)
+    before the epoch's last batch. A checkpoint taken there resumes exactly; at the
+    last batch the epoch's own end (validation, schedulers, its checkpoints) must run
+    first, so the stop waits for the next epoch's first step."""
+    per_step = getattr(pl_module, "micro_batches_per_step", int)(
+        trainer.accumulate_grad_batches)
+    return (batch_idx + 1) % max(int(per_step), 1) == 0 and \
+        batch_idx + 1 < trainer.num_training_batches
 
 
 def last_checkpoint_path(trainer: L.Trainer) -> Path | None:

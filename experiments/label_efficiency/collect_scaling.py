@@ -208,8 +208,11 @@ def plot(rows: list[dict], pairs: list[Paired]) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    crops = {f"{r['method']}/seed_{r['pretext_seed']}/{r['budget']}": r.get("crops")
-             for r in rows if r["method"] != "scratch"}
+    crops = {}
+    for r in rows:
+        if r["method"] != "scratch":
+            crops[f"{r['method']}/seed_{r['pretext_seed']}/{r['budget']}"] = r.get("crops")
+            crops.setdefault(f"{r['method']}/all/{r['budget']}", r.get("crops"))
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     series: dict[tuple, list] = {}
     for p in pairs:

@@ -104,6 +104,8 @@ def test_a_second_pretext_seed_is_pooled_with_the_first(out):
     assert lines[("blocks", "all", "probe/layer3")][-1] == 12
     assert lines[("blocks", 1, "probe/layer3")][-1] == 3  # one budget: no slope
     assert "| blocks | 1 | probe/layer3 | 0.1 | – | 3 |" in collect_scaling.markdown(pairs, slopes)
+    rows = collect_scaling.table(out, measure=False)
+    assert collect_scaling.plot(rows, pairs)[:4] == b"\x89PNG"  # the pooled rows plot too
 
 
 def test_one_pretext_seed_gets_no_pooled_rows(out):

@@ -33,11 +33,20 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory, data_dir) -> dict[str, torch.Tensor]:
-    """The weights after 3 uninterrupted epochs (4 batches each) with 2 workers."""
-    out = tmp_path_factory.mktemp("straight")
-    run(compose_train([*GAME, "trainer.max_epochs=3"], out, data_dir))
-    return _weights(out / "checkpoints" / "last.ckpt")
+def straight(tmp_path_factory, data_dir):
+    """The weights after 3 uninterrupted epochs (4 batches each) with 2 workers, per
+    ``task.accumulate_grad_batches`` (computed once each)."""
+    done: dict[int, dict[str, torch.Tensor]] = {}
+
+    def weights(accumulate: int = 1) -> dict[str, torch.Tensor]:
+        if accumulate not in done:
+            out = tmp_path_factory.mktemp(f"straight{accumulate}")
+            run(compose_train([*GAME, "trainer.max_epochs=3",
+                               f"task.accumulate_grad_batches={accumulate}"], out, data_dir))
+            done[accumulate] = _weights(out / "checkpoints" / "last.ckpt")
+        return done[accumulate]
+
+    return weights
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -57,19 +66,25 @@ def test_resume_with_workers_at_an_epoch_boundary_is_bit_exact(tmp_path, data_di
     run(compose_train([*GAME, "trainer.max_epochs=2"], tmp_path, data_dir))
     first = _weights(tmp_path / "checkpoints" / "last.ckpt")
     run(compose_train([*GAME, "trainer.max_epochs=3", "ckpt_path=last"], tmp_path, data_dir))
-    _assert_same(straight, _weights(tmp_path / "checkpoints" / "last.ckpt"))
-    assert not all(torch.equal(first[k], straight[k]) for k in first)  # it did train on
+    _assert_same(straight(), _weights(tmp_path / "checkpoints" / "last.ckpt"))
+    assert not all(torch.equal(first[k], straight()[k]) for k in first)  # it did train on
     with open(tmp_path / "csv" / "metrics.csv", newline="") as fh:  # both legs' rows kept
         epochs = {float(r["epoch"]) for r in csv.DictReader(fh) if r.get("epoch")}
     assert epochs == {0.0, 1.0, 2.0}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize(("signum", "accumulate", "epoch", "step"), [
+    (signal.SIGTERM, 1, 1, 7),  # stops after batch 6, the signal's own: 7 optimizer steps
+    # batch 6 opens a window of 2 that ends epoch 1: the epoch ends (validation,
+    # schedulers), and the stop comes after epoch 2's first step (batches 8-9)
+    (signal.SIGINT, 2, 2, 5),
+])
 def test_a_signal_inside_an_epoch_saves_exits_128_plus_n_and_resumes_exactly(
-        tmp_path, data_dir, straight, capsys, signum):
-    # the signal arrives as batch 6 starts (epoch 1's third): that batch finishes
-    signalled = [*GAME, "trainer.max_epochs=3", "+callbacks.signal._target_=tests.helpers.SignalAt",
+        tmp_path, data_dir, straight, capsys, signum, accumulate, epoch, step):
+    # the signal arrives as batch 6 starts (epoch 1's third)
+    game = [*GAME, "trainer.max_epochs=3", f"task.accumulate_grad_batches={accumulate}"]
+    signalled = [*game, "+callbacks.signal._target_=tests.helpers.SignalAt",
                  "+callbacks.signal.step=6", f"+callbacks.signal.signum={int(signum)}"]
     with pytest.raises(SystemExit) as stop:
         main(compose_train(signalled, tmp_path, data_dir))
@@ -79,11 +94,12 @@ def test_a_signal_inside_an_epoch_saves_exits_128_plus_n_and_resumes_exactly(
     assert err == (f"interrupted by {signal.Signals(signum).name}: saved {last}; resume with "
                    f"the same command and hydra.run.dir={tmp_path} ckpt_path=last")
     ckpt = torch.load(last, map_location="cpu", weights_only=False)
-    assert (ckpt["epoch"], ckpt["global_step"]) == (1, 7)  # inside epoch 1
+    assert (ckpt["epoch"], ckpt["global_step"]) == (epoch, step)
     assert not (tmp_path / "metrics.json").exists()  # not reported as a finished run
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
-    run(compose_train([*GAME, "trainer.max_epochs=3", "ckpt_path=last"], tmp_path, data_dir))
-    _assert_same(straight, _weights(last))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers back
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    run(compose_train([*game, "ckpt_path=last"], tmp_path, data_dir))
+    _assert_same(straight(accumulate), _weights(last))
 
 
 def test_a_signal_outside_the_training_batches_is_still_an_interruption(monkeypatch):
