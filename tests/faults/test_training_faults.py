@@ -140,20 +140,30 @@ def _failing_save(monkeypatch, fail_on_call: int, code: int) -> list[int]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("code", "reason"), [(errno.ENOSPC, "no space left on device"),
-                                              (errno.EROFS, "read-only file system")])
-def test_a_disk_that_refuses_a_checkpoint_is_one_line_and_keeps_the_last_one(
-        tmp_path, data_dir, monkeypatch, capsys, code, reason):
-    calls = _failing_save(monkeypatch, 3, code)  # epoch 0: epoch_000 and last; then epoch 1
-    cfg = compose_train([*GAME, "trainer.max_epochs=2"], tmp_path, data_dir)
+def test_a_full_disk_under_the_checkpoints_is_one_line_and_keeps_what_was_written(
+        tmp_path, data_dir, monkeypatch, capsys):
+    calls = _failing_save(monkeypatch, 2, errno.ENOSPC)  # epoch 0: epoch_000, then last
+    cfg = compose_train([*GAME, "trainer.max_epochs=1"], tmp_path, data_dir)
     with pytest.raises(SystemExit) as stop:
         main(cfg)
-    assert stop.value.code == 1 and calls[0] == 3
+    assert stop.value.code == 1 and calls[0] == 2
     folder = tmp_path / "checkpoints"
     assert capsys.readouterr().err.strip().splitlines()[-1] == \
-        f"error: {folder / 'epoch_001.ckpt'}: {reason}"
-    assert sorted(p.name for p in folder.iterdir()) == ["epoch_000.ckpt", "last.ckpt"]
-    assert torch.load(folder / "last.ckpt", weights_only=False)["epoch"] == 0  # intact
+        f"error: {folder / 'last.ckpt'}: no space left on device"
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch_000.ckpt"]  # no half file
+    assert torch.load(folder / "epoch_000.ckpt", weights_only=False)["epoch"] == 0
+
+
+@pytest.mark.parametrize(("code", "reason"), [(errno.ENOSPC, "no space left on device"),
+                                              (errno.EROFS, "read-only file system"),
+                                              (errno.EACCES, "permission denied")])
+def test_atomic_writer_names_the_file_and_why_a_disk_refused(tmp_path, code, reason):
+    target = tmp_path / "sub" / "table.csv"
+    with pytest.raises(DataError) as err, atomic_writer(target) as fh:
+        fh.write(b"half")
+        raise OSError(code, "injected")
+    assert str(err.value) == f"{target}: {reason}"
+    assert list((tmp_path / "sub").iterdir()) == []
 
 
 def test_atomic_writer_leaves_the_old_file_and_no_temporary_on_failure(tmp_path):

@@ -8,6 +8,7 @@ import stat
 
 import pytest
 
+from sssi.errors import DataError
 from sssi.utils.io import atomic_write_bytes, atomic_write_text
 
 
@@ -31,7 +32,8 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, mon
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", disk_full)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(DataError) as err:  # one line naming the file
         atomic_write_text(path, "new")
+    assert str(err.value) == f"{path}: no space left on device"
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
