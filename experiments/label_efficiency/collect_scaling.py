@@ -213,10 +213,13 @@ def plot(rows: list[dict], pairs: list[Paired]) -> bytes:
         if r["method"] != "scratch":
             crops[f"{r['method']}/seed_{r['pretext_seed']}/{r['budget']}"] = r.get("crops")
             crops.setdefault(f"{r['method']}/all/{r['budget']}", r.get("crops"))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6))
     series: dict[tuple, list] = {}
+    pooled = {p.method.split("/")[0] for p in pairs if "/all/" in p.method}
     for p in pairs:
         method = p.method.rsplit("/", 1)[0]
+        if method.split("/")[0] in pooled and "/all" not in method:
+            continue  # a method with several pretext seeds: its pooled line only
         series.setdefault((method, p.baseline.removeprefix("scratch/"), p.fraction), []).append(
             (crops[p.method], p.mean, p.sd if len(p.differences) > 1 else 0.0))
     for (method, protocol, fraction), pts in sorted(series.items()):
