@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from sssi.cli import check_booleans
-from sssi.errors import ConfigError
-from tests.helpers import CONF, compose_train
+from sssi.errors import ConfigError, DataError
+from tests.helpers import CONF, TINY, compose_train
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
@@ -46,17 +46,17 @@ def test_a_refused_boolean_ends_the_command_with_one_line(tmp_path: Path):
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing ran
 
 
-@pytest.mark.parametrize(("args", "line"), [
-    (["seed=abc"], "error: seed='abc': expected an integer"),
+@pytest.mark.parametrize(("args", "error", "line"), [
+    (["seed=abc"], ConfigError, "seed='abc': expected an integer"),
     # the test tiles are checked before training, not after it
-    (["data.test_split=['7_003']"], "error: data/synthetic_potsdam: tiles ['7_003'] not found"),
+    (["data.test_split=['7_003']"], DataError, "{data}/synthetic_potsdam: tiles ['7_003'] "
+     "not found"),
 ])
-def test_a_bad_value_stops_the_run_at_set_up_with_one_line(tmp_path: Path, args, line):
-    from tests.helpers import run_module
+def test_a_bad_value_stops_the_run_at_set_up_with_one_line(tmp_path: Path, args, error, line):
+    from sssi.train import run
 
-    out = run_module("sssi.train", ["+debug=tiny", *args, f"hydra.run.dir={tmp_path / 'run'}",
-                                    f"paths.data_dir={tmp_path / 'data'}"], cwd=tmp_path)
-    assert out.returncode == 1
-    assert out.stderr.strip().splitlines()[-1].startswith(
-        line.replace("data/", f"{tmp_path / 'data'}/"))
+    cfg = compose_train([*TINY, *args], tmp_path / "run", tmp_path / "data")
+    with pytest.raises(error) as err:
+        run(cfg)
+    assert str(err.value).startswith(line.format(data=tmp_path / "data"))
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing was trained
