@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 import sssi.config  # noqa: F401  (registers the ${sssi.*} resolvers)
 from sssi.cli import CONFIG_DIR, other_shard, run_or_exit
@@ -150,7 +150,8 @@ def trainer_overrides(cfg: DictConfig, task: L.LightningModule) -> dict[str, Any
     from sssi.scaling import auto_precision
 
     out: dict[str, Any] = {}
-    plugins = instantiate_group(dict(enumerate(cfg.trainer.get("plugins") or [])))
+    plugins = [hydra.utils.instantiate(p) if OmegaConf.is_dict(p) and "_target_" in p else p
+               for p in cfg.trainer.get("plugins") or []]  # names (strings) pass as they are
     if not any(isinstance(p, CheckpointIO) for p in plugins):
         plugins.append(AtomicCheckpointIO())
     out["plugins"] = plugins
