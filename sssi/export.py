@@ -17,8 +17,8 @@ Two kinds of output, chosen with ``format``:
   the encoder's largest reduction), one output ``logits`` (B, K, H, W).
 
 Beside the output, ``NAME.json`` (its full name plus ``.json``) records what the file
-needs to be used right: architecture, output stride and dilation per block, bands in order, the
-normalisation ``(raw - mean) / std`` per band (kept outside any graph), classes for a
+needs to be used right: architecture, output stride and dilation per block, bands in
+order, the normalisation ``(raw - mean) / std`` per band (kept outside any graph), classes for a
 segmenter, where it came from (checkpoint, kind, the run's ``.hydra/config.yaml`` when
 the checkpoint sits in ``RUN/checkpoints/``, the git commit when one was recorded) and
 the output's sha256. Every file is written under a temporary name beside its target and

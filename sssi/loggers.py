@@ -121,4 +121,3 @@ def wandb_offline() -> bool:
     """``logger.wandb.offline``'s default: true unless ``WANDB_MODE`` asks for another
     mode (online, disabled); Lightning's ``offline=True`` overrides ``WANDB_MODE``."""
     return os.environ.get("WANDB_MODE", "offline").strip().lower() in ("offline", "dryrun")
-

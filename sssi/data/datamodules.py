@@ -381,6 +381,7 @@ class SegmentationDataModule(TileDataModule):
     #: checks the test tiles too, so a missing or corrupt one stops the run before
     #: training rather than after it
     will_test: bool = False
+    _test_tiles: tuple[list[Tile], list[tuple[int, int]]] | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit") and self.train_set is None:
@@ -407,13 +408,14 @@ class SegmentationDataModule(TileDataModule):
                      self.labels.region_size, share, self.labels.label_fraction, len(tiles),
                      len(self.train_set))
             self.val_set = self._validation_set(labels=True)
-            if self.will_test and self.test_split is not None:
-                self._tiles(self.test_split, labels=True)  # missing or corrupt: named now
+            if self.will_test and self.test_split is not None:  # missing or corrupt: now
+                self._test_tiles = self._tiles(self.test_split, labels=True)
         if stage == "validate" and self.val_set is None:  # trainer.validate on a checkpoint
             self._stats_for_evaluation()
             self.val_set = self._validation_set(labels=True)
         if stage in (None, "test") and self.test_set is None and self.test_split is not None:
-            ttiles, tsizes = self._tiles(self.test_split, labels=True)
+            # checked at fit's set-up already when the run tests (each file read once)
+            ttiles, tsizes = self._test_tiles or self._tiles(self.test_split, labels=True)
             self._stats_for_evaluation()
             self.test_set = GridWindowDataset(
                 TileReader(ttiles, self.layout.palette, use_eval_labels=True),
