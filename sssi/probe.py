@@ -12,7 +12,8 @@ unfinished fit or statistics from images with holes. This probe removes both dou
    L-BFGS with a small L2 penalty until the gradient vanishes (the loss is convex, so
    this is the optimum, not a stopping point);
 4. on the validation windows the layer's logits are upsampled to the labels (as a
-   linear head on that layer would be) and scored like ``val/mIoU`` of training.
+   linear head on that layer would be) and scored like ``val/mIoU`` of training;
+   with ``probe.test=true`` also on the test split's windows (the reported table).
 
     python -m sssi.probe +experiment=dubai_finetune data.root=DIR task.init=CKPT
     python -m sssi.probe +experiment=dubai_finetune data.root=DIR task.init=null seed=1
@@ -189,6 +190,30 @@ def choose_weight_decay(x: Tensor, y: Tensor, groups: Tensor, num_classes: int,
     return min(scores, key=scores.get), scores
 
 
+@torch.no_grad()
+def score_probes(encoder: nn.Module, probes: dict[str, LinearProbe], layers: dict[str, int],
+                 batches: Iterable[dict], num_classes: int
+                 ) -> tuple[dict[str, np.ndarray], dict[str, list[float]]]:
+    """Each probe's confusion matrix and summed cross-entropy [sum, pixels] over
+    ``batches``: its layer's logits upsampled to the labels, as a linear head on that
+    layer would be."""
+    k = num_classes
+    confusion = {n: np.zeros((k, k), dtype=np.int64) for n in probes}
+    losses = {n: [0.0, 0] for n in probes}
+    for batch in batches:
+        feats = encoder(batch["image"])
+        label = batch["label"]
+        valid = label != IGNORE_INDEX
+        for n, i in layers.items():
+            logits = F.interpolate(probes[n].logits(feats[i]), size=label.shape[-2:],
+                                   mode="bilinear", align_corners=False)
+            losses[n][0] += float(F.cross_entropy(logits, label, ignore_index=IGNORE_INDEX,
+                                                  reduction="sum"))
+            losses[n][1] += int(valid.sum())
+            confusion[n] += confusion_matrix(label.numpy(), logits.argmax(1).numpy(), k)
+    return confusion, losses
+
+
 def _images(loader: Iterable[dict], datamodule: Any) -> Iterable[dict]:
     """The loader's batches, augmented and standardised as training sees them."""
     for batch in loader:
@@ -242,20 +267,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         x = torch.cat(parts)
         wd, held_out[n] = choose_weight_decay(x, y, group, k, decays, int(options.max_iter))
         probes[n] = fit_logistic(x, y, k, wd, int(options.max_iter))
-    confusion = {n: np.zeros((k, k), dtype=np.int64) for n in names}
-    losses = {n: [0.0, 0] for n in names}
-    with torch.no_grad():
-        for batch in _images(datamodule.val_dataloader(), datamodule):
-            feats = encoder(batch["image"])
-            label = batch["label"]
-            for n, i in zip(names, indices, strict=True):
-                logits = F.interpolate(probes[n].logits(feats[i]), size=label.shape[-2:],
-                                       mode="bilinear", align_corners=False)
-                valid = label != IGNORE_INDEX
-                losses[n][0] += float(F.cross_entropy(logits, label, ignore_index=IGNORE_INDEX,
-                                                      reduction="sum"))
-                losses[n][1] += int(valid.sum())
-                confusion[n] += confusion_matrix(label.numpy(), logits.argmax(1).numpy(), k)
+    confusion, losses = score_probes(encoder, probes, dict(zip(names, indices, strict=True)),
+                                     _images(datamodule.val_dataloader(), datamodule), k)
     class_names = [str(c) for c in datamodule.layout.palette.classes]
     result: dict[str, Any] = {
         "init": str(init) if init else None, "init_source": source, "seed": int(cfg.seed),
@@ -274,6 +287,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         log.info("probe %s: val mIoU %.4f (weight decay %g; train loss %.4f after %d L-BFGS "
                  "iterations, |grad| %.2g)", n, metrics["mIoU"], p.weight_decay, p.loss,
                  p.iterations, p.grad_norm)
+    if options.get("test", False):
+        if datamodule.test_split is None:
+            raise ConfigError("probe.test=true: data.test_split is null")
+        datamodule.setup("test")
+        tested, _ = score_probes(encoder, probes, dict(zip(names, indices, strict=True)),
+                                 _images(datamodule.test_dataloader(), datamodule), k)
+        for n in names:
+            metrics = evaluation_metrics(tested[n], class_names)
+            result["layers"][n]["test"] = {
+                "mIoU": metrics["mIoU"], "OA": metrics["OA"],
+                "per_class_IoU": {c: s["IoU"] for c, s in metrics["per_class"].items()}}
+            log.info("probe %s: test mIoU %.4f", n, metrics["mIoU"])
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "probe.json",
                       json.dumps(result, indent=1, default=float, allow_nan=True))

@@ -91,14 +91,15 @@ def test_probe_command_scores_layer3_and_layer4(synthetic_root, tmp_path):
     run = tmp_path / "probe"
     common = ["+debug=tiny", f"data.root={synthetic_root}", "data.num_workers=0",
               "probe.crops=8", "probe.max_iter=50"]
-    proc = run_module("sssi.probe", [*common, "task.init=null", f"hydra.run.dir={run}"],
-                      cwd=tmp_path)
+    proc = run_module("sssi.probe", [*common, "task.init=null", "probe.test=true",
+                                      f"hydra.run.dir={run}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((run / "probe.json").read_text())
     assert set(result["layers"]) == {"layer3", "layer4"}
     assert result["init_source"] == "random" and result["batchnorm_images"] == 8
     for layer in result["layers"].values():
         assert 0.0 <= layer["mIoU"] <= 1.0 and layer["iterations"] >= 1
+        assert 0.0 <= layer["test"]["mIoU"] <= 1.0 and layer["test"]["per_class_IoU"]
     bad = run_module("sssi.probe", [*common, "probe.layers=[layer9]",
                                     f"hydra.run.dir={tmp_path / 'bad'}"], cwd=tmp_path)
     assert bad.returncode == 1 and "probe.layers" in bad.stderr.strip().splitlines()[-1]

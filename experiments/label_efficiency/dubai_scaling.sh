@@ -7,6 +7,13 @@
 #   experiments/label_efficiency/dubai_scaling.sh pretext DATA_ROOT OUT METHOD SEED BUDGET...
 #   experiments/label_efficiency/dubai_scaling.sh score   DATA_ROOT OUT PROTOCOL START FRACTION SEED...
 #   python -m experiments.label_efficiency.collect_scaling OUT RESULTS_DIR
+# and, once, the reported test on tile 7 at the budget the curve chose (item 7):
+#   experiments/label_efficiency/dubai_scaling.sh test    DATA_ROOT OUT PROTOCOL START FRACTION SEED...
+#   python -m experiments.label_efficiency.collect_tile7 OUT RESULTS_DIR
+# (test: the probe fitted again with probe.test=true into OUT/test/probe/...; the
+# fine-tuned score run's last.ckpt, trained first where missing, evaluated on tile 7's
+# whole images at the study's half resolution into OUT/test/finetune/..., as
+# run.sh's stage 3 does.)
 # METHOD: blocks (random 16 px blocks) or game (the instructor). Budgets are multiples
 # of 512 (an epoch's crops): a run asked for a larger budget continues from its
 # last.ckpt exactly. PROTOCOL: probe (sssi.probe: BatchNorm re-estimated on clean crops,
@@ -24,7 +31,7 @@
 # learning rate (a checkpoint in the middle of the run is not at a decayed rate, so
 # every budget is read from the same run).
 set -euo pipefail
-stage="${1:?usage: dubai_scaling.sh pretext|score DATA_ROOT OUT ...}"
+stage="${1:?usage: dubai_scaling.sh pretext|score|test DATA_ROOT OUT ...}"
 root="${2:?DATA_ROOT}"
 out="${3:?OUT}"
 shift 3
@@ -76,7 +83,7 @@ case "$stage" in
     # wall seconds per leg, so that a budget's cost adds the legs that led to it
     printf '%s\t%s\t%s\n' "$last" "$start" "$(date +%s)" >> "$dir/wall_time.tsv"
     ;;
-  score)
+  score|test)
     protocol="${1:?PROTOCOL}"; start_name="${2:?START}"; fraction="${3:?FRACTION}"; shift 3
     [ $# -ge 1 ] || { echo "error: no SEED given" >&2; exit 2; }
     stats=$(ls "$out"/pretext/*/seed_*/norm_stats.json 2>/dev/null | head -1)
@@ -93,21 +100,30 @@ print("data.mean=[%s]" % ",".join(map(repr, d["mean"])), "data.std=[%s]" % ",".j
     fi
     for seed in "$@"; do
       dir="$out/score/$protocol/$start_name/fraction_$fraction/seed_$seed"
-      case "$protocol" in
-        probe)
+      tested="$out/test/$protocol/$start_name/fraction_$fraction/seed_$seed"
+      case "$stage/$protocol" in
+        score/probe|test/probe)
+          probe_test=(); [ "$stage" = test ] && { dir="$tested"; probe_test=(probe.test=true); }
           [ -f "$dir/probe.json" ] && continue
           "$PY" -m sssi.probe +experiment=dubai_finetune "${common[@]}" "${norm[@]}" \
             "${init[@]}" "seed=$seed" "data.split_seed=$seed" "data.label_fraction=$fraction" \
-            "hydra.run.dir=$dir" "${score_settings[@]}" ;;
-        finetune)
-          [ -f "$dir/metrics.json" ] && continue
-          "$PY" -m sssi.train +experiment=dubai_finetune "${common[@]}" "${norm[@]}" \
-            "${init[@]}" "seed=$seed" "data.split_seed=$seed" "data.label_fraction=$fraction" \
-            trainer.check_val_every_n_epoch=6 test=false callbacks.model_checkpoint.monitor=null \
-            callbacks.model_checkpoint.save_top_k=0 "hydra.run.dir=$dir" "${finetune_settings[@]}" ;;
+            "hydra.run.dir=$dir" "${probe_test[@]}" "${score_settings[@]}" ;;
+        score/finetune|test/finetune)
+          if [ ! -f "$dir/metrics.json" ]; then
+            "$PY" -m sssi.train +experiment=dubai_finetune "${common[@]}" "${norm[@]}" \
+              "${init[@]}" "seed=$seed" "data.split_seed=$seed" "data.label_fraction=$fraction" \
+              trainer.check_val_every_n_epoch=6 test=false callbacks.model_checkpoint.monitor=null \
+              callbacks.model_checkpoint.save_top_k=0 "hydra.run.dir=$dir" "${finetune_settings[@]}"
+          fi
+          [ "$stage" = test ] || continue
+          [ -f "$tested/metrics.json" ] && continue
+          # a test image (about 2060 x 1820 px) is seen whole at half resolution
+          "$PY" -m sssi.evaluate "ckpt=$dir/checkpoints/last.ckpt" data=dubai "${common[@]}" \
+            save_predictions=false progress=false window=2112 stride=2048 chunk=4224 \
+            "hydra.run.dir=$tested" ;;
         *) echo "error: PROTOCOL '$protocol': expected probe or finetune" >&2; exit 2 ;;
       esac
     done
     ;;
-  *) echo "error: stage '$stage': expected pretext or score" >&2; exit 2 ;;
+  *) echo "error: stage '$stage': expected pretext, score or test" >&2; exit 2 ;;
 esac
