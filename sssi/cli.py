@@ -141,6 +141,15 @@ def other_shard(shard: str | None) -> bool:
     return num % int(match[2]) != int(match[1])
 
 
+def flag(cfg: DictConfig, key: str, default: bool = False) -> bool:
+    """``cfg[key]`` as a boolean: true/false (absent: ``default``); anything else is one
+    :class:`ConfigError` naming the key (``bool("maybe")`` would be true)."""
+    value = cfg.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r}: expected true or false")
+    return value
+
+
 def check_booleans(cfg: DictConfig) -> None:
     """Refuse a non-boolean value for a boolean argument of any ``_target_`` in ``cfg``
     (``task.freeze_encoder=maybe`` would otherwise be taken as true): one

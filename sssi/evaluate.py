@@ -32,7 +32,7 @@ import numpy as np
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 import sssi.config  # noqa: F401  (registers the ${sssi.*} resolvers)
-from sssi.cli import CONFIG_DIR, other_shard, run_or_exit
+from sssi.cli import CONFIG_DIR, flag, other_shard, run_or_exit
 from sssi.errors import ConfigError
 from sssi.inference import (
     BLENDS,
@@ -41,6 +41,7 @@ from sssi.inference import (
     predict_chunks,
     progress_bar,
     resolve_device,
+    resolve_precision,
     window_count,
 )
 from sssi.metrics import (
@@ -150,19 +151,24 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     total = np.zeros((k, k), dtype=np.int64)
     per_tile: list[dict[str, Any]] = []
     start = time.perf_counter()
+    dtype, why = resolve_precision(cfg.get("precision", "auto"), device)
+    channels_last, flip_tta = flag(cfg, "channels_last", True), flag(cfg, "flip_tta")
+    log.info("precision %s (%s)%s", "bf16" if dtype else "fp32", why,
+             ", channels_last" if channels_last else "")
+    model_fn = loaded.predictor(dtype, channels_last)
     bar = progress_bar(sum(window_count(sizes[tile.id], int(cfg.chunk), int(cfg.window),
                                         int(cfg.stride)) for tile in tiles),
-                       "evaluate", cfg.get("progress", True))
+                       "evaluate", flag(cfg, "progress", True))
     for t, tile in enumerate(tiles):
         t0 = time.perf_counter()
         h, w = sizes[tile.id]
         cm = np.zeros((k, k), dtype=np.int64)
         pred_tile = np.zeros((h, w), np.uint8) if cfg.save_predictions else None
         for win, probs in predict_chunks(
-                loaded.predictor(), lambda window, t=t: reader.image(t, window), (h, w), k,
+                model_fn, lambda window, t=t: reader.image(t, window), (h, w), k,
                 loaded.normalize, chunk=int(cfg.chunk), window=int(cfg.window),
                 stride=int(cfg.stride), batch_size=int(cfg.batch_size), blend=cfg.blend,
-                flip_tta=bool(cfg.flip_tta), device=device, progress=bar.update):
+                flip_tta=flip_tta, device=device, progress=bar.update):
             pred = probs.argmax(0).numpy().astype(np.uint8)
             cm += confusion_matrix(reader.label(t, win), pred, k)
             if pred_tile is not None:
@@ -191,8 +197,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - start, 3),
         "settings": {"ckpt": str(loaded.path), "dataset": dm.dataset, "root": str(dm.root),
                      "split": split, "window": int(cfg.window), "stride": int(cfg.stride),
-                     "blend": cfg.blend, "flip_tta": bool(cfg.flip_tta),
-                     "device": str(device)},
+                     "blend": cfg.blend, "flip_tta": flip_tta, "device": str(device),
+                     "precision": "bf16" if dtype else "fp32", "channels_last": channels_last},
     })
     atomic_write_text(output_dir / "metrics.json",
                       json.dumps(jsonable(metrics), indent=1, allow_nan=False))

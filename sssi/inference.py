@@ -39,13 +39,16 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BLENDS",
+    "PRECISIONS",
     "LoadedModel",
     "blend_weights",
+    "chunk_spans",
     "load_segmenter",
     "predict_chunks",
     "predict_probabilities",
     "predict_region",
     "resolve_device",
+    "resolve_precision",
 ]
 
 BLENDS = ("gaussian", "uniform")
@@ -68,20 +71,32 @@ class LoadedModel:
     path: Path
     input_scale: float = 1.0  # the resampling the model was trained with (data.input_scale)
 
-    def predictor(self) -> ModelFn:
+    def predictor(self, precision: torch.dtype | None = None, channels_last: bool = False
+                  ) -> ModelFn:
         """The model as the sliding window calls it: windows at the input's resolution in,
-        logits at that resolution out. A model trained on resampled imagery sees each
-        window resampled by ``input_scale`` and its logits resized back (bilinear)."""
-        scale = self.input_scale
-        if scale == 1.0:
-            return self.model
+        float32 logits at that resolution out. A model trained on resampled imagery sees
+        each window resampled by ``input_scale`` and its logits resized back (bilinear).
+        ``precision``: an autocast dtype (``torch.bfloat16``; None: float32);
+        ``channels_last``: the model and its inputs in NHWC memory format, which oneDNN's
+        and cuDNN's convolutions run fastest (the model is converted in place)."""
+        scale, model = self.input_scale, self.model
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
 
         def run(x: Tensor) -> Tensor:
             size = x.shape[-2:]
-            small = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
-            mode = "area" if scale < 1 else "bilinear"
-            logits = self.model(F.interpolate(x, size=small, mode=mode))
-            return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+            if scale != 1.0:
+                small = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
+                x = F.interpolate(x, size=small, mode="area" if scale < 1 else "bilinear")
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(x.device.type, dtype=precision or torch.float32,
+                                enabled=precision is not None):
+                logits = model(x)
+            logits = logits.float()
+            if scale != 1.0:
+                logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+            return logits.contiguous()
 
         return run
 
@@ -165,6 +180,30 @@ def resolve_device(name: str | None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={name!r}: CUDA is not available here (use device=cpu)")
     return device
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_precision(name: str | None, device: torch.device) -> tuple[torch.dtype | None, str]:
+    """``precision=auto|fp32|bf16`` -> (autocast dtype or None for float32, why).
+
+    ``auto`` picks bf16 on a GPU that supports it and on a CPU with bf16 matrix units
+    (AMX: about 2.4x the fp32 network there, issue 31), float32 elsewhere: a CPU
+    without them runs bf16 slower than float32."""
+    from sssi.scaling import auto_precision
+
+    if name in (None, "", "auto"):
+        chosen, why = auto_precision("gpu" if device.type == "cuda" else "cpu")
+        return (torch.bfloat16 if chosen.startswith("bf16") else None), f"auto: {why}"
+    if name == "fp32":
+        return None, "asked for"
+    if name == "bf16":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ConfigError(f"precision=bf16: {torch.cuda.get_device_name(device)} does "
+                              "not support bf16 (use precision=fp32)")
+        return torch.bfloat16, "asked for"
+    raise ConfigError(f"precision={name!r}: expected one of {list(PRECISIONS)}")
 
 
 # ------------------------------------------------------------------- sliding window
@@ -274,19 +313,23 @@ def predict_probabilities(model_fn: ModelFn, image: Tensor, num_classes: int,
 
 
 # ------------------------------------------------------------------- chunked driver
-def _chunk_grid(size: tuple[int, int], chunk: int, window: int, stride: int
-                ) -> Iterator[tuple[tuple[int, int, list[int]], tuple[int, int, list[int]]]]:
-    """Per chunk core, row-major: ``(r0, r1, window rows)`` and ``(c0, c1, window
-    cols)``: the core's extent and the offsets of the global grid's windows touching it."""
-    height, width = size
-    grid_r = grid_offsets(max(height, window), window, stride)
-    grid_c = grid_offsets(max(width, window), window, stride)
-    for r0 in range(0, height, chunk):
-        r1 = min(r0 + chunk, height)
-        rows = [s for s in grid_r if s < r1 and s + window > r0]
-        for c0 in range(0, width, chunk):
-            c1 = min(c0 + chunk, width)
-            yield (r0, r1, rows), (c0, c1, [s for s in grid_c if s < c1 and s + window > c0])
+def chunk_spans(length: int, chunk: int, window: int, stride: int
+                ) -> list[tuple[int, int, list[int]]]:
+    """One axis cut into chunk cores of whole strides: ``(start, stop, offsets)`` per
+    core, where ``offsets`` are the global grid's windows that *start* in it (about
+    ``chunk // stride`` of them, at least one). The cores tile ``[0, length)``; each
+    window belongs to one core, so it is predicted once whatever ``chunk`` is, and a
+    core's windows reach at most ``window - stride`` px into the next core."""
+    grid = grid_offsets(max(length, window), window, stride)
+    per = max(1, chunk // stride)
+    groups = [grid[i: i + per] for i in range(0, len(grid), per)]
+    if len(groups) > 1 and len(groups[-1]) == 1 and grid[-1] - grid[-2] < stride:
+        # the edge-snapped last window alone would make the previous chunk's windows
+        # reach far into its core (and the kept strip taller): it joins that chunk
+        last = groups.pop()
+        groups[-1] = groups[-1] + last
+    starts = [g[0] for g in groups] + [length]
+    return [(starts[k], starts[k + 1], g) for k, g in enumerate(groups)]
 
 
 def progress_bar(total: int, desc: str, enabled: bool = True) -> Any:
@@ -300,10 +343,11 @@ def progress_bar(total: int, desc: str, enabled: bool = True) -> Any:
 
 def window_count(size: tuple[int, int], chunk: int = 2048, window: int = 512,
                  stride: int = 384) -> int:
-    """How many windows :func:`predict_chunks` predicts for a raster of ``size`` (a
-    window touching several chunk cores counts once per core)."""
-    return sum(len(rows) * len(cols)
-               for (_, _, rows), (_, _, cols) in _chunk_grid(size, chunk, window, stride))
+    """How many windows :func:`predict_chunks` predicts for a raster of ``size``: each
+    window of the global grid once (``chunk`` does not change it)."""
+    height, width = size
+    return (len(grid_offsets(max(height, window), window, stride))
+            * len(grid_offsets(max(width, window), window, stride)))
 
 
 def predict_chunks(model_fn: ModelFn, read: Callable[[Window], np.ndarray],
@@ -312,22 +356,27 @@ def predict_chunks(model_fn: ModelFn, read: Callable[[Window], np.ndarray],
                    window: int = 512, stride: int = 384, batch_size: int = 4,
                    blend: str = "gaussian", flip_tta: bool = False,
                    device: str | torch.device | None = None,
-                   progress: Callable[[int], object] | None = None
-                   ) -> Iterator[tuple[Window, Tensor]]:
-    """Probabilities of a (height, width) raster, one ``chunk`` x ``chunk`` core at a time.
+                   progress: Callable[[int], object] | None = None,
+                   read_ahead_chunks: int = 1) -> Iterator[tuple[Window, Tensor]]:
+    """Probabilities of a (height, width) raster, one chunk core at a time.
 
     Yields ``(core_window, probs)`` with ``probs`` (K, h, w) float32 on the CPU, cores in
-    row-major order tiling the raster. For each core, every window of the raster's
-    global grid that touches it is predicted, so the halo read around a core is what
-    those windows need (under ``window`` px a side; it replaces a fixed ``window -
-    stride`` halo) and the values equal one unchunked :func:`predict_probabilities`
-    pass, whatever ``chunk`` is. ``read(window)`` returns the raw
-    (h, w, C) pixels of a rasterio ``Window``; ``normalize`` turns them into a
-    (C, h, w) float tensor. Peak memory is about (chunk + 2 window)^2 x (K + C) floats.
+    row-major order tiling the raster (:func:`chunk_spans`: ``chunk`` rounded down to
+    whole strides). Every window of the raster's global grid is predicted exactly once,
+    by the chunk its top-left corner lies in; the part of its blended probabilities
+    that falls in later cores (at most ``window - stride`` px past a regular core) is
+    kept until they are predicted, so the values equal one unchunked
+    :func:`predict_probabilities` pass. ``read(window)`` returns the raw (h, w, C) pixels
+    of a rasterio ``Window``; ``normalize`` turns them into a (C, h, w) float tensor;
+    both run in a thread ``read_ahead_chunks`` chunks ahead of the network (0: inline).
+    Peak memory is about (chunk + window)^2 x (K + C) floats, plus the kept overlap: a
+    strip ``window - stride`` px high across the raster's width, x (K + 1) floats.
     ``progress(n)`` is told every batch of ``n`` windows predicted (a progress bar over
     :func:`window_count` windows).
     """
     from rasterio.windows import Window
+
+    from sssi.utils.background import read_ahead
 
     _check_grid(window, stride, batch_size)
     if chunk < 1:
@@ -335,17 +384,59 @@ def predict_chunks(model_fn: ModelFn, read: Callable[[Window], np.ndarray],
     height, width = size
     dev = torch.device(device) if device is not None else torch.device("cpu")
     weight = blend_weights(window, blend)
-    for (r0, r1, rows), (c0, c1, cols) in _chunk_grid(size, chunk, window, stride):
-        top, left = rows[0], cols[0]
-        bottom, right = rows[-1] + window, cols[-1] + window  # may pass a small edge
+    rows = chunk_spans(height, chunk, window, stride)
+    cols = chunk_spans(width, chunk, window, stride)
+    order = [(i, j) for i in range(len(rows)) for j in range(len(cols))]
+
+    def load(i: int, j: int) -> Tensor:
+        (top, _, row_offsets), (left, _, col_offsets) = rows[i], cols[j]
+        bottom, right = row_offsets[-1] + window, col_offsets[-1] + window  # may pass an edge
         raw = read(Window(left, top, min(right, width) - left, min(bottom, height) - top))
-        image = _pad_to(normalize(raw), bottom - top, right - left)
-        acc, wsum = _accumulate(model_fn, image, [s - top for s in rows],
-                                [s - left for s in cols], window, weight, num_classes,
-                                batch_size, flip_tta, dev, progress)
-        core = (slice(r0 - top, r1 - top), slice(c0 - left, c1 - left))
-        probs = acc[:, core[0], core[1]] / wsum[core[0], core[1]]
-        yield Window(c0, r0, c1 - c0, r1 - r0), probs.cpu()
+        return _pad_to(normalize(raw), bottom - top, right - left)
+
+    images: Iterator[Tensor] = (load(i, j) for i, j in order)
+    if read_ahead_chunks > 0:
+        images = read_ahead(images, read_ahead_chunks)
+    # later cores' shares of windows already predicted: core -> [(row, col, (K+1, h, w))]
+    kept: dict[tuple[int, int], list[tuple[int, int, Tensor]]] = {}
+    for (i, j), image in zip(order, images, strict=True):
+        (top, r1, row_offsets), (left, c1, col_offsets) = rows[i], cols[j]
+        with torch.inference_mode():  # not around the yield: the caller's code is its own
+            acc, wsum = _accumulate(model_fn, image, [s - top for s in row_offsets],
+                                    [s - left for s in col_offsets], window, weight,
+                                    num_classes, batch_size, flip_tta, dev, progress)
+            probs = _settle(acc, wsum, (i, j), (top, left), (r1, c1), rows, cols, kept)
+        yield Window(left, top, c1 - left, r1 - top), probs.cpu()
+
+
+def _settle(acc: Tensor, wsum: Tensor, at: tuple[int, int], origin: tuple[int, int],
+            stop: tuple[int, int], rows: list, cols: list,
+            kept: dict[tuple[int, int], list[tuple[int, int, Tensor]]]) -> Tensor:
+    """Finish chunk ``at`` (its sums ``acc``, ``wsum`` start at raster pixel ``origin``):
+    add the shares earlier chunks kept for its core, keep the shares of later cores
+    that its windows reach, and return its core's probabilities (core ends at ``stop``)."""
+    i, j = at
+    top, left = origin
+    for r, c, share in kept.pop(at, []):
+        h, w = share.shape[-2:]
+        acc[:, r - top: r - top + h, c - left: c - left + w] += share[:-1]
+        wsum[r - top: r - top + h, c - left: c - left + w] += share[-1]
+    bottom, right = top + acc.shape[1], left + acc.shape[2]
+    for a in range(i, len(rows)):
+        r_lo, r_hi = rows[a][0], min(rows[a][1], bottom)
+        if r_lo >= r_hi:
+            break
+        for b in range(j, len(cols)):
+            c_lo, c_hi = cols[b][0], min(cols[b][1], right)
+            if c_lo >= c_hi:
+                break
+            if (a, b) == at:
+                continue
+            part = (slice(r_lo - top, r_hi - top), slice(c_lo - left, c_hi - left))
+            kept.setdefault((a, b), []).append(
+                (r_lo, c_lo, torch.cat([acc[:, part[0], part[1]], wsum[None, part[0], part[1]]])))
+    core = (slice(0, stop[0] - top), slice(0, stop[1] - left))
+    return acc[:, core[0], core[1]] / wsum[core[0], core[1]]
 
 
 def predict_region(model_fn: ModelFn, read: Callable[[Window], np.ndarray],

@@ -28,13 +28,14 @@ import hydra
 import numpy as np
 import rasterio
 import rasterio.shutil
+import torch
 from affine import Affine
 from omegaconf import DictConfig, ListConfig
 from rasterio.enums import MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
-from sssi.cli import CONFIG_DIR, run_or_exit
+from sssi.cli import CONFIG_DIR, flag, run_or_exit
 from sssi.data.raster import HandleCache, check_readable, open_raster, read_window
 from sssi.errors import ConfigError, DataError, first_line
 from sssi.evaluate import require
@@ -45,8 +46,10 @@ from sssi.inference import (
     predict_chunks,
     progress_bar,
     resolve_device,
+    resolve_precision,
     window_count,
 )
+from sssi.utils.background import Behind
 
 log = logging.getLogger("sssi.predict")
 
@@ -161,9 +164,14 @@ def predict_file(loaded: LoadedModel, input_path: str | Path, output_path: str |
                  bands: Sequence[int] | None = None, probabilities: str | Path | None = None,
                  probabilities_dtype: str = "uint8", chunk: int = 2048, window: int = 512,
                  stride: int = 384, batch_size: int = 4, blend: str = "gaussian",
-                 flip_tta: bool = False, device: Any = "cpu", progress: bool = False) -> Path:
+                 flip_tta: bool = False, device: Any = "cpu", progress: bool = False,
+                 precision: str = "auto", channels_last: bool = True) -> Path:
     """Write the label COG of ``input_path`` (and optionally its probabilities);
-    ``progress`` shows a bar over the windows on stderr."""
+    ``progress`` shows a bar over the windows on stderr; ``precision``: see
+    :func:`~sssi.inference.resolve_precision`.
+
+    Three threads share the work: one reads and normalises the next chunk, this one
+    runs the network, one takes the argmax and writes the finished chunk."""
     src_path = Path(input_path).expanduser()
     out_path = Path(output_path).expanduser()
     prob_path = Path(probabilities).expanduser() if probabilities else None
@@ -206,16 +214,7 @@ def predict_file(loaded: LoadedModel, input_path: str | Path, output_path: str |
         def read(win: Window) -> np.ndarray:
             return read_window(src_path, win, indexes, handles).transpose(1, 2, 0)
 
-        t0 = time.perf_counter()
-        done = 0
-        size = (src.height, src.width)
-        bar = stack.enter_context(progress_bar(window_count(size, chunk, window, stride),
-                                               src_path.name, progress))
-        for win, probs in predict_chunks(
-                loaded.predictor(), read, size, loaded.num_classes,
-                loaded.normalize, chunk=chunk, window=window, stride=stride,
-                batch_size=batch_size, blend=blend, flip_tta=flip_tta, device=device,
-                progress=bar.update):
+        def write(win: Window, probs) -> None:
             pred = probs.argmax(0).numpy().astype(np.uint8)
             valid = _valid(src, src_path, indexes, win) if masked else None
             if valid is not None:
@@ -224,9 +223,24 @@ def predict_file(loaded: LoadedModel, input_path: str | Path, output_path: str |
             if probs_out is not None:
                 probs_out.write(_probability_bands(probs.numpy(), valid, probabilities_dtype),
                                 win)
-            done += pred.size
-            log.debug("%s: %.1f %% (%.1f s)", src_path.name,
-                     100 * done / (src.width * src.height), time.perf_counter() - t0)
+
+        dev = torch.device(device)
+        dtype, why = resolve_precision(precision, dev)
+        log.info("%s: precision %s (%s)%s", src_path.name, "bf16" if dtype else "fp32", why,
+                 ", channels_last" if channels_last else "")
+        t0 = time.perf_counter()
+        size = (src.height, src.width)
+        bar = stack.enter_context(progress_bar(window_count(size, chunk, window, stride),
+                                               src_path.name, progress))
+        chunks = stack.enter_context(contextlib.closing(predict_chunks(
+            loaded.predictor(dtype, channels_last), read, size, loaded.num_classes,
+            loaded.normalize, chunk=chunk, window=window, stride=stride,
+            batch_size=batch_size, blend=blend, flip_tta=flip_tta, device=dev,
+            progress=bar.update)))  # closed (its reading thread stopped) before the handles
+        with Behind(write) as behind:
+            for win, probs in chunks:
+                behind.submit(win, probs)
+        log.debug("%s: predicted in %.1f s", src_path.name, time.perf_counter() - t0)
         for w in writers:
             resampling = "NEAREST" if w is labels else "AVERAGE"
             w.finish(**COG_OPTIONS, overview_resampling=resampling)
@@ -296,8 +310,9 @@ def run(cfg: DictConfig) -> Path:
         loaded, cfg.input, cfg.output, bands=_bands(cfg.bands),
         probabilities=cfg.probabilities, probabilities_dtype=cfg.probabilities_dtype,
         chunk=int(cfg.chunk), window=int(cfg.window), stride=int(cfg.stride),
-        batch_size=int(cfg.batch_size), blend=cfg.blend, flip_tta=bool(cfg.flip_tta),
-        device=device, progress=bool(cfg.get("progress", True)))
+        batch_size=int(cfg.batch_size), blend=cfg.blend, flip_tta=flag(cfg, "flip_tta"),
+        device=device, progress=flag(cfg, "progress", True),
+        precision=cfg.get("precision", "auto"), channels_last=flag(cfg, "channels_last", True))
     describe_outputs(out, loaded, cfg)
     return out
 

@@ -147,3 +147,27 @@ def test_the_shared_timers_and_cpu_flags():
     info = "processor : 0\nflags : fpu avx2 avx512f amx_bf16 amx_tile\n"
     assert common.cpu_flags(info) == "avx2 avx512f amx_bf16 amx_tile"
     assert common.cpu_flags("flags : fpu sse2\n").startswith("none of ")
+
+
+def test_the_mapping_benchmark_compares_end_to_end_with_the_network_and_a_reference(
+        tmp_path):
+    """A tiny run, with this checkout as its own reference: every row has both rates,
+    and the last line reads infer_vs_forward R precision=P."""
+    import subprocess
+    import sys
+
+    bench = _load("inference")
+    assert bench.overlap(1000, 512, 384) == pytest.approx(3 * 3 * 512**2 / 1000**2)
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.benchmarks.inference", "--sizes", "160",
+         "--window", "64", "--stride", "48", "--chunk", "96", "--backbone", "resnet18",
+         "--precisions", "fp32", "--network-seconds", "0", "--device", "cpu",
+         "--reference", str(REPO)], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    row = lines[2].split()
+    assert row[:2] == ["fp32", "160"] and len(row) == 13
+    assert float(row[4]) > 0 and float(row[5]) > 0 and float(row[8]) > 0  # e2e, net, ref
+    last = lines[-1].split()
+    assert last[0] == "infer_vs_forward" and float(last[1]) > 0
+    assert last[2] == "precision=fp32"

@@ -431,3 +431,112 @@ def test_predict_cli_band_mismatch_is_one_line_naming_the_file(trained, tmp_path
     assert len(errors) == 1 and str(one) in errors[0] and "R,G,B" in errors[0]
     assert "1 bands" in errors[0] and "Traceback" not in proc.stderr
     assert not (tmp_path / "o.tif").exists()
+
+
+# ------------------------------------------------------------- precision and layout
+def _compose_evaluate(overrides: list[str], out: Path):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from sssi.cli import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("evaluate", overrides=overrides, return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            del cfg["hydra"]
+            cfg.paths.output_dir = str(out)
+    return cfg
+
+
+#: bf16 against fp32 on the trained tiny checkpoint: the share of pixels whose label
+#: may change, and the largest mIoU difference (points of 1) allowed
+BF16_LABEL_AGREEMENT = 0.98
+BF16_MIOU_TOLERANCE = 0.02
+
+
+def test_bf16_labels_and_metrics_agree_with_fp32_on_a_trained_checkpoint(trained, tmp_path):
+    import cv2
+
+    from sssi.evaluate import run as evaluate
+
+    metrics, maps = {}, {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        cfg = _compose_evaluate([f"ckpt={trained['ckpt']}", f"data.root={trained['data']}",
+                                 "window=128", "stride=96", f"precision={precision}",
+                                 "progress=false"], out)
+        metrics[precision] = evaluate(cfg)
+        maps[precision] = cv2.imread(str(out / "predictions" / "2_13.png"))
+        assert metrics[precision]["settings"]["precision"] == precision
+    agree = (maps["fp32"] == maps["bf16"]).all(-1).mean()
+    assert agree >= BF16_LABEL_AGREEMENT, agree
+    assert abs(metrics["fp32"]["mIoU"] - metrics["bf16"]["mIoU"]) <= BF16_MIOU_TOLERANCE
+    assert metrics["fp32"]["confusion"] != metrics["bf16"]["confusion"] or agree == 1.0
+
+
+def test_channels_last_and_input_scale_give_the_same_probabilities(trained):
+    loaded = load_segmenter(trained["ckpt"])
+    image = torch.randn(2, 3, 96, 80)
+    plain = loaded.predictor()(image)
+    assert plain.dtype == torch.float32 and plain.shape == (2, 6, 96, 80)
+    fast = loaded.predictor(channels_last=True)(image)
+    assert loaded.model.encoder.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(fast, plain, atol=1e-4, rtol=1e-4)
+    half = loaded.predictor(torch.bfloat16, channels_last=True)(image)
+    assert half.dtype == torch.float32 and (half - plain).abs().max() < 0.5
+
+
+def test_precision_auto_follows_the_hardware(monkeypatch):
+    from sssi import scaling
+    from sssi.inference import resolve_precision
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(scaling, "cpu_has_bf16_units", lambda cpuinfo=None: True)
+    assert resolve_precision("auto", cpu) == (torch.bfloat16,
+                                              "auto: CPU with bf16 matrix units (AMX)")
+    monkeypatch.setattr(scaling, "cpu_has_bf16_units", lambda cpuinfo=None: False)
+    dtype, why = resolve_precision("auto", cpu)
+    assert dtype is None and "without bf16 matrix units" in why
+    assert resolve_precision("fp32", cpu)[0] is None
+    assert resolve_precision("bf16", cpu)[0] is torch.bfloat16
+    with pytest.raises(ConfigError, match=re.escape("precision='fp16': expected one of")):
+        resolve_precision("fp16", cpu)
+
+
+def test_predict_keeps_memory_flat_in_raster_height_and_equals_one_chunk(tmp_path,
+                                                                        monkeypatch):
+    """What chunked prediction keeps for later cores (the overlap strip) does not grow
+    with the raster's height; the maps equal one chunk's, with reading and writing in
+    their threads."""
+    from sssi import inference
+
+    loaded = _fake(_local(k=6))
+    kept_bytes: list[int] = []
+    settle = inference._settle
+
+    def watch(*args):
+        out = settle(*args)
+        kept_bytes.append(sum(s.numel() * 4 for pieces in args[-1].values()
+                              for *_, s in pieces))
+        return out
+
+    monkeypatch.setattr(inference, "_settle", watch)
+    peaks = {}
+    for height in (300, 600):
+        src_path = tmp_path / f"h{height}.tif"
+        _crop(real_sample(*RGB_BYTE), src_path, Window(100, 100, 700, height))
+        outs = {}
+        for chunk in (4096, 96):
+            kept_bytes.clear()
+            out = tmp_path / f"h{height}_c{chunk}.tif"
+            predict_file(loaded, src_path, out, window=64, stride=48, chunk=chunk,
+                         batch_size=8, precision="fp32")
+            with rasterio.open(out) as dst:
+                outs[chunk] = dst.read(1)
+        assert (outs[96] == outs[4096]).all()
+        peaks[height] = max(kept_bytes)
+    assert peaks[600] <= peaks[300]
+    # the strip (window - stride = 16 px across 700 px, K + 1 = 7 floats), twice at most
+    assert 0 < peaks[300] <= 2 * 7 * 4 * 16 * 700
