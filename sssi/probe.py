@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ from sssi.cli import CONFIG_DIR, run_or_exit
 from sssi.config import to_plain
 from sssi.data.palettes import IGNORE_INDEX
 from sssi.errors import ConfigError
+from sssi.inference import resolve_precision
 from sssi.metrics import confusion_matrix, evaluation_metrics
 from sssi.models import build_backbone
 from sssi.utils.io import atomic_write_text
@@ -191,8 +192,8 @@ def choose_weight_decay(x: Tensor, y: Tensor, groups: Tensor, num_classes: int,
 
 
 @torch.no_grad()
-def score_probes(encoder: nn.Module, probes: dict[str, LinearProbe], layers: dict[str, int],
-                 batches: Iterable[dict], num_classes: int
+def score_probes(encoder: Callable[[Tensor], list[Tensor]], probes: dict[str, LinearProbe],
+                 layers: dict[str, int], batches: Iterable[dict], num_classes: int
                  ) -> tuple[dict[str, np.ndarray], dict[str, list[float]]]:
     """Each probe's confusion matrix and summed cross-entropy [sum, pixels] over
     ``batches``: its layer's logits upsampled to the labels, as a linear head on that
@@ -212,6 +213,19 @@ def score_probes(encoder: nn.Module, probes: dict[str, LinearProbe], layers: dic
             losses[n][1] += int(valid.sum())
             confusion[n] += confusion_matrix(label.numpy(), logits.argmax(1).numpy(), k)
     return confusion, losses
+
+
+def _autocast(encoder: nn.Module, dtype: torch.dtype | None):
+    """``encoder`` as a function whose forward runs under ``dtype`` autocast (None:
+    as it is) and returns float32 feature maps."""
+    if dtype is None:
+        return encoder
+
+    def run(x: Tensor) -> list[Tensor]:
+        with torch.autocast(x.device.type, dtype=dtype):
+            return [f.float() for f in encoder(x)]
+
+    return run
 
 
 def _images(loader: Iterable[dict], datamodule: Any) -> Iterable[dict]:
@@ -244,6 +258,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"probe.batchnorm={options.batchnorm!r}: expected reestimate or "
                           "pretrained")
     encoder.eval()
+    dtype, why = resolve_precision(options.get("precision", "auto"), torch.device("cpu"))
+    log.info("probe features in %s (%s)", "bf16" if dtype else "fp32", why)
+    encoder = _autocast(encoder, dtype)
     generator = torch.Generator().manual_seed(int(cfg.seed))
     xs: list[list[Tensor]] = [[] for _ in names]
     ys, groups, offset = [], [], 0

@@ -109,3 +109,18 @@ def test_probe_command_scores_layer3_and_layer4(synthetic_root, tmp_path):
 def test_probe_layers_exist_on_every_resnet():
     encoder = build_backbone("resnet18", output_stride=16)
     assert len(encoder.out_channels) == 5 and encoder.out_channels[layer_index("layer3", 5)] == 256
+
+
+def test_probe_features_under_bf16_autocast_are_float32_and_close():
+    from sssi.probe import _autocast
+
+    encoder = build_backbone("resnet18", output_stride=16).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        plain = encoder(x)
+        assert _autocast(encoder, None) is encoder
+        half = _autocast(encoder, torch.bfloat16)(x)
+    assert [f.dtype for f in half] == [torch.float32] * len(plain)
+    for a, b in zip(plain, half, strict=True):
+        assert a.shape == b.shape
+        assert (a - b).abs().mean() < 0.05 * a.abs().mean() + 1e-3
