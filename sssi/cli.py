@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from hydra.errors import InstantiationException
+from hydra.experimental.callback import Callback
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig
 from omegaconf.errors import OmegaConfBaseException
@@ -123,7 +124,6 @@ def run_or_exit(run: Callable[[DictConfig], T], cfg: DictConfig) -> T:
         sys.exit(1)
 
 
-
 def other_shard(shard: str | None) -> bool:
     """Whether this job of a Hydra multirun belongs to another lane: ``shard="i/n"`` keeps
     the jobs whose number modulo ``n`` is ``i``, so ``n`` processes started with
@@ -184,3 +184,24 @@ def _target_nodes(node: Any, key: str = "") -> Iterator[tuple[str, DictConfig]]:
     elif isinstance(node, ListConfig):
         for i, child in enumerate(node):
             yield from _target_nodes(child, f"{key}[{i}]")
+
+
+class OutputFolderCheck(Callback):
+    """Hydra callback: refuse a run or sweep folder on a read-only, full or forbidden
+    volume before Hydra writes its own files there (``.hydra/``, the log), which would
+    otherwise end in a traceback from inside Hydra. Nothing is created by the check."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config.hydra.run.dir, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config.hydra.sweep.dir, "hydra.sweep.dir")
+
+    @staticmethod
+    def _check(folder: str, key: str) -> None:
+        from sssi.utils.io import volume_refusal
+
+        reason = volume_refusal(Path(folder) / "x")
+        if reason is not None:  # Hydra turns a callback's exception into a warning
+            print(f"error: {folder} ({key}): {reason}", file=sys.stderr)
+            raise SystemExit(1)

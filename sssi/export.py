@@ -55,7 +55,13 @@ from sssi.checkpoints import (
 from sssi.cli import CONFIG_DIR, run_or_exit
 from sssi.errors import ConfigError, DataError, first_line
 from sssi.models import build_backbone, load_backbone_state
-from sssi.utils.io import atomic_write_text, file_mode
+from sssi.utils.io import (
+    atomic_write_text,
+    file_mode,
+    remove_quietly,
+    volume_refusal,
+    write_error,
+)
 
 log = logging.getLogger("sssi.export")
 
@@ -300,9 +306,15 @@ def _write(out: Path, writer: Callable[[Path], None], info: dict[str, Any]) -> d
         os.chmod(tmp, file_mode())  # temporary files are private; outputs are not
         os.replace(tmp, out)
     except OSError as exc:
-        raise DataError(f"output={out}: cannot write here ({first_line(exc)})") from exc
+        remove_quietly(tmp)  # first: the free space is then as it was
+        known = write_error(out, exc)
+        reason = volume_refusal(out)
+        if known is not None:
+            raise known from exc
+        raise DataError(f"output={out}: {reason}" if reason else
+                        f"output={out}: cannot write here ({first_line(exc)})") from exc
     finally:
-        tmp.unlink(missing_ok=True)
+        remove_quietly(tmp)
     ordered = {"format": info.pop("format"), "file": info.pop("file"),
                "sha256": info.pop("sha256"), **info}
     atomic_write_text(description_path(out), json.dumps(ordered, indent=1) + "\n")

@@ -31,6 +31,7 @@ import rasterio.shutil
 import torch
 from affine import Affine
 from omegaconf import DictConfig, ListConfig
+from rasterio._err import CPLE_BaseError  # GDAL's errors (no public name in rasterio)
 from rasterio.enums import MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
@@ -50,6 +51,7 @@ from sssi.inference import (
     window_count,
 )
 from sssi.utils.background import Behind
+from sssi.utils.io import remove_quietly, volume_refusal, write_error
 
 log = logging.getLogger("sssi.predict")
 
@@ -106,12 +108,27 @@ class CogWriter:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 self.ds = rasterio.open(self.tmp, "w", **profile)
-        except (OSError, RasterioError) as exc:
+        except (OSError, RasterioError, CPLE_BaseError) as exc:
             self.discard()
-            raise DataError(f"{path}: cannot write here ({first_line(exc)})") from exc
+            raise self._failure(exc, "cannot write here") from exc
+
+    def _failure(self, exc: BaseException, doing: str) -> DataError:
+        """One line for a write that failed: the volume's reason (full, read-only) where
+        there is one, else what GDAL said; the temporaries are removed first, so the
+        free space and an existing output are as they were."""
+        self.discard()
+        known = write_error(self.path, exc) if isinstance(exc, OSError) else None
+        reason = volume_refusal(self.path)
+        if known is not None:
+            return known
+        return DataError(f"{self.path}: {reason}" if reason else
+                         f"{self.path}: {doing} ({first_line(exc)})")
 
     def write(self, array: np.ndarray, window: Window) -> None:
-        self.ds.write(array, window=window)
+        try:
+            self.ds.write(array, window=window)
+        except (OSError, RasterioError, CPLE_BaseError) as exc:
+            raise self._failure(exc, "writing failed") from exc
 
     def finish(self, **cog_options: Any) -> None:
         """Close the GTiff and translate it to a COG (overviews, compression)."""
@@ -120,21 +137,23 @@ class CogWriter:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 rasterio.shutil.copy(self.tmp, self.cog, driver="COG", **cog_options)
-        except RasterioError as exc:
-            raise DataError(f"{self.path}: writing the Cloud-Optimized GeoTIFF failed "
-                            f"({first_line(exc)})") from exc
+        except (OSError, RasterioError, CPLE_BaseError) as exc:
+            raise self._failure(exc, "writing the Cloud-Optimized GeoTIFF failed") from exc
         finally:
-            self.tmp.unlink(missing_ok=True)
+            remove_quietly(self.tmp)
 
     def commit(self) -> None:
-        os.replace(self.cog, self.path)
+        try:
+            os.replace(self.cog, self.path)
+        except OSError as exc:
+            raise self._failure(exc, "renaming the finished file failed") from exc
 
     def discard(self) -> None:
         ds = getattr(self, "ds", None)
         if ds is not None and not ds.closed:
             ds.close()
         for p in (self.tmp, self.cog):
-            p.unlink(missing_ok=True)
+            remove_quietly(p)
 
 
 def select_bands(path: Path, count: int, bands: Sequence[int] | None,

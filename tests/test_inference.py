@@ -540,3 +540,26 @@ def test_predict_keeps_memory_flat_in_raster_height_and_equals_one_chunk(tmp_pat
     assert peaks[600] <= peaks[300]
     # the strip (window - stride = 16 px across 700 px, K + 1 = 7 floats), twice at most
     assert 0 < peaks[300] <= 2 * 7 * 4 * 16 * 700
+
+
+def test_evaluate_onto_a_full_disk_is_one_line_naming_the_file(trained, tmp_path, monkeypatch):
+    """(issue 30) evaluate writes every file atomically: a full disk is one line that
+    names the file it was writing, and nothing half-written is left."""
+    import errno
+    import os
+
+    from sssi.evaluate import run as evaluate
+
+    out = tmp_path / "eval"
+    cfg = _compose_evaluate([f"ckpt={trained['ckpt']}", f"data.root={trained['data']}",
+                             "window=128", "stride=96", "precision=fp32", "progress=false"],
+                            out)
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(DataError) as err:
+        evaluate(cfg)
+    assert str(err.value) == f"{out / 'predictions' / '2_13.png'}: no space left on device"
+    assert [p.name for p in out.rglob("*") if p.is_file()] == []

@@ -6,7 +6,7 @@ import errno
 import os
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
 
@@ -32,6 +32,38 @@ def write_error(path: str | Path, exc: OSError) -> DataError | None:
     can act on; None for other errors."""
     reason = _WRITE_ERRORS.get(exc.errno or -1)
     return DataError(f"{path}: {reason}") if reason else None
+
+
+def remove_quietly(path: str | Path) -> None:
+    """Remove a temporary file if it is there; a volume that refuses even that (read-only)
+    must not hide the error that made the file a leftover."""
+    with suppress(OSError):
+        Path(path).unlink(missing_ok=True)
+
+
+#: free space under which a failed write is put down to a full volume
+FULL_BELOW_BYTES = 1 << 20
+
+
+def volume_refusal(path: str | Path) -> str | None:
+    """Why the volume of ``path``'s folder refuses writes, where a library's error (GDAL's
+    ``TIFFReadDirectory: Failed ...``) does not say: ``read-only file system``, ``no space
+    left on device`` (under :data:`FULL_BELOW_BYTES` free) or ``permission denied``;
+    None when the volume looks writable (the failure is something else)."""
+    folder = Path(path).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        return None
+    if stats.f_flag & os.ST_RDONLY:
+        return _WRITE_ERRORS[errno.EROFS]
+    if stats.f_bavail * stats.f_frsize < FULL_BELOW_BYTES:
+        return _WRITE_ERRORS[errno.ENOSPC]
+    if not os.access(folder, os.W_OK):
+        return _WRITE_ERRORS[errno.EACCES]
+    return None
 
 
 @contextmanager
@@ -63,7 +95,7 @@ def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
         raise err from exc
     finally:
         if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+            remove_quietly(tmp)
 
 
 def stale_temporaries(folder: str | Path) -> list[Path]:

@@ -65,3 +65,138 @@ def test_predict_removes_what_a_killed_run_left_but_not_a_live_runs_files(tmp_pa
         p.write_bytes(b"")  # kill -9 mid-write leaves empty files
     assert remove_stale_temporaries(out) == sorted(dead)
     assert sorted(tmp_path.iterdir()) == sorted([live, other])
+
+
+# ------------------------------------------------------------ full and read-only disks
+def _statvfs(free_bytes: int, read_only: bool = False):
+    """A stand-in for ``os.statvfs``: 4 KiB blocks, ``free_bytes`` available."""
+    import os
+
+    def fake(path):
+        blocks = free_bytes // 4096
+        flag = os.ST_RDONLY if read_only else 0
+        return os.statvfs_result((4096, 4096, 10**6, blocks, blocks, 1000, 1000, 1000,
+                                  flag, 255))
+
+    return fake
+
+
+@pytest.mark.parametrize(("free", "read_only", "reason"), [
+    (0, False, "no space left on device"), (10**9, True, "read-only file system"),
+    (10**9, False, None)])
+def test_a_volume_says_why_it_refuses_writes(tmp_path, monkeypatch, free, read_only, reason):
+    import os
+
+    from sssi.utils.io import volume_refusal
+
+    monkeypatch.setattr(os, "statvfs", _statvfs(free, read_only))
+    assert volume_refusal(tmp_path / "not" / "yet" / "made.tif") == reason
+    assert not (tmp_path / "not").exists()
+
+
+def _predict_setup(tmp_path):
+    from rasterio.windows import Window
+
+    from tests.helpers import real_sample
+    from tests.test_inference import _crop, _fake, _pointwise
+
+    src = tmp_path / "in.tif"
+    _crop(real_sample("rasterio", "RGB.byte.tif"), src, Window(0, 0, 120, 100))
+    out = tmp_path / "out" / "map.tif"
+    out.parent.mkdir()
+    out.write_bytes(b"the map of yesterday")
+    return _fake(_pointwise(k=6)), src, out
+
+
+def test_predict_onto_a_full_disk_is_one_line_and_keeps_the_old_map(tmp_path, monkeypatch):
+    """GDAL's own message for a full disk (a TIFF directory it cannot read back) points
+    the wrong way; the volume's state gives the reason, temporaries are removed."""
+    import os
+
+    import rasterio.shutil
+    from rasterio._err import CPLE_AppDefinedError
+
+    from sssi.errors import DataError
+
+    loaded, src, out = _predict_setup(tmp_path)
+
+    def full(*args, **kwargs):
+        monkeypatch.setattr(os, "statvfs", _statvfs(0))
+        raise CPLE_AppDefinedError(1, 1, "TIFFReadDirectory:Failed to read directory")
+
+    monkeypatch.setattr(rasterio.shutil, "copy", full)
+    with pytest.raises(DataError) as err:
+        predict_file(loaded, src, out, window=64, stride=48, precision="fp32")
+    assert str(err.value) == f"{out}: no space left on device"
+    assert out.read_bytes() == b"the map of yesterday"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["map.tif"]
+
+
+def test_predict_onto_a_read_only_folder_is_one_line(tmp_path, monkeypatch):
+    import errno
+
+    import rasterio
+
+    from sssi.errors import DataError
+
+    loaded, src, out = _predict_setup(tmp_path)
+    real_open = rasterio.open
+
+    def refuse(path, mode="r", **kwargs):
+        if mode == "w":
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_open(path, mode, **kwargs)
+
+    monkeypatch.setattr(rasterio, "open", refuse)
+    with pytest.raises(DataError) as err:
+        predict_file(loaded, src, out, window=64, stride=48, precision="fp32")
+    assert str(err.value) == f"{out}: read-only file system"
+    assert out.read_bytes() == b"the map of yesterday"
+
+
+def test_export_onto_a_full_disk_is_one_line_and_keeps_the_old_file(tmp_path, monkeypatch):
+    import errno
+
+    import torch
+
+    from sssi.errors import DataError
+    from sssi.export import export_encoder
+    from tests.helpers import legacy_checkpoint
+
+    ckpt = legacy_checkpoint("segment", tmp_path / "segment.ckpt")
+    out = tmp_path / "encoder.pth"
+    out.write_bytes(b"yesterday's encoder")
+
+    def full(obj, f, *args, **kwargs):
+        f.write(b"half")  # the temporary file's handle
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(DataError) as err:
+        export_encoder(ckpt, out)
+    assert str(err.value) == f"{out}: no space left on device"
+    assert out.read_bytes() == b"yesterday's encoder"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["encoder.pth", "segment.ckpt"]
+
+
+def test_a_run_folder_on_a_read_only_volume_stops_before_hydra_writes(tmp_path, monkeypatch,
+                                                                       capsys):
+    import os
+
+    from omegaconf import OmegaConf
+
+    from sssi.cli import OutputFolderCheck
+    from tests.helpers import compose_train
+
+    composed = compose_train([], hydra_node=True)
+    assert composed.hydra.callbacks.output_folder._target_ == "sssi.cli.OutputFolderCheck"
+    cfg = OmegaConf.create({"hydra": {"run": {"dir": str(tmp_path / "run")},
+                                      "sweep": {"dir": str(tmp_path / "sweep")}}})
+    OutputFolderCheck().on_run_start(cfg)  # a writable volume: nothing happens
+    monkeypatch.setattr(os, "statvfs", _statvfs(10**9, read_only=True))
+    with pytest.raises(SystemExit) as stop:
+        OutputFolderCheck().on_multirun_start(cfg)
+    assert stop.value.code == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: {tmp_path / 'sweep'} (hydra.sweep.dir): read-only file system")
+    assert sorted(tmp_path.iterdir()) == []
