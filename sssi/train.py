@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import sssi.config  # noqa: F401  (registers the ${sssi.*} resolvers)
@@ -62,6 +63,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"seed={seed!r}: expected an integer")
     L.seed_everything(seed, workers=True)
+    if cfg.get("mask_policy") is not None and HydraConfig.initialized():
+        from sssi.game.config import check_overrides_apply
+
+        check_overrides_apply(cfg.mask_policy, HydraConfig.get().overrides.task)
 
     datamodule = build_datamodule(cfg)
     task: L.LightningModule = hydra.utils.instantiate(cfg.task)

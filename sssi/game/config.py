@@ -4,7 +4,7 @@ run with one line naming it instead of a traceback in the first step."""
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sssi.config import to_plain
@@ -62,6 +62,34 @@ def check_mask_policy(mask_policy: Mapping) -> dict[str, Any]:
     if settings["random"] is not None:
         _check_policy(settings["random"], f"{key}.random")
     return {"random": dict(mp["random"]), "instructor": settings}
+
+
+def check_overrides_apply(mask_policy: Mapping, overrides: Iterable[str]) -> None:
+    """Refuse a command-line ``mask_policy.random.KEY=VALUE`` that the game would not use.
+
+    An experiment may give the game random holes of its own
+    (``mask_policy.instructor.random``, e.g. 8 px blocks in ``demo_pretrain``); its
+    warm-up and validation then never read ``mask_policy.random``, except where its own
+    keys interpolate them (the ratio). A value given for such a key that did not reach the
+    game's holes is a :class:`ConfigError` naming the key to set instead."""
+    mp = to_plain(mask_policy)
+    settings = mp.get("instructor") if isinstance(mp, Mapping) else None
+    if not isinstance(settings, Mapping) or not settings.get("enabled", True):
+        return
+    own = settings.get("random")
+    if not isinstance(own, Mapping):
+        return
+    for item in overrides:
+        key, _, _ = item.lstrip("+~").partition("=")
+        if not key.startswith("mask_policy.random."):
+            continue
+        name = key.removeprefix("mask_policy.random.")
+        given = mp["random"].get(name)
+        if own.get(name) != given:
+            raise ConfigError(
+                f"{key}={given!r} does not reach the game: this experiment gives it random "
+                f"holes of its own (mask_policy.instructor.random, {name}={own.get(name)!r}); "
+                f"set mask_policy.instructor.random.{name}={given!r}")
 
 
 def _check_policy(policy: Any, key: str) -> None:

@@ -60,3 +60,25 @@ def test_a_bad_value_stops_the_run_at_set_up_with_one_line(tmp_path: Path, args,
         run(cfg)
     assert str(err.value).startswith(line.format(data=tmp_path / "data"))
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing was trained
+
+
+def test_a_random_hole_key_the_game_would_not_read_is_refused():
+    """demo_pretrain gives the game 8 px blocks of its own: mask_policy.random.block_size
+    (the key README documents) would be ignored there, so it is refused with the key to
+    set; the ratio, which the game's holes interpolate, and the same value pass."""
+    from sssi.game.config import check_overrides_apply
+
+    overrides = ["+experiment=demo_pretrain", "mask_policy.random.block_size=4",
+                 "mask_policy.random.ratio=0.5"]
+    cfg = compose_train(overrides)
+    with pytest.raises(ConfigError) as err:
+        check_overrides_apply(cfg.mask_policy, overrides)
+    assert str(err.value) == (
+        "mask_policy.random.block_size=4 does not reach the game: this experiment gives it "
+        "random holes of its own (mask_policy.instructor.random, block_size=8); set "
+        "mask_policy.instructor.random.block_size=4")
+    check_overrides_apply(cfg.mask_policy, overrides[::2])  # the ratio reaches the game
+    same = ["+experiment=demo_pretrain", "mask_policy.random.block_size=8"]
+    check_overrides_apply(compose_train(same).mask_policy, same)
+    blocks = ["+experiment=demo_inpaint_blocks", "mask_policy.random.block_size=4"]
+    check_overrides_apply(compose_train(blocks).mask_policy, blocks)  # the baseline's own
