@@ -36,6 +36,7 @@ CONFIG_DIR = str(next((d for d in (_PACKAGE / "conf", _PACKAGE.parent / "conf") 
                       _PACKAGE.parent / "conf"))
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 #: Start of messages printed on every run that tell the user nothing (regexes):
 NOISE = (
@@ -120,8 +121,22 @@ def run_or_exit(run: Callable[[DictConfig], T], cfg: DictConfig) -> T:
         err = user_error(exc)
         if err is None:
             raise
+        _finish_wandb_quietly()
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
+
+
+def _finish_wandb_quietly() -> None:
+    """Close a W&B run that a failed set-up left open, as failed and without its closing
+    banner: otherwise wandb prints it at exit, after (and in raw colour codes below) the
+    one error line."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        try:
+            wandb.termsetup(wandb.Settings(silent=True), None)  # its banner comes at exit
+            wandb.finish(exit_code=1)
+        except Exception:  # closing a log must never hide the user's error
+            log.debug("closing the W&B run failed", exc_info=True)
 
 
 def other_shard(shard: str | None) -> bool:
@@ -204,4 +219,19 @@ class OutputFolderCheck(Callback):
         reason = volume_refusal(Path(folder) / "x")
         if reason is not None:  # Hydra turns a callback's exception into a warning
             print(f"error: {folder} ({key}): {reason}", file=sys.stderr)
+            raise SystemExit(1)
+
+
+class LauncherCheck(Callback):
+    """Hydra callback: a sweep sent to SLURM (``hydra/launcher=slurm``) from a machine
+    without ``srun`` would end in submitit's traceback; say it in one line instead."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        import shutil
+
+        target = str(config.hydra.launcher.get("_target_", ""))
+        if "submitit" in target and "Slurm" in target and shutil.which("srun") is None:
+            print("error: hydra/launcher=slurm: srun not found, so this machine is not a "
+                  "SLURM node; start the sweep on the cluster's login node, or leave out "
+                  "hydra/launcher=slurm to run its jobs here", file=sys.stderr)
             raise SystemExit(1)

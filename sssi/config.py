@@ -51,6 +51,17 @@ def _wandb_offline() -> bool:
     return wandb_offline()
 
 
+def synthetic_dir(data_dir: str, tiles: int, size: int, seed: int) -> str:
+    """``data.root`` of the embedded synthetic dataset: ``DATA_DIR/synthetic_potsdam`` for
+    the default parameters (6 tiles of 1024 px, seed 0), a folder of its own for any
+    other (``synthetic_potsdam_3x256``, ``..._seed1``), so that switching sizes (e.g.
+    ``+debug=tiny``) never replaces a dataset that is already there."""
+    if (int(tiles), int(size), int(seed)) == (6, 1024, 0):
+        return f"{data_dir}/synthetic_potsdam"
+    return f"{data_dir}/synthetic_potsdam_{int(tiles)}x{int(size)}" + \
+        (f"_seed{int(seed)}" if int(seed) else "")
+
+
 def register_resolvers() -> None:
     """Register ``${sssi.*:...}`` resolvers (idempotent)."""
     if not OmegaConf.has_resolver("sssi.num_bands"):
@@ -60,6 +71,8 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("sssi.sweep_group", _sweep_group)
     if not OmegaConf.has_resolver("sssi.wandb_offline"):
         OmegaConf.register_new_resolver("sssi.wandb_offline", _wandb_offline)
+    if not OmegaConf.has_resolver("sssi.synthetic_dir"):
+        OmegaConf.register_new_resolver("sssi.synthetic_dir", synthetic_dir)
     if not OmegaConf.has_resolver("sssi.study_init"):
         OmegaConf.register_new_resolver("sssi.study_init", study_init)
 

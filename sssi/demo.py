@@ -62,7 +62,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     out: Path = args.out
     root: Path = args.data_root
     started = time.monotonic()
-    data = [f"data.root={root}"]
 
     _say("1/6 data: a synthetic city in the ISPRS Potsdam layout")
     if (root / "SYNTHETIC.json").is_file():
@@ -70,6 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         _run(["sssi.data.synthetic", "--out", str(root), "--tiles", str(args.tiles),
               "--size", str(args.size)], "data")
+    made = json.loads((root / "SYNTHETIC.json").read_text())  # the runs use it as it is
+    data = [f"data.root={root}", *(f"data.synthetic.{k}={made[k]}"
+                                   for k in ("tiles", "size", "seed"))]
 
     _say("2/6 pretrain: the instructor / inpainter game")
     pretrain = out / "pretrain" / "instructor"

@@ -30,6 +30,7 @@ import cv2
 import hydra
 import numpy as np
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 import sssi.config  # noqa: F401  (registers the ${sssi.*} resolvers)
 from sssi.cli import CONFIG_DIR, flag, other_shard, run_or_exit
@@ -159,33 +160,35 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     bar = progress_bar(sum(window_count(sizes[tile.id], int(cfg.chunk), int(cfg.window),
                                         int(cfg.stride)) for tile in tiles),
                        "evaluate", flag(cfg, "progress", True))
-    for t, tile in enumerate(tiles):
-        t0 = time.perf_counter()
-        h, w = sizes[tile.id]
-        cm = np.zeros((k, k), dtype=np.int64)
-        pred_tile = np.zeros((h, w), np.uint8) if cfg.save_predictions else None
-        for win, probs in predict_chunks(
-                model_fn, lambda window, t=t: reader.image(t, window), (h, w), k,
-                loaded.normalize, chunk=int(cfg.chunk), window=int(cfg.window),
-                stride=int(cfg.stride), batch_size=int(cfg.batch_size), blend=cfg.blend,
-                flip_tta=flip_tta, device=device, progress=bar.update):
-            pred = probs.argmax(0).numpy().astype(np.uint8)
-            cm += confusion_matrix(reader.label(t, win), pred, k)
+    # the per-tile lines go through the bar (tqdm.write), not into the middle of it
+    with logging_redirect_tqdm():
+        for t, tile in enumerate(tiles):
+            t0 = time.perf_counter()
+            h, w = sizes[tile.id]
+            cm = np.zeros((k, k), dtype=np.int64)
+            pred_tile = np.zeros((h, w), np.uint8) if cfg.save_predictions else None
+            for win, probs in predict_chunks(
+                    model_fn, lambda window, t=t: reader.image(t, window), (h, w), k,
+                    loaded.normalize, chunk=int(cfg.chunk), window=int(cfg.window),
+                    stride=int(cfg.stride), batch_size=int(cfg.batch_size), blend=cfg.blend,
+                    flip_tta=flip_tta, device=device, progress=bar.update):
+                pred = probs.argmax(0).numpy().astype(np.uint8)
+                cm += confusion_matrix(reader.label(t, win), pred, k)
+                if pred_tile is not None:
+                    r, c = int(win.row_off), int(win.col_off)
+                    pred_tile[r: r + pred.shape[0], c: c + pred.shape[1]] = pred
+            total += cm
+            tile_scores = scores(cm, loaded.class_names)
+            seconds = time.perf_counter() - t0
+            per_tile.append({"tile": tile.id, "label": str(tile.eval_label),
+                             "pixels": tile_scores["pixels"], "mIoU": tile_scores["mIoU"],
+                             "OA": tile_scores["OA"], "seconds": round(seconds, 3)})
+            log.info("tile %s (%d/%d, %dx%d): OA %.4f mIoU %.4f in %.1f s", tile.id, t + 1,
+                     len(tiles), w, h, tile_scores["OA"], tile_scores["mIoU"], seconds)
             if pred_tile is not None:
-                r, c = int(win.row_off), int(win.col_off)
-                pred_tile[r: r + pred.shape[0], c: c + pred.shape[1]] = pred
-        total += cm
-        tile_scores = scores(cm, loaded.class_names)
-        seconds = time.perf_counter() - t0
-        per_tile.append({"tile": tile.id, "label": str(tile.eval_label),
-                         "pixels": tile_scores["pixels"], "mIoU": tile_scores["mIoU"],
-                         "OA": tile_scores["OA"], "seconds": round(seconds, 3)})
-        log.info("tile %s (%d/%d, %dx%d): OA %.4f mIoU %.4f in %.1f s", tile.id, t + 1,
-                 len(tiles), w, h, tile_scores["OA"], tile_scores["mIoU"], seconds)
-        if pred_tile is not None:
-            write_png(output_dir / "predictions" / f"{tile.id}.png",
-                      palette.colorize(pred_tile)[:, :, ::-1])
-    bar.close()
+                write_png(output_dir / "predictions" / f"{tile.id}.png",
+                          palette.colorize(pred_tile)[:, :, ::-1])
+        bar.close()
     reader.close()
     if reader.off_palette:
         log.warning("%d off-palette label pixels were ignored", reader.off_palette)

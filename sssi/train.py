@@ -149,12 +149,19 @@ def trainer_overrides(cfg: DictConfig, task: L.LightningModule) -> dict[str, Any
     (:func:`sssi.scaling.auto_precision`, the choice logged), and checkpoints written
     atomically (:class:`~sssi.checkpoint_io.AtomicCheckpointIO`, unless
     ``trainer.plugins`` brings a checkpoint writer of its own)."""
+    import torch
     from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 
     from sssi.checkpoint_io import AtomicCheckpointIO
     from sssi.scaling import auto_precision
 
     out: dict[str, Any] = {}
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        why = "torch is built without CUDA" if torch.version.cuda is None else \
+            "no CUDA GPU is visible"
+        raise ConfigError(f"trainer.accelerator={accelerator}: {why} here (torch "
+                          f"{torch.__version__}); use trainer=cpu, or trainer.accelerator=auto")
     plugins = [hydra.utils.instantiate(p) if OmegaConf.is_dict(p) and "_target_" in p else p
                for p in cfg.trainer.get("plugins") or []]  # names (strings) pass as they are
     if not any(isinstance(p, CheckpointIO) for p in plugins):

@@ -54,7 +54,7 @@ def trained(tmp_path_factory) -> dict[str, Path]:
                                f"hydra.run.dir={base / 'run'}"], cwd=base)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {"ckpt": base / "run" / "checkpoints" / "last.ckpt",
-            "data": base / "data" / "synthetic_potsdam", "base": base}
+            "data": base / "data" / "synthetic_potsdam_2x256", "base": base}
 
 
 def _crop(src_path: Path, dst_path: Path, win: Window) -> dict:
@@ -226,6 +226,9 @@ def test_evaluate_writes_metrics_table_and_figures(trained, tmp_path):
 
     assert cv2.imread(str(out / "confusion.png")) is not None
     assert "evaluate: 100%" in proc.stderr and "window/s" in proc.stderr  # the bar
+    # the per-tile line is written above the bar, never into it (redrawn with \r)
+    pieces = [p for p in re.split(r"[\r\n]", proc.stderr) if "tile 2_13 (1/1" in p]
+    assert pieces and all(p.startswith("[") for p in pieces), pieces
     pred = cv2.imread(str(out / "predictions" / "2_13.png"))
     assert pred.shape == (256, 256, 3)
     palette_bgr = {tuple(c[::-1]) for c in ISPRS.colors}

@@ -216,3 +216,23 @@ def test_image_grid_layout():
     assert (grid[:4, 8:16] == 255).all() and (grid[4:8, 8:16] == 0).all()
     # the filled result equals the input when the restoration is perfect
     assert np.abs(grid[:, 32:40].astype(int) - grid[:, 0:8].astype(int)).max() <= 1
+
+
+def test_a_run_stopped_at_set_up_ends_on_its_error_line_not_a_wandb_banner(
+        tmp_path, synthetic_root, monkeypatch):
+    """A W&B run opened before set-up found a missing test tile is closed quietly as
+    failed: the error is the last line, with no colour codes after it."""
+    from tests.helpers import run_module
+
+    for var, value in {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path / "wandb_home"),
+                       "WANDB_X_DISABLE_STATS": "true", "WANDB_DISABLE_CODE": "true",
+                       "WANDB_DISABLE_GIT": "true"}.items():
+        monkeypatch.setenv(var, value)
+    proc = run_module("sssi.train", [*TINY, f"data.root={synthetic_root}",
+                                     "data.synthetic.tiles=4", "logger=wandb",
+                                     "data.test_split=['9_99']",
+                                     f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert proc.returncode == 1
+    last = proc.stderr.rstrip().splitlines()[-1]
+    assert last.startswith("error: ") and "tiles ['9_99'] not found" in last
+    assert "\x1b[" not in proc.stderr

@@ -89,7 +89,8 @@ def test_weight_decay_is_chosen_on_held_out_crops():
 @pytest.mark.slow
 def test_probe_command_scores_layer3_and_layer4(synthetic_root, tmp_path):
     run = tmp_path / "probe"
-    common = ["+debug=tiny", f"data.root={synthetic_root}", "data.num_workers=0",
+    common = ["+debug=tiny", f"data.root={synthetic_root}", "data.synthetic.tiles=4",
+              "data.num_workers=0",
               "probe.crops=8", "probe.max_iter=50"]
     proc = run_module("sssi.probe", [*common, "task.init=null", "probe.test=true",
                                       f"hydra.run.dir={run}"], cwd=tmp_path)

@@ -7,7 +7,7 @@ and datasets only ever see tiles, so a new on-disk layout is one registered clas
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,7 +156,8 @@ class Layout:
                         ids.append(t)
             if missing:
                 raise DataError(f"{self.root}: tiles {missing} not found "
-                                f"(found {sorted(found)[:10]}{'...' if len(found) > 10 else ''})")
+                                f"(found {sorted(found)[:10]}{'...' if len(found) > 10 else ''})"
+                                + _quoting_hint(missing, found))
         if not ids:
             raise DataError(f"{self.root}: no {self.name} tiles for split {split!r} "
                             f"(found {len(found)} tiles in all)")
@@ -256,3 +257,16 @@ class FolderLayout(Layout):
 
 _SPLIT_NAMES = ("train", "val", "test", "all")
 RASTER_SUFFIXES = {".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2"}
+
+
+def _quoting_hint(missing: Sequence[str], found: Iterable[str]) -> str:
+    """Where a missing id is a found one without its underscores (Hydra reads ``7_003``
+    as the number 7003, as Python does), how to quote it; else nothing."""
+    bare = {t.replace("_", ""): t for t in found if "_" in t}
+    meant = [bare[m] for m in missing if m in bare]
+    if not meant:
+        return ""
+    quoted = ",".join(f"'{t}'" for t in meant)
+    return (f"; Hydra reads {meant[0]} as the number {meant[0].replace('_', '')}: quote "
+            f"ids, e.g. \"data.test_split=[{quoted}]\"")
+

@@ -169,8 +169,14 @@ class LabelSelection:
         set_(self, "label_memory_mb", memory)
 
 
-def as_split(split: str | Sequence | None) -> str | list[str] | None:
-    """A split config value as the layouts take it: a name, a list of ids, or None."""
+def as_split(split: str | int | Sequence | None) -> str | list[str] | None:
+    """A split config value as the layouts take it: a name, a list of ids, or None; one
+    id given alone (``data.test_split=7``: Dubai's tile 7) is a list of one."""
     if split is None or isinstance(split, str):
         return split
+    if isinstance(split, int) and not isinstance(split, bool):
+        return [str(split)]
+    if isinstance(split, bool) or not isinstance(split, Sequence):
+        raise ConfigError(f"data split {split!r}: expected a split name, a tile id or a list "
+                          "of them")
     return [str(s) for s in split]

@@ -262,7 +262,7 @@ def test_generate_rejects_bad_parameters(tmp_path: Path) -> None:
 
 # -- caching ------------------------------------------------------------------------------
 
-def test_ensure_synthetic_regenerates_only_on_change(tmp_path: Path) -> None:
+def test_ensure_synthetic_regenerates_only_when_asked(tmp_path: Path) -> None:
     root = tmp_path / "data" / "synthetic"
     assert ensure_synthetic(root, tiles=1, size=64, seed=0) == root.absolute()
     marker = root / MARKER
@@ -271,7 +271,15 @@ def test_ensure_synthetic_regenerates_only_on_change(tmp_path: Path) -> None:
     before = read(rgb)
     ensure_synthetic(root, tiles=1, size=64, seed=0)
     assert (marker.stat().st_mtime_ns, rgb.stat().st_mtime_ns, rgb.stat().st_ino) == stamp
-    ensure_synthetic(root, tiles=2, size=64, seed=1)
+    with pytest.raises(DataError) as err:  # other parameters: never replaced unasked
+        ensure_synthetic(root, tiles=2, size=64, seed=1)
+    assert str(err.value) == (
+        f"{root.absolute()}: holds the synthetic dataset of 1 tiles of 64 px, seed 0, not "
+        "the 2 tiles of 64 px, seed 1 this run asks for; use it as it is with "
+        "data.synthetic.tiles=1 data.synthetic.seed=0, or replace it with "
+        "data.synthetic.regenerate=true")
+    assert (marker.stat().st_mtime_ns, rgb.stat().st_mtime_ns, rgb.stat().st_ino) == stamp
+    ensure_synthetic(root, tiles=2, size=64, seed=1, regenerate=True)
     meta = json.loads(marker.read_text())
     assert (meta["tiles"], meta["seed"]) == (2, 1)
     assert read(rgb).tobytes() != before.tobytes()
@@ -337,3 +345,18 @@ def test_cli_reports_bad_input_in_one_line(tmp_path: Path,
     assert main(["--out", str(tmp_path / "x"), "--tiles", "0"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "tiles=0" in err[0]
+
+
+def test_each_synthetic_size_has_a_folder_of_its_own():
+    """Switching sizes (+debug=tiny and back) never touches the other size's dataset."""
+    from sssi.config import synthetic_dir
+    from tests.helpers import TINY, compose_train
+
+    assert synthetic_dir("d", 6, 1024, 0) == "d/synthetic_potsdam"
+    assert synthetic_dir("d", 3, 256, 0) == "d/synthetic_potsdam_3x256"
+    assert synthetic_dir("d", 3, 256, 2) == "d/synthetic_potsdam_3x256_seed2"
+    default = compose_train([], data_dir=Path("/data"))
+    tiny = compose_train(TINY, data_dir=Path("/data"))
+    assert default.data.root == "/data/synthetic_potsdam"
+    assert tiny.data.root == "/data/synthetic_potsdam_3x256"
+    assert default.data.synthetic.regenerate is False

@@ -61,7 +61,8 @@ def test_main_job_runs_end_to_end_on_generated_synthetic_data(tmp_path):
     proc = _run([*TINY, f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={out}"],
                 cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (tmp_path / "data" / "synthetic_potsdam" / "SYNTHETIC.json").is_file()
+    # +debug=tiny's 3 tiles of 256 px: a folder of their own beside the default dataset
+    assert (tmp_path / "data" / "synthetic_potsdam_3x256" / "SYNTHETIC.json").is_file()
     assert (out / "checkpoints" / "last.ckpt").is_file()
     assert (out / ".hydra" / "config.yaml").is_file()
     metrics = json.loads((out / "metrics.json").read_text())

@@ -49,7 +49,7 @@ def test_a_refused_boolean_ends_the_command_with_one_line(tmp_path: Path):
 @pytest.mark.parametrize(("args", "error", "line"), [
     (["seed=abc"], ConfigError, "seed='abc': expected an integer"),
     # the test tiles are checked before training, not after it
-    (["data.test_split=['7_003']"], DataError, "{data}/synthetic_potsdam: tiles ['7_003'] "
+    (["data.test_split=['7_003']"], DataError, "{data}/synthetic_potsdam_3x256: tiles ['7_003'] "
      "not found"),
 ])
 def test_a_bad_value_stops_the_run_at_set_up_with_one_line(tmp_path: Path, args, error, line):
@@ -82,3 +82,56 @@ def test_a_random_hole_key_the_game_would_not_read_is_refused():
     check_overrides_apply(compose_train(same).mask_policy, same)
     blocks = ["+experiment=demo_inpaint_blocks", "mask_policy.random.block_size=4"]
     check_overrides_apply(compose_train(blocks).mask_policy, blocks)  # the baseline's own
+
+
+def test_one_tile_id_alone_is_a_split_and_a_bad_split_names_itself():
+    from sssi.data.options import as_split
+
+    assert as_split(7) == ["7"] and as_split("test") == "test" and as_split([6, "7_003"]) == [
+        "6", "7_003"]
+    with pytest.raises(ConfigError, match="data split True"):
+        as_split(True)
+
+
+def test_an_id_that_hydra_read_as_a_number_gets_a_quoting_hint(synthetic_root):
+    from sssi.data.isprs import PotsdamLayout
+
+    with pytest.raises(DataError) as err:
+        PotsdamLayout(synthetic_root).tiles(["210"])
+    assert str(err.value).endswith(
+        "; Hydra reads 2_10 as the number 210: quote ids, e.g. \"data.test_split=['2_10']\"")
+    with pytest.raises(DataError) as err:
+        PotsdamLayout(synthetic_root).tiles(["9_99"])
+    assert "Hydra reads" not in str(err.value)
+
+
+def test_a_gpu_trainer_without_cuda_is_one_line(monkeypatch):
+    import torch
+    from hydra.utils import instantiate
+
+    from sssi.train import trainer_overrides
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = compose_train([*TINY, "trainer=gpu"])
+    with pytest.raises(ConfigError, match=r"^trainer.accelerator=gpu: .* here \(torch "):
+        trainer_overrides(cfg, instantiate(cfg.task))
+
+
+def test_a_slurm_sweep_off_the_cluster_is_one_line(monkeypatch, capsys):
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    from sssi.cli import LauncherCheck
+
+    composed = compose_train(["hydra/launcher=slurm"], hydra_node=True)
+    assert composed.hydra.callbacks.launcher._target_ == "sssi.cli.LauncherCheck"
+    cfg = OmegaConf.create({"hydra": {"launcher": {
+        "_target_": composed.hydra.launcher._target_}}})
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/srun")
+    LauncherCheck().on_multirun_start(cfg)  # on a SLURM node: nothing to say
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(SystemExit) as stop:
+        LauncherCheck().on_multirun_start(cfg)
+    assert stop.value.code == 1
+    assert capsys.readouterr().err.startswith("error: hydra/launcher=slurm: srun not found")

@@ -176,6 +176,32 @@ def _marker_matches(root: Path, want: dict[str, object]) -> bool:
     return isinstance(have, dict) and all(have.get(k) == v for k, v in want.items())
 
 
+def _refuse_other_parameters(root: Path, want: dict[str, object]) -> None:
+    """One line: which parameters of the dataset at ``root`` differ from ``want``, the
+    overrides that use it as it is, and the one that replaces it."""
+    try:
+        have = json.loads((root / MARKER).read_text())
+    except (OSError, ValueError):
+        have = {}
+    keys = [k for k in ("tiles", "size", "seed") if have.get(k) != want[k]]
+    if have.get("format_version") != want["format_version"] or \
+            not all(isinstance(have.get(k), int) for k in ("tiles", "size", "seed")):
+        raise DataError(f"{root}: {MARKER} is from another sssi version or damaged; replace "
+                        "the dataset with data.synthetic.regenerate=true")
+    if not keys:  # made by hand with --off-palette: no config key reproduces it
+        raise DataError(f"{root}: holds synthetic data with off-palette labels "
+                        f"(off_palette={have.get('off_palette')}); use another data.root, "
+                        "or replace it with data.synthetic.regenerate=true")
+
+    def describe(p: dict) -> str:
+        return f"{p['tiles']} tiles of {p['size']} px, seed {p['seed']}"
+
+    reuse = " ".join(f"data.synthetic.{k}={have[k]}" for k in keys)
+    raise DataError(f"{root}: holds the synthetic dataset of {describe(have)}, not the "
+                    f"{describe(want)} this run asks for; use it as it is with {reuse}, or "
+                    "replace it with data.synthetic.regenerate=true")
+
+
 @contextlib.contextmanager
 def _install_lock(root: Path) -> Iterator[None]:
     """Serialise the short check-and-rename step between processes (POSIX only)."""
@@ -193,10 +219,13 @@ def _install_lock(root: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def ensure_synthetic(root: str | Path, tiles: int = 6, size: int = 1024, seed: int = 0) -> Path:
+def ensure_synthetic(root: str | Path, tiles: int = 6, size: int = 1024, seed: int = 0,
+                     regenerate: bool = False) -> Path:
     """Make sure ``root`` holds the synthetic dataset with these parameters.
 
-    Generates only when ``root/SYNTHETIC.json`` is missing or differs. Safe when many
+    Generates when ``root/SYNTHETIC.json`` is missing. Where it holds other parameters,
+    a :class:`DataError` says which differ and how to use the dataset as it is, unless
+    ``regenerate`` (``data.synthetic.regenerate=true``) asks to replace it. Safe when many
     processes call it at once (multirun jobs, DDP ranks): each generates into its own
     hidden sibling folder and renames it into place; whoever loses the race discards
     its copy. ``root`` never holds a half-written dataset. A non-empty ``root`` without
@@ -206,6 +235,10 @@ def ensure_synthetic(root: str | Path, tiles: int = 6, size: int = 1024, seed: i
     want = _params(tiles, size, seed, 0.0)
     if _marker_matches(root, want):
         return root
+    if not isinstance(regenerate, bool):
+        raise ConfigError(f"data.synthetic.regenerate={regenerate!r}: expected true or false")
+    if (root / MARKER).is_file() and not regenerate:
+        _refuse_other_parameters(root, want)
     if root.exists() and not root.is_dir():
         raise DataError(f"{root}: exists and is not a folder (wanted the synthetic dataset)")
     if root.is_dir() and any(root.iterdir()) and not (root / MARKER).exists():
