@@ -40,6 +40,12 @@ class Preemption(L.Callback):
     into exit status 128 + the signal's number and one line saying how to resume. A
     second Ctrl-C stops at once.
 
+    Under SLURM with Lightning's auto-requeue (``SLURMEnvironment``), its requeue signal
+    (SIGUSR1 by default, ``#SBATCH --signal=SIGUSR1@90``) is deferred the same way:
+    Lightning's own handler (``hpc_ckpt_N.ckpt``, then ``scontrol requeue``) runs at the
+    end of the current optimizer step, where a checkpoint resumes exactly, and the
+    SIGTERM with which SLURM then ends the job stops the fit as above.
+
     From the start of training a signal only sets a flag, so a validation in progress
     completes (and its epoch's checkpoints are written) before the stop. Before that
     (set-up, the sanity check) Lightning's own handling stops the run, and the exit
@@ -50,6 +56,7 @@ class Preemption(L.Callback):
     def __init__(self) -> None:
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
+        self._requeue: tuple[int, Any] | None = None  # a requeue signal not yet handled
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.signum = None
@@ -58,9 +65,13 @@ class Preemption(L.Callback):
         # replaces Lightning's SIGTERM handler for the training (Lightning's would stop
         # inside an accumulation window or a validation); Lightning puts back, at its
         # teardown, what it found before its own set-up
+        self._requeue = None
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
                 self._previous[signum] = signal.signal(signum, self._on_signal)
+            requeue = _requeue_signal(trainer)
+            if requeue is not None and callable(signal.getsignal(requeue)):
+                self._previous[requeue] = signal.signal(requeue, self._on_requeue)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore()
@@ -80,10 +91,18 @@ class Preemption(L.Callback):
                     signal.Signals(signum).name,
                     " (Ctrl-C again to stop at once)" if signum == signal.SIGINT else "")
 
+    def _on_requeue(self, signum: int, frame: Any) -> None:
+        self._requeue = (signum, frame)
+        log.warning("%s: SLURM requeue after this optimizer step", signal.Signals(signum).name)
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
         if not _at_step_end(trainer, pl_module, batch_idx):
             return  # accumulated gradients are not in a checkpoint: finish the step
+        if self._requeue is not None:  # Lightning's handler: hpc checkpoint, requeue
+            signum, frame = self._requeue
+            self._requeue = None
+            self._previous[signum](signum, frame)
         signum = self.signum or (signal.SIGTERM if trainer.received_sigterm else None)
         if trainer.world_size > 1:  # every rank stops at the same step, or none does
             if not trainer.strategy.reduce_boolean_decision(signum is not None, all=False):
@@ -117,6 +136,16 @@ def _at_step_end(trainer: L.Trainer, pl_module: L.LightningModule, batch_idx: in
         trainer.accumulate_grad_batches)
     return (batch_idx + 1) % max(int(per_step), 1) == 0 and \
         batch_idx + 1 < trainer.num_training_batches
+
+
+def _requeue_signal(trainer: L.Trainer) -> int | None:
+    """The requeue signal of a SLURM environment with auto-requeue (None otherwise)."""
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    env = getattr(trainer._accelerator_connector, "cluster_environment", None)
+    if isinstance(env, SLURMEnvironment) and env.auto_requeue and env.requeue_signal:
+        return int(env.requeue_signal)
+    return None
 
 
 def last_checkpoint_path(trainer: L.Trainer) -> Path | None:

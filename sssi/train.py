@@ -198,18 +198,23 @@ def _interruption(trainer: L.Trainer, stop: BaseException) -> BaseException:
 
 
 def _resume_from(trainer: L.Trainer, cfg: DictConfig) -> str | None:
-    """``ckpt_path``; ``last`` is this run's ``last.ckpt`` when there is one (a restarted
-    job of a sweep with fixed folders), else a fresh start."""
+    """``ckpt_path``; ``last`` is the newest of this run's ``last.ckpt`` and the
+    ``hpc_ckpt_N.ckpt`` that Lightning's SLURM requeue leaves in the run folder (a
+    restarted job of a sweep with fixed folders, a requeued SLURM job), else a fresh
+    start."""
     from sssi.callbacks import last_checkpoint_path
 
     ckpt = cfg.get("ckpt_path")
     if ckpt != "last":
         return ckpt
-    last = last_checkpoint_path(trainer)
-    if last is not None and last.is_file():
-        log.info("resuming from %s", last)
-        return str(last)
-    return None
+    found = [p for p in (last_checkpoint_path(trainer),
+                         *Path(trainer.default_root_dir).glob("hpc_ckpt_*.ckpt"))
+             if p is not None and p.is_file()]
+    if not found:
+        return None
+    newest = max(found, key=lambda p: p.stat().st_mtime_ns)
+    log.info("resuming from %s", newest)
+    return str(newest)
 
 
 def _best_checkpoint(trainer: L.Trainer) -> str | None:

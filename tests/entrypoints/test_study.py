@@ -90,17 +90,25 @@ def test_fine_tuning_jobs_start_from_stage_one_in_fixed_folders(demo):
 
 
 @pytest.mark.slow
-def test_a_restarted_sweep_skips_finished_jobs(demo):
+def test_a_restarted_sweep_skips_finished_jobs_and_resumes_an_interrupted_one(demo):
+    """The scratch job is made to look interrupted (its checkpoint, no metrics.json):
+    the restarted sweep resumes it from last.ckpt and skips the finished one."""
     out, data, _ = demo
     stamps = {p: p.stat().st_mtime_ns for p in (out / "finetune").rglob("metrics.json")}
     assert len(stamps) == len(METHODS) * 2  # training and evaluation
+    (cut,) = [p for p in stamps if "scratch" in p.parts and p.parent.name != "evaluation"]
+    cut.unlink()
     proc = _module("sssi.train", [
         "-m", "+experiment=label_efficiency/demo_finetune", f"data.root={data}",
         f"study.dir={out}", f"study.method={','.join(METHODS)}", "data.label_fraction=0.1",
         "seed=0", *TRAIN], out.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (proc.stdout + proc.stderr).count("skip_if_done=true") == len(METHODS)
-    assert {p: p.stat().st_mtime_ns for p in (out / "finetune").rglob("metrics.json")} == stamps
+    assert (proc.stdout + proc.stderr).count("skip_if_done=true") == len(METHODS) - 1
+    log = (cut.parent / "label_efficiency.log").read_text()
+    assert f"resuming from {cut.parent / 'checkpoints' / 'last.ckpt'}" in log
+    assert cut.is_file()
+    assert {p: t for p, t in stamps.items() if p != cut} == {
+        p: p.stat().st_mtime_ns for p in stamps if p != cut}
 
 
 @pytest.mark.slow

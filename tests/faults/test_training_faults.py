@@ -187,3 +187,38 @@ def test_a_checkpoint_folder_loses_the_temporaries_of_a_killed_run(tmp_path):
     io.save_checkpoint({"epoch": 3}, tmp_path / "last.ckpt")
     assert not stale.exists()
     assert torch.load(tmp_path / "last.ckpt", weights_only=False) == {"epoch": 3}
+
+
+@pytest.mark.slow
+def test_a_slurm_requeue_saves_at_a_step_end_requeues_and_resumes_exactly(
+        tmp_path, data_dir, straight, monkeypatch, capsys):
+    """SLURM's requeue signal (SIGUSR1) reaches Lightning's own handler at the end of
+    the optimizer step (hpc_ckpt_1.ckpt, then `scontrol requeue JOB`); the SIGTERM with
+    which SLURM then ends the job stops the fit there; the requeued job, run with
+    ckpt_path=last, resumes from the newest checkpoint and ends where a straight run does."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "scontrol.args"
+    scontrol = bin_dir / "scontrol"  # SLURM ends the requeued job with SIGTERM
+    scontrol.write_text(f'#!/bin/sh\necho "$@" > {calls}\nkill -TERM $PPID\n')
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
+    for var, value in {"SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1",
+                       "SLURM_JOB_NAME": "train", "SLURM_JOB_ID": "4242",
+                       "SLURM_NODELIST": "localhost", "SLURM_PROCID": "0",
+                       "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}.items():
+        monkeypatch.setenv(var, value)
+    run_dir = tmp_path / "run"
+    game = [*GAME, "trainer.max_epochs=3"]
+    signalled = [*game, "+callbacks.signal._target_=tests.helpers.SignalAt",
+                 "+callbacks.signal.step=6", f"+callbacks.signal.signum={int(signal.SIGUSR1)}"]
+    with pytest.raises(SystemExit) as stop:
+        main(compose_train(signalled, run_dir, data_dir))
+    assert stop.value.code == 128 + signal.SIGTERM
+    assert calls.read_text().split() == ["requeue", "4242"]
+    hpc = torch.load(run_dir / "hpc_ckpt_1.ckpt", map_location="cpu", weights_only=False)
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu",
+                      weights_only=False)
+    assert hpc["global_step"] == last["global_step"] == 7  # both at the step's end
+    run(compose_train([*game, "ckpt_path=last"], run_dir, data_dir))
+    _assert_same(straight(1), _weights(run_dir / "checkpoints" / "last.ckpt"))
