@@ -51,7 +51,7 @@ from sssi.inference import (
     window_count,
 )
 from sssi.utils.background import Behind
-from sssi.utils.io import remove_quietly, volume_refusal, write_error
+from sssi.utils.io import process_alive, remove_quietly, volume_refusal, write_error
 
 log = logging.getLogger("sssi.predict")
 
@@ -74,22 +74,12 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
     removed = []
     for stale in sorted(path.parent.glob(f".{path.name}.*-*.*.tif")):
         pid = stale.name[len(path.name) + 2:].split("-", 1)[0]
-        if not pid.isdigit() or _alive(int(pid)):
+        if not pid.isdigit() or process_alive(int(pid)):
             continue
         log.warning("removing %s, left half-written by a killed run", stale)
         stale.unlink(missing_ok=True)
         removed.append(stale)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class CogWriter:

@@ -80,7 +80,10 @@ def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        # the writer's pid in the name: stale_temporaries tells a killed writer's file
+        # from one a live process is still writing
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp",
+                                   dir=path.parent)
         os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as fh:
             yield fh
@@ -100,9 +103,27 @@ def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
 
 def stale_temporaries(folder: str | Path) -> list[Path]:
     """Temporary files :func:`atomic_writer` left in ``folder`` when its process was
-    killed (``.NAME.XXXX.tmp``)."""
+    killed (``.NAME.PID-XXXX.tmp`` whose process PID is gone; a live one's are kept)."""
     folder = Path(folder)
-    return sorted(folder.glob(".*.tmp")) if folder.is_dir() else []
+    if not folder.is_dir():
+        return []
+    stale = []
+    for tmp in sorted(folder.glob(".*.tmp")):
+        pid = tmp.name[:-len(".tmp")].rsplit(".", 1)[-1].split("-", 1)[0]
+        if pid.isdigit() and not process_alive(int(pid)):
+            stale.append(tmp)
+    return stale
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (one of another user counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

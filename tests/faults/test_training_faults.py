@@ -180,12 +180,22 @@ def test_atomic_writer_leaves_the_old_file_and_no_temporary_on_failure(tmp_path)
     assert target.read_text() == "old" and stale_temporaries(tmp_path) == []
 
 
-def test_a_checkpoint_folder_loses_the_temporaries_of_a_killed_run(tmp_path):
-    stale = tmp_path / ".last.ckpt.abc123.tmp"
-    stale.write_bytes(b"\0" * 10)  # what kill -9 during a write leaves
+def test_a_checkpoint_folder_loses_the_temporaries_of_a_killed_run_only(tmp_path):
+    """A temporary whose writer is gone (kill -9 mid-write) is removed; one that a live
+    process is writing (another run sharing the folder) is left alone."""
+    import os
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    stale = tmp_path / f".last.ckpt.{gone}-abc123.tmp"
+    stale.write_bytes(b"\0" * 10)
+    live = tmp_path / f".epoch_001.ckpt.{os.getppid()}-def456.tmp"
+    live.write_bytes(b"\0" * 10)
     io = sssi.checkpoint_io.AtomicCheckpointIO()
     io.save_checkpoint({"epoch": 3}, tmp_path / "last.ckpt")
-    assert not stale.exists()
+    assert not stale.exists() and live.exists()
     assert torch.load(tmp_path / "last.ckpt", weights_only=False) == {"epoch": 3}
 
 
