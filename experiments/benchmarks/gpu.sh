@@ -21,3 +21,6 @@ $PY -m experiments.benchmarks.data_pipeline --device cuda --workers "$WORKERS" \
     --batch-size 128 --patches 4096
 $PY -m experiments.benchmarks.frozen_forward --device cuda --batch 128 \
     --precisions 32-true bf16-mixed
+# mapping: end to end against the network alone, fp32 and bf16, larger batches of windows
+$PY -m experiments.benchmarks.inference --device cuda --sizes 3000 6000 \
+    --precisions bf16 fp32 --batch-size 16

@@ -135,3 +135,4 @@ def test_a_slurm_sweep_off_the_cluster_is_one_line(monkeypatch, capsys):
         LauncherCheck().on_multirun_start(cfg)
     assert stop.value.code == 1
     assert capsys.readouterr().err.startswith("error: hydra/launcher=slurm: srun not found")
+
