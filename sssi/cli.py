@@ -10,6 +10,7 @@ anything (:data:`NOISE`) are dropped; every other warning stays.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import re
@@ -220,6 +221,38 @@ class OutputFolderCheck(Callback):
         if reason is not None:  # Hydra turns a callback's exception into a warning
             print(f"error: {folder} ({key}): {reason}", file=sys.stderr)
             raise SystemExit(1)
+
+
+def sweep_entry(main: Callable[..., T]) -> Callable[..., T]:
+    """Wrap a ``@hydra.main`` entry point that runs sweeps: from the command line (no
+    arguments), ``hydra/launcher=slurm`` without its plugin is one line naming the extra
+    (Hydra would stop at composing the config, without saying what to install); a call
+    with a config (tests) passes straight through."""
+
+    @functools.wraps(main)
+    def entry(*args: Any, **kwargs: Any) -> T:
+        if not args and not kwargs:
+            require_launcher_plugin(sys.argv[1:])
+        return main(*args, **kwargs)
+
+    return entry
+
+
+def require_launcher_plugin(argv: list[str]) -> None:
+    """Exit with one line when ``argv`` asks for the SLURM launcher and its plugin
+    (``hydra-submitit-launcher``, the ``slurm`` extra) is not installed."""
+    import importlib.util
+
+    if not any(re.fullmatch(r"hydra/launcher=(slurm|submitit_slurm)", a) for a in argv):
+        return
+    try:
+        found = importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is not None
+    except ModuleNotFoundError:
+        found = False
+    if not found:
+        print('error: hydra/launcher=slurm needs hydra-submitit-launcher: pip install '
+              '"sssi[slurm]"', file=sys.stderr)
+        raise SystemExit(1)
 
 
 class LauncherCheck(Callback):

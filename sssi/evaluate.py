@@ -33,7 +33,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 import sssi.config  # noqa: F401  (registers the ${sssi.*} resolvers)
-from sssi.cli import CONFIG_DIR, flag, other_shard, run_or_exit
+from sssi.cli import CONFIG_DIR, flag, other_shard, run_or_exit, sweep_entry
 from sssi.errors import ConfigError
 from sssi.inference import (
     BLENDS,
@@ -213,6 +213,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
+@sweep_entry
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
 def main(cfg: DictConfig) -> float | None:
     metrics = run_or_exit(run, cfg)

@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import sssi.config  # noqa: F401  (registers the ${sssi.*} resolvers)
-from sssi.cli import CONFIG_DIR, other_shard, run_or_exit
+from sssi.cli import CONFIG_DIR, other_shard, run_or_exit, sweep_entry
 from sssi.errors import ConfigError, DataError
 from sssi.loggers import finish, log_config
 from sssi.utils.io import atomic_write_text
@@ -238,6 +238,7 @@ def _floats(metrics: dict) -> dict[str, float]:
     return out
 
 
+@sweep_entry
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     from sssi.callbacks import RunInterruptedError

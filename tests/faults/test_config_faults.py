@@ -136,3 +136,20 @@ def test_a_slurm_sweep_off_the_cluster_is_one_line(monkeypatch, capsys):
     assert stop.value.code == 1
     assert capsys.readouterr().err.startswith("error: hydra/launcher=slurm: srun not found")
 
+
+
+def test_a_slurm_sweep_without_the_launcher_plugin_is_one_line(monkeypatch, capsys):
+    import importlib.util
+
+    from sssi.cli import require_launcher_plugin
+
+    require_launcher_plugin(["-m", "hydra/launcher=slurm"])  # installed here: nothing
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if "submitit" in
+                        name else real(name, *a))
+    require_launcher_plugin(["-m", "seed=0,1"])  # no SLURM asked: nothing
+    with pytest.raises(SystemExit) as stop:
+        require_launcher_plugin(["-m", "hydra/launcher=slurm", "seed=0,1"])
+    assert stop.value.code == 1
+    assert capsys.readouterr().err.strip() == (
+        'error: hydra/launcher=slurm needs hydra-submitit-launcher: pip install "sssi[slurm]"')
