@@ -213,6 +213,22 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
+def compose_config(overrides: list[str], output_dir: str | Path) -> DictConfig:
+    """The configuration ``python -m sssi.evaluate OVERRIDES`` runs with, composed in this
+    process (notebooks, benchmarks, tests), its output going to ``output_dir``."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("evaluate", overrides=overrides, return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            del cfg["hydra"]
+            cfg.paths.output_dir = str(output_dir)
+    return cfg
+
+
 @sweep_entry
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
 def main(cfg: DictConfig) -> float | None:

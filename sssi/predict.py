@@ -223,7 +223,7 @@ def predict_file(loaded: LoadedModel, input_path: str | Path, output_path: str |
         def read(win: Window) -> np.ndarray:
             return read_window(src_path, win, indexes, handles).transpose(1, 2, 0)
 
-        def write(win: Window, probs) -> None:
+        def write(win: Window, probs: torch.Tensor) -> None:
             pred = probs.argmax(0).numpy().astype(np.uint8)
             valid = _valid(src, src_path, indexes, win) if masked else None
             if valid is not None:

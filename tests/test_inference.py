@@ -438,19 +438,9 @@ def test_predict_cli_band_mismatch_is_one_line_naming_the_file(trained, tmp_path
 
 # ------------------------------------------------------------- precision and layout
 def _compose_evaluate(overrides: list[str], out: Path):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    from sssi.evaluate import compose_config
 
-    from sssi.cli import CONFIG_DIR
-
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("evaluate", overrides=overrides, return_hydra_config=True)
-        HydraConfig.instance().set_config(cfg)
-        with open_dict(cfg):
-            del cfg["hydra"]
-            cfg.paths.output_dir = str(out)
-    return cfg
+    return compose_config(overrides, out)
 
 
 #: bf16 against fp32 on the trained tiny checkpoint: the share of pixels whose label

@@ -23,23 +23,13 @@ import cv2
 
 
 def evaluate(args: argparse.Namespace, precision: str, out: Path) -> tuple[dict, float]:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    from sssi.cli import CONFIG_DIR
-    from sssi.evaluate import run
+    from sssi.evaluate import compose_config, run
 
     overrides = [f"ckpt={args.ckpt}", f"data={args.data}", f"data.root={args.data_root}",
                  f"split=[{args.split}]", f"window={args.window}", f"stride={args.stride}",
                  f"chunk={args.chunk}", f"precision={precision}", "progress=false",
                  *args.overrides]
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("evaluate", overrides=overrides, return_hydra_config=True)
-        HydraConfig.instance().set_config(cfg)
-        with open_dict(cfg):
-            del cfg["hydra"]
-            cfg.paths.output_dir = str(out)
+    cfg = compose_config(overrides, out)
     start = time.perf_counter()
     metrics = run(cfg)
     return metrics, time.perf_counter() - start
