@@ -112,11 +112,14 @@ class LoadedModel:
 
     def normalize(self, raw: np.ndarray) -> Tensor:
         """(H, W, C) raw pixel values -> (C, H, W) float32 tensor, standardised per band
-        with the training run's statistics (the training batches' own normaliser)."""
-        from sssi.data.augment import BatchNormalizer
-
-        image = torch.from_numpy(np.ascontiguousarray(raw.transpose(2, 0, 1)))
-        return BatchNormalizer(self.mean, self.std)(image)
+        with the training run's statistics: ``(x - mean) * (1 / std)`` in float32, the
+        training batches' own arithmetic (``BatchNormalizer``), so the values are equal.
+        In numpy, on purpose: it runs in the reading thread, where torch's parallel
+        kernels would compete with the network's threads for the same cores."""
+        mean = np.asarray(self.mean, dtype=np.float32)
+        inv = np.float32(1.0) / np.asarray(self.std, dtype=np.float32)
+        image = (raw.astype(np.float32) - mean) * inv
+        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
 
 def load_segmenter(ckpt_path: str | Path, map_location: str | torch.device = "cpu"

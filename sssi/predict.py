@@ -224,7 +224,8 @@ def predict_file(loaded: LoadedModel, input_path: str | Path, output_path: str |
             return read_window(src_path, win, indexes, handles).transpose(1, 2, 0)
 
         def write(win: Window, probs: torch.Tensor) -> None:
-            pred = probs.argmax(0).numpy().astype(np.uint8)
+            # numpy (one thread) beside the network, not torch's parallel kernels
+            pred = probs.numpy().argmax(0).astype(np.uint8)
             valid = _valid(src, src_path, indexes, win) if masked else None
             if valid is not None:
                 pred[~valid] = NODATA
@@ -246,7 +247,7 @@ def predict_file(loaded: LoadedModel, input_path: str | Path, output_path: str |
             loaded.normalize, chunk=chunk, window=window, stride=stride,
             batch_size=batch_size, blend=blend, flip_tta=flip_tta, device=dev,
             progress=bar.update)))  # closed (its reading thread stopped) before the handles
-        with Behind(write) as behind:
+        with Behind(write, depth=1) as behind:  # a finished chunk waits, one is written
             for win, probs in chunks:
                 behind.submit(win, probs)
         log.debug("%s: predicted in %.1f s", src_path.name, time.perf_counter() - t0)

@@ -556,3 +556,17 @@ def test_evaluate_onto_a_full_disk_is_one_line_naming_the_file(trained, tmp_path
         evaluate(cfg)
     assert str(err.value) == f"{out / 'predictions' / '2_13.png'}: no space left on device"
     assert [p.name for p in out.rglob("*") if p.is_file()] == []
+
+
+def test_the_maps_normaliser_equals_the_training_batches_exactly():
+    """LoadedModel.normalize runs in numpy (in the reading thread) with the arithmetic of
+    training's BatchNormalizer: the values are equal, not merely close."""
+    from sssi.data.augment import BatchNormalizer
+
+    raw = np.random.default_rng(0).integers(0, 256, (50, 60, 3), dtype=np.uint8)
+    loaded = _fake(_pointwise())
+    loaded.mean, loaded.std = [113.6, 113.96, 114.4], [53.1, 47.7, 60.3]
+    want = BatchNormalizer(loaded.mean, loaded.std)(
+        torch.from_numpy(np.ascontiguousarray(raw.transpose(2, 0, 1))))
+    got = loaded.normalize(raw)
+    assert got.dtype == torch.float32 and torch.equal(got, want)

@@ -116,7 +116,9 @@ def worker(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     predict_file(loaded, args.input, args.output, **options)
     seconds = time.perf_counter() - start
-    figures = {"seconds": seconds,
+    import sssi
+
+    figures = {"sssi": str(Path(sssi.__file__).parent), "seconds": seconds,
                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                "gpu_peak_mb": (torch.cuda.max_memory_allocated() / 2**20
                                if args.device.startswith("cuda") else 0.0)}
@@ -135,7 +137,9 @@ def overlap(size: int, window: int, stride: int) -> float:
 
 def run_worker(args: argparse.Namespace, src: Path, out: Path, precision: str,
                pythonpath: Path) -> dict:
-    cmd = [sys.executable, "-m", "experiments.benchmarks.inference", "--worker",
+    # this file run as a script, in the checkout's folder with only it on the path: the
+    # sssi imported is that checkout's (``-m`` would put this repository first)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker",
            "--input", str(src), "--output", str(out), "--backbone", args.backbone,
            "--window", str(args.window), "--stride", str(args.stride),
            "--chunk", str(args.chunk), "--batch-size", str(args.batch_size),
@@ -143,11 +147,14 @@ def run_worker(args: argparse.Namespace, src: Path, out: Path, precision: str,
            "--network-seconds", str(args.network_seconds)]
     if not args.channels_last:
         cmd.append("--no-channels-last")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(pythonpath), str(REPO)])}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+    env = {**os.environ, "PYTHONPATH": str(pythonpath)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=pythonpath)
     if proc.returncode != 0:
         raise SystemExit(f"worker failed ({pythonpath}):\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    if Path(figures["sssi"]).resolve() != (pythonpath / "sssi").resolve():
+        raise SystemExit(f"worker imported {figures['sssi']}, not {pythonpath}'s sssi")
+    return figures
 
 
 def main() -> None:
