@@ -206,7 +206,7 @@ def _resume_from(trainer: L.Trainer, cfg: DictConfig) -> str | None:
 
     ckpt = cfg.get("ckpt_path")
     if ckpt != "last":
-        return ckpt
+        return _readable(ckpt) if ckpt is not None else None
     found = [p for p in (last_checkpoint_path(trainer),
                          *Path(trainer.default_root_dir).glob("hpc_ckpt_*.ckpt"))
              if p is not None and p.is_file()]
@@ -214,7 +214,20 @@ def _resume_from(trainer: L.Trainer, cfg: DictConfig) -> str | None:
         return None
     newest = max(found, key=lambda p: p.stat().st_mtime_ns)
     log.info("resuming from %s", newest)
-    return str(newest)
+    return _readable(str(newest))
+
+
+def _readable(ckpt: str) -> str:
+    """``ckpt`` if it is a whole checkpoint archive; a truncated one (a copy cut short, a
+    file from before checkpoints were written atomically) is one line saying what to do."""
+    import zipfile
+
+    if not zipfile.is_zipfile(ckpt):
+        folder = Path(ckpt).parent
+        raise DataError(f"ckpt_path={ckpt}: truncated or not a checkpoint; resume from an "
+                        f"earlier one in {folder} (ckpt_path=PATH), or start afresh "
+                        "(ckpt_path=null)")
+    return ckpt
 
 
 def _best_checkpoint(trainer: L.Trainer) -> str | None:

@@ -205,11 +205,17 @@ def test_load_segmenter_reads_model_normalisation_and_classes(trained, tmp_path)
 # ------------------------------------------------------------------------ evaluate
 @pytest.mark.slow
 def test_evaluate_writes_metrics_table_and_figures(trained, tmp_path):
+    import os
+    import sys
+
     out = tmp_path / "eval"
-    proc = _cli("sssi.evaluate", [f"ckpt={trained['ckpt']}", f"data.root={trained['data']}",
-                                  "window=128", "stride=96", f"hydra.run.dir={out}"],
-                cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # one stream, as a terminal shows it: the log (stdout) and the bar (stderr) together
+    proc = subprocess.run(
+        [sys.executable, "-m", "sssi.evaluate", f"ckpt={trained['ckpt']}",
+         f"data.root={trained['data']}", "window=128", "stride=96", f"hydra.run.dir={out}"],
+        cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("mIoU", "mF1", "OA", "mIoU_5", "mF1_5", "OA_5"):
         assert 0.0 <= metrics[key] <= 1.0, key
@@ -225,9 +231,10 @@ def test_evaluate_writes_metrics_table_and_figures(trained, tmp_path):
     import cv2
 
     assert cv2.imread(str(out / "confusion.png")) is not None
-    assert "evaluate: 100%" in proc.stderr and "window/s" in proc.stderr  # the bar
-    # the per-tile line is written above the bar, never into it (redrawn with \r)
-    pieces = [p for p in re.split(r"[\r\n]", proc.stderr) if "tile 2_13 (1/1" in p]
+    assert "evaluate: 100%" in proc.stdout and "window/s" in proc.stdout  # the bar
+    # the per-tile line is written above the bar (which tqdm redraws with \r), never
+    # glued to the end of it
+    pieces = [p for p in re.split(r"[\r\n]", proc.stdout) if "tile 2_13 (1/1" in p]
     assert pieces and all(p.startswith("[") for p in pieces), pieces
     pred = cv2.imread(str(out / "predictions" / "2_13.png"))
     assert pred.shape == (256, 256, 3)

@@ -232,3 +232,17 @@ def test_a_slurm_requeue_saves_at_a_step_end_requeues_and_resumes_exactly(
     assert hpc["global_step"] == last["global_step"] == 7  # both at the step's end
     run(compose_train([*game, "ckpt_path=last"], run_dir, data_dir))
     _assert_same(straight(1), _weights(run_dir / "checkpoints" / "last.ckpt"))
+
+
+def test_resuming_from_a_truncated_last_checkpoint_is_one_line(tmp_path, data_dir):
+    """A last.ckpt cut short (copied half, or written before checkpoints were atomic)
+    stops the resume at once with one line, before any training."""
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"PK\x03\x04" + b"\0" * 5000)
+    with pytest.raises(DataError) as err:
+        run(compose_train([*GAME, "ckpt_path=last"], tmp_path, data_dir))
+    assert str(err.value) == (
+        f"ckpt_path={last}: truncated or not a checkpoint; resume from an earlier one in "
+        f"{last.parent} (ckpt_path=PATH), or start afresh (ckpt_path=null)")
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]
