@@ -303,8 +303,9 @@ def test_nan_loss_stops_with_step_and_player_and_keeps_last_checkpoint(tmp_path,
 
 @pytest.mark.slow
 def test_game_runs_in_bf16_mixed_precision(tmp_path, data_dir):
+    # batches of 4: bf16 is emulated (slow) on CPUs without bf16 units
     cfg = compose_train([*SMALL, "trainer.precision=bf16-mixed", "trainer.max_epochs=2",
-                       "data.samples_per_epoch=16", "data.val_max_windows=2",
+                       "data.samples_per_epoch=8", "data.batch_size=4", "data.val_max_windows=2",
                        "task.schedule.warmup_epochs=1", "task.image_every_n_steps=0"],
                       tmp_path / "run", data_dir)
     metrics = run(cfg)
