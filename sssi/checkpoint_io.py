@@ -10,16 +10,13 @@ target is one error naming the file, and the previous checkpoint stays intact.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from sssi.utils.io import atomic_writer, stale_temporaries
-
-log = logging.getLogger(__name__)
+from sssi.utils.io import atomic_writer, remove_stale_temporaries
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -39,8 +36,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         if path.parent not in self._swept:
             self._swept.add(path.parent)
-            for stale in stale_temporaries(path.parent):  # a process killed mid-write
-                log.warning("removing %s, a checkpoint a killed run left half-written", stale)
-                stale.unlink(missing_ok=True)
+            remove_stale_temporaries(path.parent)  # a process killed mid-write
         with atomic_writer(path) as fh:
             torch.save(checkpoint, fh)

@@ -55,13 +55,7 @@ from sssi.checkpoints import (
 from sssi.cli import CONFIG_DIR, run_or_exit
 from sssi.errors import ConfigError, DataError, first_line
 from sssi.models import build_backbone, load_backbone_state
-from sssi.utils.io import (
-    atomic_write_text,
-    file_mode,
-    remove_quietly,
-    volume_refusal,
-    write_error,
-)
+from sssi.utils.io import atomic_write_text, file_mode, remove_quietly, write_failure
 
 log = logging.getLogger("sssi.export")
 
@@ -307,12 +301,7 @@ def _write(out: Path, writer: Callable[[Path], None], info: dict[str, Any]) -> d
         os.replace(tmp, out)
     except OSError as exc:
         remove_quietly(tmp)  # first: the free space is then as it was
-        known = write_error(out, exc)
-        reason = volume_refusal(out)
-        if known is not None:
-            raise known from exc
-        raise DataError(f"output={out}: {reason}" if reason else
-                        f"output={out}: cannot write here ({first_line(exc)})") from exc
+        raise write_failure(out, exc, "cannot write here", shown=f"output={out}") from exc
     finally:
         remove_quietly(tmp)
     ordered = {"format": info.pop("format"), "file": info.pop("file"),

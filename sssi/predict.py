@@ -50,8 +50,9 @@ from sssi.inference import (
     resolve_precision,
     window_count,
 )
+from sssi.utils import io as files
 from sssi.utils.background import Behind
-from sssi.utils.io import process_alive, remove_quietly, volume_refusal, write_error
+from sssi.utils.io import remove_quietly, write_failure
 
 log = logging.getLogger("sssi.predict")
 
@@ -71,15 +72,7 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
     """Remove the temporaries that a killed predict left beside ``path``
     (``.NAME.PID-TAG.tmp.tif``, ``.cog.tif``) when process PID is gone (a live one may
     be writing); each removal is logged. Returns what was removed."""
-    removed = []
-    for stale in sorted(path.parent.glob(f".{path.name}.*-*.*.tif")):
-        pid = stale.name[len(path.name) + 2:].split("-", 1)[0]
-        if not pid.isdigit() or process_alive(int(pid)):
-            continue
-        log.warning("removing %s, left half-written by a killed run", stale)
-        stale.unlink(missing_ok=True)
-        removed.append(stale)
-    return removed
+    return files.remove_stale_temporaries(path.parent, f".{path.name}.*-*.*.tif")
 
 
 class CogWriter:
@@ -103,16 +96,11 @@ class CogWriter:
             raise self._failure(exc, "cannot write here") from exc
 
     def _failure(self, exc: BaseException, doing: str) -> DataError:
-        """One line for a write that failed: the volume's reason (full, read-only) where
-        there is one, else what GDAL said; the temporaries are removed first, so the
-        free space and an existing output are as they were."""
+        """One line for a write that failed (:func:`~sssi.utils.io.write_failure`); the
+        temporaries are removed first, so the free space and an existing output are as
+        they were."""
         self.discard()
-        known = write_error(self.path, exc) if isinstance(exc, OSError) else None
-        reason = volume_refusal(self.path)
-        if known is not None:
-            return known
-        return DataError(f"{self.path}: {reason}" if reason else
-                         f"{self.path}: {doing} ({first_line(exc)})")
+        return write_failure(self.path, exc, doing)
 
     def write(self, array: np.ndarray, window: Window) -> None:
         try:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -12,7 +14,9 @@ from typing import BinaryIO
 
 import numpy as np
 
-from sssi.errors import DataError
+from sssi.errors import DataError, first_line
+
+log = logging.getLogger(__name__)
 
 #: the write failures a user can act on, as the one line that names them
 _WRITE_ERRORS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
@@ -101,18 +105,47 @@ def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
             remove_quietly(tmp)
 
 
-def stale_temporaries(folder: str | Path) -> list[Path]:
-    """Temporary files :func:`atomic_writer` left in ``folder`` when its process was
-    killed (``.NAME.PID-XXXX.tmp`` whose process PID is gone; a live one's are kept)."""
+#: the writer's pid in a temporary's name: ``.NAME.PID-TAG.tmp`` (:func:`atomic_writer`)
+#: or ``.NAME.PID-TAG.tmp.tif`` / ``.cog.tif`` (``sssi.predict``'s GeoTIFFs)
+_TEMP_PID = re.compile(r"\.(\d+)-[^.]*\.(?:tmp|cog)(?:\.|$)")
+
+
+def stale_temporaries(folder: str | Path, pattern: str = ".*.tmp") -> list[Path]:
+    """Temporary files matching ``pattern`` in ``folder`` that a killed writer left: those
+    whose name carries the pid of a process that is gone (a live one's are kept)."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
     stale = []
-    for tmp in sorted(folder.glob(".*.tmp")):
-        pid = tmp.name[:-len(".tmp")].rsplit(".", 1)[-1].split("-", 1)[0]
-        if pid.isdigit() and not process_alive(int(pid)):
+    for tmp in sorted(folder.glob(pattern)):
+        match = _TEMP_PID.search(tmp.name)
+        if match and not process_alive(int(match[1])):
             stale.append(tmp)
     return stale
+
+
+def remove_stale_temporaries(folder: str | Path, pattern: str = ".*.tmp") -> list[Path]:
+    """Remove :func:`stale_temporaries`, each with a warning; returns what was removed."""
+    removed = stale_temporaries(folder, pattern)
+    for stale in removed:
+        log.warning("removing %s, left half-written by a killed run", stale)
+        stale.unlink(missing_ok=True)
+    return removed
+
+
+def write_failure(path: str | Path, exc: BaseException, doing: str,
+                  shown: str | None = None) -> DataError:
+    """One line for a failed write of ``path``: the errno's reason (:func:`write_error`),
+    else the volume's (:func:`volume_refusal`: a library such as GDAL often does not
+    say), else what ``doing`` failed with ``exc``'s first line. ``shown`` names the
+    file in the last two (default: the path)."""
+    known = write_error(path, exc) if isinstance(exc, OSError) else None
+    if known is not None:
+        return known
+    reason = volume_refusal(path)
+    shown = shown or str(path)
+    return DataError(f"{shown}: {reason}" if reason else
+                     f"{shown}: {doing} ({first_line(exc)})")
 
 
 def process_alive(pid: int) -> bool:
