@@ -18,7 +18,7 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from hydra.errors import InstantiationException
 from hydra.experimental.callback import Callback
@@ -123,8 +123,14 @@ def run_or_exit(run: Callable[[DictConfig], T], cfg: DictConfig) -> T:
         if err is None:
             raise
         _finish_wandb_quietly()
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+        fail(str(err))
+
+
+def fail(message: str) -> NoReturn:
+    """End the command with ``error: MESSAGE`` on stderr and exit status 1 (also where
+    Hydra would turn an exception into a warning: its callbacks)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(1)
 
 
 def _finish_wandb_quietly() -> None:
@@ -218,9 +224,8 @@ class OutputFolderCheck(Callback):
         from sssi.utils.io import volume_refusal
 
         reason = volume_refusal(Path(folder) / "x")
-        if reason is not None:  # Hydra turns a callback's exception into a warning
-            print(f"error: {folder} ({key}): {reason}", file=sys.stderr)
-            raise SystemExit(1)
+        if reason is not None:
+            fail(f"{folder} ({key}): {reason}")
 
 
 def sweep_entry(main: Callable[..., T]) -> Callable[..., T]:
@@ -250,9 +255,7 @@ def require_launcher_plugin(argv: list[str]) -> None:
     except ModuleNotFoundError:
         found = False
     if not found:
-        print('error: hydra/launcher=slurm needs hydra-submitit-launcher: pip install '
-              '"sssi[slurm]"', file=sys.stderr)
-        raise SystemExit(1)
+        fail('hydra/launcher=slurm needs hydra-submitit-launcher: pip install "sssi[slurm]"')
 
 
 class LauncherCheck(Callback):
@@ -264,7 +267,6 @@ class LauncherCheck(Callback):
 
         target = str(config.hydra.launcher.get("_target_", ""))
         if "submitit" in target and "Slurm" in target and shutil.which("srun") is None:
-            print("error: hydra/launcher=slurm: srun not found, so this machine is not a "
-                  "SLURM node; start the sweep on the cluster's login node, or leave out "
-                  "hydra/launcher=slurm to run its jobs here", file=sys.stderr)
-            raise SystemExit(1)
+            fail("hydra/launcher=slurm: srun not found, so this machine is not a SLURM node; "
+                 "start the sweep on the cluster's login node, or leave out "
+                 "hydra/launcher=slurm to run its jobs here")

@@ -38,11 +38,11 @@ from sssi.errors import ConfigError
 from sssi.inference import (
     BLENDS,
     LoadedModel,
+    fast_predictor,
     load_segmenter,
     predict_chunks,
     progress_bar,
     resolve_device,
-    resolve_precision,
     window_count,
 )
 from sssi.metrics import (
@@ -152,11 +152,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     total = np.zeros((k, k), dtype=np.int64)
     per_tile: list[dict[str, Any]] = []
     start = time.perf_counter()
-    dtype, why = resolve_precision(cfg.get("precision", "auto"), device)
     channels_last, flip_tta = flag(cfg, "channels_last", True), flag(cfg, "flip_tta")
-    log.info("precision %s (%s)%s", "bf16" if dtype else "fp32", why,
-             ", channels_last" if channels_last else "")
-    model_fn = loaded.predictor(dtype, channels_last)
+    model_fn, precision = fast_predictor(loaded, cfg.get("precision", "auto"), channels_last,
+                                         device)
     bar = progress_bar(sum(window_count(sizes[tile.id], int(cfg.chunk), int(cfg.window),
                                         int(cfg.stride)) for tile in tiles),
                        "evaluate", flag(cfg, "progress", True))
@@ -201,7 +199,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "settings": {"ckpt": str(loaded.path), "dataset": dm.dataset, "root": str(dm.root),
                      "split": split, "window": int(cfg.window), "stride": int(cfg.stride),
                      "blend": cfg.blend, "flip_tta": flip_tta, "device": str(device),
-                     "precision": "bf16" if dtype else "fp32", "channels_last": channels_last},
+                     "precision": precision, "channels_last": channels_last},
     })
     atomic_write_text(output_dir / "metrics.json",
                       json.dumps(jsonable(metrics), indent=1, allow_nan=False))

@@ -19,6 +19,7 @@ its ``Window`` type, lazily, so the tensor code runs where rasterio is not insta
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,8 @@ from torch import Tensor, nn
 from sssi.errors import ConfigError, first_line
 from sssi.utils.grid import grid_offsets
 
+log = logging.getLogger(__name__)
+
 if TYPE_CHECKING:
     from rasterio.windows import Window
 
@@ -43,6 +46,7 @@ __all__ = [
     "LoadedModel",
     "blend_weights",
     "chunk_spans",
+    "fast_predictor",
     "load_segmenter",
     "predict_chunks",
     "predict_probabilities",
@@ -207,6 +211,18 @@ def resolve_precision(name: str | None, device: torch.device) -> tuple[torch.dty
                               "not support bf16 (use precision=fp32)")
         return torch.bfloat16, "asked for"
     raise ConfigError(f"precision={name!r}: expected one of {list(PRECISIONS)}")
+
+
+def fast_predictor(loaded: LoadedModel, precision: str | None, channels_last: bool,
+                   device: torch.device, label: str = "") -> tuple[ModelFn, str]:
+    """``loaded``'s predictor at ``precision`` (:func:`resolve_precision`) and memory
+    format, the choice logged once (prefixed with ``label``: a file's name); returns it
+    and the precision's name (``bf16`` or ``fp32``) for the run's records."""
+    dtype, why = resolve_precision(precision, device)
+    name = "bf16" if dtype is not None else "fp32"
+    log.info("%sprecision %s (%s)%s", f"{label}: " if label else "", name, why,
+             ", channels_last" if channels_last else "")
+    return loaded.predictor(dtype, channels_last), name
 
 
 # ------------------------------------------------------------------- sliding window

@@ -43,11 +43,11 @@ from sssi.evaluate import require
 from sssi.inference import (
     BLENDS,
     LoadedModel,
+    fast_predictor,
     load_segmenter,
     predict_chunks,
     progress_bar,
     resolve_device,
-    resolve_precision,
     window_count,
 )
 from sssi.utils import io as files
@@ -223,15 +223,13 @@ def predict_file(loaded: LoadedModel, input_path: str | Path, output_path: str |
                                 win)
 
         dev = torch.device(device)
-        dtype, why = resolve_precision(precision, dev)
-        log.info("%s: precision %s (%s)%s", src_path.name, "bf16" if dtype else "fp32", why,
-                 ", channels_last" if channels_last else "")
+        model_fn, _ = fast_predictor(loaded, precision, channels_last, dev, src_path.name)
         t0 = time.perf_counter()
         size = (src.height, src.width)
         bar = stack.enter_context(progress_bar(window_count(size, chunk, window, stride),
                                                src_path.name, progress))
         chunks = stack.enter_context(contextlib.closing(predict_chunks(
-            loaded.predictor(dtype, channels_last), read, size, loaded.num_classes,
+            model_fn, read, size, loaded.num_classes,
             loaded.normalize, chunk=chunk, window=window, stride=stride,
             batch_size=batch_size, blend=blend, flip_tta=flip_tta, device=dev,
             progress=bar.update)))  # closed (its reading thread stopped) before the handles
