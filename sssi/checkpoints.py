@@ -145,3 +145,45 @@ def init_encoder(encoder: nn.Module, path: str | Path) -> str:
     load_backbone_weights(encoder, path)
     log.info("encoder initialised from the state dict %s", path)
     return "state_dict"
+
+
+def _no_weight_files(value: Any) -> Any:
+    """Hyperparameters with every backbone's ``weights`` file dropped: a checkpoint holds
+    the trained weights, so an ImageNet file named at training time (maybe long gone)
+    must not be read again."""
+    if isinstance(value, Mapping):
+        out = {k: _no_weight_files(v) for k, v in value.items()}
+        if "_target_" in out and "weights" in out:
+            out["weights"] = None
+        return out
+    if isinstance(value, list | tuple):
+        return type(value)(_no_weight_files(v) for v in value)
+    return value
+
+
+def load_pretext(path: str | Path, map_location: str | torch.device = "cpu",
+                 key: str = "checkpoint") -> tuple[nn.Module, dict]:
+    """The game of a pretext checkpoint (``PretrainTask``: inpainter, instructor or None,
+    random holes, loss), in eval mode without gradients, and the datamodule state it was
+    trained with (band statistics and names, ``input_scale``).
+
+    A missing or unreadable file is a :class:`DataError`, a checkpoint of another kind a
+    :class:`ConfigError`; both name ``key`` and the file."""
+    path = Path(path).expanduser()
+    ckpt = read_lightning_file(path, f"{key}={path}", "a Lightning .ckpt file of a pretext "
+                               "run")
+    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    data = data_state(ckpt)
+    if checkpoint_kind(ckpt) != "pretext" or not isinstance(hp, dict) or \
+            "mask_policy" not in hp or data is None:
+        what = "a segmentation checkpoint" if checkpoint_kind(ckpt) == "segmentation" \
+            else "not a checkpoint of a pretext run"
+        raise ConfigError(f"{key}={path}: {what}; expected the .ckpt of a pretext run "
+                          "(+experiment=..._pretrain or ..._inpaint_*)")
+    from sssi.tasks.pretrain import PretrainTask
+
+    hp = _no_weight_files(upgrade_targets(hp))
+    task = PretrainTask.load_from_checkpoint(
+        path, map_location=map_location, backbone=hp["backbone"], mask_policy=hp["mask_policy"])
+    game = task.game.eval().requires_grad_(False)
+    return game, dict(data)

@@ -126,6 +126,23 @@ def run_or_exit(run: Callable[[DictConfig], T], cfg: DictConfig) -> T:
         fail(str(err))
 
 
+def compose_entry(config_name: str, overrides: list[str], output_dir: str | Path
+                  ) -> DictConfig:
+    """The configuration ``python -m sssi.<config_name> OVERRIDES`` runs with, composed in
+    this process (notebooks, experiments, tests), its output going to ``output_dir``."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            del cfg["hydra"]
+            cfg.paths.output_dir = str(output_dir)
+    return cfg
+
+
 def fail(message: str) -> NoReturn:
     """End the command with ``error: MESSAGE`` on stderr and exit status 1 (also where
     Hydra would turn an exception into a warning: its callbacks)."""

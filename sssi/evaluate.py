@@ -33,7 +33,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 import sssi.config  # noqa: F401  (registers the ${sssi.*} resolvers)
-from sssi.cli import CONFIG_DIR, flag, other_shard, run_or_exit, sweep_entry
+from sssi.cli import CONFIG_DIR, compose_entry, flag, other_shard, run_or_exit, sweep_entry
 from sssi.errors import ConfigError
 from sssi.inference import (
     BLENDS,
@@ -214,17 +214,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def compose_config(overrides: list[str], output_dir: str | Path) -> DictConfig:
     """The configuration ``python -m sssi.evaluate OVERRIDES`` runs with, composed in this
     process (notebooks, benchmarks, tests), its output going to ``output_dir``."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("evaluate", overrides=overrides, return_hydra_config=True)
-        HydraConfig.instance().set_config(cfg)
-        with open_dict(cfg):
-            del cfg["hydra"]
-            cfg.paths.output_dir = str(output_dir)
-    return cfg
+    return compose_entry("evaluate", overrides, output_dir)
 
 
 @sweep_entry

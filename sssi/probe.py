@@ -50,6 +50,7 @@ from sssi.errors import ConfigError
 from sssi.inference import resolve_precision
 from sssi.metrics import confusion_matrix, evaluation_metrics
 from sssi.models import build_backbone
+from sssi.models.batchnorm import reestimate_batchnorm
 from sssi.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -69,31 +70,6 @@ def layer_index(name: str | int, depth: int) -> int:
         raise ConfigError(f"probe.layers: {name!r} is outside the encoder's {depth} "
                           "feature maps")
     return index % depth
-
-
-@torch.no_grad()
-def reestimate_batchnorm(encoder: nn.Module, batches: Iterable[Tensor]) -> int:
-    """Replace every BatchNorm's running statistics by their average over ``batches``.
-
-    Statistics kept from the pretext describe images with holes in them; a frozen
-    encoder used on whole images should normalise with statistics of whole images.
-    Returns the number of images seen; the encoder is left in eval mode."""
-    norms = [m for m in encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative moving average: every batch weighs the same
-    encoder.train()
-    seen = 0
-    for images in batches:
-        encoder(images)
-        seen += images.shape[0]
-    for m, momentum in zip(norms, momenta, strict=True):
-        m.momentum = momentum
-    encoder.eval()
-    if norms and not seen:
-        raise ConfigError("probe: no images to re-estimate the BatchNorm statistics on")
-    return seen
 
 
 def sample_labelled(features: Sequence[Tensor], label: Tensor, per_crop: int,

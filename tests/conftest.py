@@ -19,6 +19,20 @@ def synthetic_root(tmp_path_factory) -> Path:
     return generate(tmp_path_factory.mktemp("synth") / "potsdam", tiles=4, size=256, seed=0)
 
 
+@pytest.fixture(scope="session")
+def pretext_ckpt(tmp_path_factory) -> Path:
+    """A real checkpoint of the game on the synthetic tiles (2 epochs: warm-up, then the
+    instructor); shared by the fine-tuning and selection tests."""
+    from sssi.train import run
+    from tests.helpers import SMALL, compose_train
+
+    root = tmp_path_factory.mktemp("game")
+    cfg = compose_train([*SMALL, "trainer.max_epochs=2", "task.schedule.warmup_epochs=1",
+                         "task.image_every_n_steps=0"], root / "run", root / "data")
+    run(cfg)
+    return root / "run" / "checkpoints" / "last.ckpt"
+
+
 @pytest.fixture
 def potsdam_copy(synthetic_root, tmp_path) -> Path:
     """A private copy of the synthetic dataset that a test may damage."""

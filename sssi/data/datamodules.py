@@ -36,8 +36,9 @@ from sssi.data.datasets import (
 from sssi.data.layouts import Layout, Tile, build_layout
 from sssi.data.options import LabelSelection, Loading, Windows, as_split
 from sssi.data.palettes import IGNORE_INDEX, unpack_rgb
+from sssi.data.ranking import Ranking
 from sssi.data.raster import describe
-from sssi.data.splits import select_label_regions, write_split
+from sssi.data.splits import partition_regions, select_label_regions, write_split
 from sssi.data.stats import band_stats
 from sssi.data.workers import init_worker
 from sssi.errors import ConfigError
@@ -109,6 +110,8 @@ class TileDataModule(L.LightningDataModule):
         region_size: int = 600,
         split_seed: int = 0,
         label_memory_mb: float = 2048,
+        label_regions: str | None = None,
+        label_pool: float = 1.0,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -125,7 +128,8 @@ class TileDataModule(L.LightningDataModule):
             num_workers = auto_workers()
         self.loading = Loading(batch_size, eval_batch_size, global_batch_size, num_workers,
                                prefetch_factor, pin_memory, persistent_workers)
-        self.labels = LabelSelection(label_fraction, region_size, split_seed, label_memory_mb)
+        self.labels = LabelSelection(label_fraction, region_size, split_seed, label_memory_mb,
+                                     label_regions, label_pool)
         self.augment = _augment_options(augment)
         self.train_split = as_split(train_split)
         self.val_split = as_split(val_split)
@@ -206,6 +210,28 @@ class TileDataModule(L.LightningDataModule):
         from sssi.data.synthetic import ensure_synthetic
 
         ensure_synthetic(self.root, **self.synthetic)
+
+    def scan(self, split, labels: bool = False) -> tuple[list[Tile], list[tuple[int, int]]]:
+        """The tiles of ``split`` (a name, ids, or None for ``train_split``), checked
+        (``validate_files``), and their ``(height, width)``: what a tool that reads the
+        data without training (``sssi.select``) starts from."""
+        return self._tiles(self.train_split if split is None else as_split(split), labels)
+
+    def use_statistics(self, tiles: Sequence[Tile], mean: Sequence[float] | None = None,
+                       std: Sequence[float] | None = None) -> None:
+        """Standardise with ``mean``/``std`` (a checkpoint's) when given, else with the
+        configured statistics or those of ``tiles`` (recorded in ``norm_stats.json``)."""
+        if mean is not None and std is not None:
+            self.mean, self.std, self._normalizer = list(mean), list(std), None
+        self._ensure_stats(tiles)
+
+    def region_loader(self, tiles: Sequence[Tile], regions: Sequence[Region], side: int,
+                      labels: bool = False, batch_size: int | None = None) -> DataLoader:
+        """Batches of whole ``regions`` of ``tiles`` in order, each resized to ``side``
+        px (raw values; :meth:`batch_normalizer` standardises them)."""
+        dataset = GridWindowDataset(TileReader(tiles, self.layout.palette), regions,
+                                    with_labels=labels, out_size=side)
+        return self._loader(dataset, batch_size or self.loading.eval_batch, False)
 
     def _tiles(self, split, labels: bool) -> tuple[list[Tile], list[tuple[int, int]]]:
         tiles = self.layout.tiles(split, labels=labels)
@@ -388,14 +414,26 @@ class SegmentationDataModule(TileDataModule):
             tiles, sizes = self._tiles(self.train_split, labels=True)
             self._ensure_stats(tiles)
             chosen = self.labels
-            regions, total = select_label_regions(sizes, chosen.region_size,
-                                                  chosen.label_fraction, chosen.split_seed)
+            order, ranking = None, None
+            if chosen.label_regions is not None:  # a selector's ranking (sssi.select)
+                ranking = Ranking.read(chosen.label_regions)
+                order = ranking.order([t.id for t in tiles],
+                                      partition_regions(sizes, chosen.region_size),
+                                      chosen.region_size)
+                log.info("labelled regions ranked by %s (%s, %d of them on these tiles)",
+                         ranking.selector, chosen.label_regions, len(order))
+            regions, total = select_label_regions(
+                sizes, chosen.region_size, chosen.label_fraction, chosen.split_seed,
+                order=order, pool=chosen.label_pool,
+                source=f"data.label_regions={chosen.label_regions}")
             total_pixels = sum(h * w for h, w in sizes)
             if self.output_dir is not None and rank_zero_only.rank == 0:
+                provenance = None if ranking is None else \
+                    {**ranking.provenance(), "label_pool": chosen.label_pool}
                 write_split(self.output_dir / "label_split.json", regions, tiles,
                             fraction=self.labels.label_fraction, seed=self.labels.split_seed,
                             region_size=self.labels.region_size, total=total,
-                            total_pixels=total_pixels)
+                            total_pixels=total_pixels, ranking=provenance)
             reader = TileReader(tiles, self.layout.palette)
             kept = self._audit(reader, regions)
             self.train_set = RandomWindowDataset(

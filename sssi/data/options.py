@@ -150,12 +150,19 @@ class LabelSelection:
             kept in memory when they fit in this many MiB, so that training windows
             slice them instead of reading and decoding the label file per sample; 0
             reads every window's label from its file.
+        label_regions: a ranking of the regions (``regions.json`` of ``python -m
+            sssi.select``) that orders them in place of the seeded permutation; None:
+            the seeded permutation.
+        label_pool: with ``label_regions``, ``split_seed`` draws the regions within the
+            ranking's first ``label_pool`` times the budget (1: the ranking's first).
     """
 
     label_fraction: float = 1.0
     region_size: int = 600
     split_seed: int = 0
     label_memory_mb: float = 2048
+    label_regions: str | None = None
+    label_pool: float = 1.0
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -167,6 +174,15 @@ class LabelSelection:
             raise ConfigError(f"data.label_memory_mb={memory:g}: expected MiB >= 0 (0 reads "
                               "every training window's label from its file)")
         set_(self, "label_memory_mb", memory)
+        if self.label_regions is not None and not isinstance(self.label_regions, str | bytes) \
+                and not hasattr(self.label_regions, "__fspath__"):
+            raise ConfigError(f"data.label_regions={self.label_regions!r}: expected the path "
+                              "of a regions.json (python -m sssi.select) or null")
+        pool = self.label_pool
+        if isinstance(pool, bool) or not isinstance(pool, int | float) or not pool >= 1:
+            raise ConfigError(f"data.label_pool={pool!r}: expected a number >= 1 (1: the "
+                              "ranking's first regions; 2: drawn within twice the budget)")
+        set_(self, "label_pool", float(pool))
 
 
 def as_split(split: str | int | Sequence | None) -> str | list[str] | None:

@@ -46,25 +46,57 @@ def partition_regions(sizes: Sequence[tuple[int, int]], region_size: int) -> lis
     return regions
 
 
+def prefix_holding(order: np.ndarray, areas: np.ndarray, need: float) -> int:
+    """Length of the shortest prefix of ``order`` whose regions' ``areas`` add up to at
+    least ``need`` pixels (at least 1; all of ``order`` when they never do)."""
+    held = np.cumsum(areas[order], dtype=np.float64)
+    return min(len(order), max(1, int(np.searchsorted(held, need * (1 - 1e-9),
+                                                        side="left")) + 1))
+
+
 def select_label_regions(sizes: Sequence[tuple[int, int]], region_size: int, fraction: float,
-                         seed: int) -> tuple[list[Region], int]:
+                         seed: int, order: Sequence[int] | None = None, pool: float = 1.0,
+                         source: str = "data.label_regions") -> tuple[list[Region], int]:
     """The labelled regions of a ``fraction`` split (of pixels), and the number of
-    regions in all."""
+    regions in all.
+
+    ``order``: indices into :func:`partition_regions`, label first (a selector's
+    ranking; it may rank only some regions); None is the seeded permutation. ``pool``:
+    with an ``order``, ``seed`` draws the regions at random within its prefix holding
+    ``pool * fraction`` of the pixels (1: the ranking's own choice, no randomness)."""
     if not 0 < fraction <= 1:
         raise ConfigError(f"data.label_fraction={fraction}: expected a value in (0, 1]")
+    if not pool >= 1:
+        raise ConfigError(f"data.label_pool={pool}: expected a number >= 1 (1: the "
+                          "ranking's first regions; 2: drawn within twice the budget)")
     regions = partition_regions(sizes, region_size)
-    order = np.random.default_rng(seed).permutation(len(regions))
-    areas = np.array([regions[i].height * regions[i].width for i in order], dtype=np.float64)
-    need = fraction * areas.sum() * (1 - 1e-9)
-    keep = max(1, int(np.searchsorted(np.cumsum(areas), need, side="left")) + 1)
-    return [regions[i] for i in sorted(order[:min(keep, len(regions))])], len(regions)
+    areas = np.array([r.height * r.width for r in regions], dtype=np.float64)
+    need = fraction * areas.sum()
+    rng = np.random.default_rng(seed)
+    if order is None:
+        ranked = rng.permutation(len(regions))
+    else:
+        ranked = np.asarray(order, dtype=np.int64)
+        held = areas[ranked].sum()
+        if held < need * (1 - 1e-9):
+            raise ConfigError(
+                f"{source}: its regions hold {held / areas.sum():.4g} of the pixels; "
+                f"data.label_fraction={fraction:g} needs more (rank more regions, or ask for "
+                "a smaller fraction)")
+        if pool > 1:
+            wide = prefix_holding(ranked, areas, min(1.0, pool * fraction) * areas.sum())
+            ranked = rng.permutation(ranked[:wide])
+    keep = prefix_holding(ranked, areas, need)
+    return [regions[i] for i in sorted(ranked[:keep])], len(regions)
 
 
 def write_split(path: str | Path, regions: Sequence[Region], tiles: Sequence[Tile], *,
                 fraction: float, seed: int, region_size: int, total: int,
-                total_pixels: int | None = None) -> Path:
+                total_pixels: int | None = None, ranking: dict | None = None) -> Path:
     """Record a split as JSON (written to a temporary name, then renamed): the requested
-    fraction and the pixel fraction the selected regions really hold."""
+    fraction and the pixel fraction the selected regions really hold; ``ranking``: where
+    the order came from (``data.label_regions``: its file, selector and digest), None
+    for the seeded permutation."""
     pixels = sum(r.height * r.width for r in regions)
     record = {
         "label_fraction": fraction,
@@ -75,6 +107,7 @@ def write_split(path: str | Path, regions: Sequence[Region], tiles: Sequence[Til
         "region_size": region_size,
         "regions_total": total,
         "regions_selected": len(regions),
+        "label_regions": ranking,
         "regions": [r.as_dict(tiles) for r in regions],
     }
     return atomic_write_text(path, json.dumps(record, indent=1))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,19 +13,9 @@ from sssi.checkpoints import checkpoint_kind, data_state, init_encoder
 from sssi.errors import ConfigError
 from sssi.models import build_backbone
 from sssi.train import run
-from tests.helpers import REPO, SMALL, TINY, compose_train
+from tests.helpers import REPO, TINY, compose_train
 
 TINY_SEG = [*TINY, "trainer.enable_progress_bar=false"]
-
-
-@pytest.fixture(scope="module")
-def pretext_ckpt(tmp_path_factory) -> Path:
-    """A real checkpoint of the game (2 epochs: warm-up, then the instructor)."""
-    root = tmp_path_factory.mktemp("game")
-    cfg = compose_train([*SMALL, "trainer.max_epochs=2", "task.schedule.warmup_epochs=1",
-                       "task.image_every_n_steps=0"], root / "run", root / "data")
-    run(cfg)
-    return root / "run" / "checkpoints" / "last.ckpt"
 
 
 def test_encoder_initialised_from_the_game_has_the_inpainters_weights(pretext_ckpt):
