@@ -23,7 +23,7 @@ from setuptools import find_namespace_packages, find_packages
 from tests.helpers import REPO
 
 SCRIPTS = ("sssi-train", "sssi-evaluate", "sssi-predict", "sssi-aggregate", "sssi-export",
-           "sssi-synthetic", "sssi-plot", "sssi-demo", "sssi-probe")
+           "sssi-synthetic", "sssi-plot", "sssi-demo", "sssi-probe", "sssi-select")
 
 
 def test_every_module_and_config_group_is_packaged_and_every_command_declared():

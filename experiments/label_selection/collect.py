@@ -1,0 +1,164 @@
+"""Tabulate the label-selection study (``dubai_selection.sh``): mIoU per start x selector
+x fraction, and each selector against random, paired by seed.
+
+    python -m experiments.label_selection.collect OUT RESULTS_DIR
+
+Reads ``OUT/train/<start>/<selector>/fraction_<f>/seed_<s>/metrics.json`` (``val/mIoU``:
+tile 6, where every choice is made) and, where the test stage ran,
+``OUT/test/.../metrics.json`` (``mIoU``: tile 7). Writes ``RESULTS_DIR/runs.csv`` (one
+row per run and split), ``RESULTS_DIR/table.md`` (mean ± sd over seeds, and the gaps to
+random: :class:`sssi.aggregate.Paired`, two-sided) and ``RESULTS_DIR/selection.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+from pathlib import Path
+from statistics import mean, stdev
+
+from sssi.aggregate import Paired
+from sssi.utils.io import atomic_write_text
+
+FIELDS = ["split", "start", "selector", "label_fraction", "seed", "mIoU"]
+SPLITS = {"train": ("val/mIoU", "tile 6"), "test": ("mIoU", "tile 7")}
+
+
+def rows(out: Path) -> list[dict]:
+    """One row per finished run (and per test evaluation)."""
+    found = []
+    for split, (key, _) in SPLITS.items():
+        for path in sorted((out / split).glob("*/*/fraction_*/seed_*/metrics.json")):
+            run = path.parent
+            value = json.loads(path.read_text()).get(key)
+            if value is None:
+                continue
+            found.append({"split": split, "start": run.parents[2].name,
+                          "selector": run.parents[1].name,
+                          "label_fraction": float(run.parent.name.removeprefix("fraction_")),
+                          "seed": int(run.name.removeprefix("seed_")), "mIoU": float(value)})
+    return found
+
+
+def gaps(found: list[dict]) -> list[tuple[str, str, Paired]]:
+    """``(split, start, pair)``: each selector against random at each fraction, paired by
+    seed (points of mIoU)."""
+    random = {(r["split"], r["start"], r["label_fraction"], r["seed"]): r["mIoU"]
+              for r in found if r["selector"] == "random"}
+    pairs: dict[tuple, Paired] = {}
+    for r in found:
+        base = random.get((r["split"], r["start"], r["label_fraction"], r["seed"]))
+        if r["selector"] == "random" or base is None:
+            continue
+        key = (r["split"], r["start"], r["selector"], r["label_fraction"])
+        pair = pairs.setdefault(key, Paired(r["selector"], "random", r["label_fraction"],
+                                            [], []))
+        pair.seeds.append(r["seed"])
+        pair.differences.append(100 * (r["mIoU"] - base))
+    return [(k[0], k[1], p) for k, p in sorted(pairs.items(), key=lambda kv: str(kv[0]))]
+
+
+def _cell(values: list[float]) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{100 * values[0]:.1f}"
+    return f"{100 * mean(values):.1f} ± {100 * stdev(values):.1f}"
+
+
+def markdown(found: list[dict], pairs: list[tuple[str, str, Paired]]) -> str:
+    lines = []
+    for split, (_, where) in SPLITS.items():
+        mine = [r for r in found if r["split"] == split]
+        if not mine:
+            continue
+        fractions = sorted({r["label_fraction"] for r in mine})
+        head = " | ".join(f"{100 * f:g} %" for f in fractions)
+        for start in sorted({r["start"] for r in mine}):
+            lines += [f"### {where}, start: {start}", "",
+                      "mIoU (%, mean ± sd over seeds) | gap to random, paired by seed "
+                      "(points, mean ± sd, two-sided verdict)", "",
+                      f"| selector | {head} | " + " | ".join(f"gap {100 * f:g} %"
+                                                           for f in fractions) + " |",
+                      "|---" * (1 + 2 * len(fractions)) + "|"]
+            selectors = sorted({r["selector"] for r in mine if r["start"] == start},
+                               key=lambda s: (s != "random", s))
+            for sel in selectors:
+                cells = [_cell([r["mIoU"] for r in mine if r["start"] == start and
+                                r["selector"] == sel and r["label_fraction"] == f])
+                         for f in fractions]
+                for f in fractions:
+                    pair = next((p for s, st, p in pairs if s == split and st == start and
+                                 p.method == sel and p.fraction == f), None)
+                    cells.append("–" if pair is None else
+                                 f"{pair.mean:+.1f} ± {pair.sd:.1f} {pair.verdict} "
+                                 f"(n={len(pair.differences)})")
+                lines.append(f"| {sel} | " + " | ".join(cells) + " |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def plot(found: list[dict], path: Path) -> None:
+    """mIoU on tile 6 against the label fraction, one line per selector, one panel per
+    start (mean and ± sd band over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mine = [r for r in found if r["split"] == "train"]
+    starts = sorted({r["start"] for r in mine})
+    if not starts:
+        return
+    fig, axes = plt.subplots(1, len(starts), figsize=(5 * len(starts), 4), squeeze=False)
+    for ax, start in zip(axes[0], starts, strict=True):
+        for sel in sorted({r["selector"] for r in mine if r["start"] == start}):
+            fr = sorted({r["label_fraction"] for r in mine if r["start"] == start and
+                         r["selector"] == sel})
+            vals = [[100 * r["mIoU"] for r in mine if r["start"] == start and
+                     r["selector"] == sel and r["label_fraction"] == f] for f in fr]
+            mu = [mean(v) for v in vals]
+            sd = [stdev(v) if len(v) > 1 else 0.0 for v in vals]
+            style = {"color": "black", "lw": 2} if sel == "random" else {}
+            ax.plot([100 * f for f in fr], mu, marker="o", label=sel, **style)
+            ax.fill_between([100 * f for f in fr], [m - s for m, s in zip(mu, sd, strict=True)],
+                            [m + s for m, s in zip(mu, sd, strict=True)], alpha=0.12,
+                            **({"color": "black"} if sel == "random" else {}))
+        ax.set_xscale("log")
+        ax.set_xlabel("labelled pixels (%)")
+        ax.set_ylabel("mIoU on tile 6 (%)")
+        ax.set_title(f"start: {start}")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    from sssi.utils.io import atomic_write_bytes
+
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("out", type=Path, help="the study's OUT folder")
+    parser.add_argument("results", type=Path, help="where the tables go")
+    args = parser.parse_args(argv)
+    found = rows(args.out)
+    if not found:
+        raise SystemExit(f"error: no finished run under {args.out}/train")
+    args.results.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({**r, "mIoU": f"{r['mIoU']:.6f}"} for r in found)
+    atomic_write_text(args.results / "runs.csv", buf.getvalue())
+    text = markdown(found, gaps(found))
+    atomic_write_text(args.results / "table.md", text)
+    plot(found, args.results / "selection.png")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
