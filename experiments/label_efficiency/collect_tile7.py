@@ -16,15 +16,13 @@ has several, pooled (``METHOD/all/BUDGET``: every pretext seed x seed difference
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import math
 from pathlib import Path
 from statistics import mean, stdev
 
 from sssi.aggregate import Paired
-from sssi.utils.io import atomic_write_text
+from sssi.utils.io import atomic_write_csv, atomic_write_text
 
 FIELDS = ["start", "protocol", "label_fraction", "seed", "mIoU"]
 PROTOCOLS = ["finetune", "probe/layer3", "probe/layer4"]
@@ -146,11 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     if not found:
         parser.error(f"{args.out / 'test'}: no finished test job (run dubai_scaling.sh test)")
     args.results.mkdir(parents=True, exist_ok=True)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(found)
-    atomic_write_text(args.results / "tile7.csv", buffer.getvalue())
+    atomic_write_csv(args.results / "tile7.csv", found, FIELDS)
     atomic_write_text(args.results / "tile7.md", markdown(found, gaps(found)))
     print(f"{len(found)} rows -> {args.results / 'tile7.csv'}, {args.results / 'tile7.md'}")
 

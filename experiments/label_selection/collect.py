@@ -13,14 +13,13 @@ random: :class:`sssi.aggregate.Paired`, two-sided) and ``RESULTS_DIR/selection.p
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import json
 from pathlib import Path
 from statistics import mean, stdev
 
 from sssi.aggregate import Paired
-from sssi.utils.io import atomic_write_text
+from sssi.utils.io import atomic_write_csv, atomic_write_text
 
 FIELDS = ["split", "start", "selector", "label_fraction", "seed", "mIoU"]
 SPLITS = {"train": ("val/mIoU", "tile 6"), "test": ("mIoU", "tile 7")}
@@ -149,11 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     if not found:
         raise SystemExit(f"error: no finished run under {args.out}/train")
     args.results.mkdir(parents=True, exist_ok=True)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({**r, "mIoU": f"{r['mIoU']:.6f}"} for r in found)
-    atomic_write_text(args.results / "runs.csv", buf.getvalue())
+    atomic_write_csv(args.results / "runs.csv",
+                     ({**r, "mIoU": f"{r['mIoU']:.6f}"} for r in found), FIELDS)
     text = markdown(found, gaps(found))
     atomic_write_text(args.results / "table.md", text)
     plot(found, args.results / "selection.png")

@@ -13,8 +13,8 @@ tiles:
    normalised entropy (1: every class the same share), against random's over seeds.
 
     python -m experiments.label_selection.gate --data DIR --scratch SCRATCH.ckpt \\
-        --pretext GAME.ckpt --work WORK --results experiments/label_selection/results_dubai \\
-        -- data.input_scale=0.5
+        --pretext BLOCKS.ckpt --game GAME.ckpt --work WORK \\
+        --results experiments/label_selection/results_dubai -- data.input_scale=0.5
 
 Each selection is one ``python -m sssi.select`` run (in this process) into
 ``WORK/<variant>/regions.json``, kept and reused when the gate is run again. Writes
@@ -25,7 +25,6 @@ Each selection is one ``python -m sssi.select`` run (in this process) into
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import json
 import logging
@@ -42,27 +41,29 @@ from sssi.cli import compose_entry
 from sssi.data.palettes import IGNORE_INDEX
 from sssi.data.ranking import Ranking
 from sssi.data.splits import partition_regions, select_label_regions
-from sssi.utils.io import atomic_write_text
+from sssi.utils.io import atomic_write_csv, atomic_write_text
 
 log = logging.getLogger("gate")
 
 FRACTIONS = (0.01, 0.05, 0.1)
 
 
-def variants(pretext: str, seeds: int) -> dict[str, list[str]]:
-    """Each selection the gate scores: its name and its ``sssi.select`` overrides."""
+def variants(pretext: str, game: str, seeds: int) -> dict[str, list[str]]:
+    """Each selection the gate scores: its name and its ``sssi.select`` overrides.
+    ``game``: the game's checkpoint (its instructor); ``pretext``: the best inpainter
+    available (its hole error and its encoder's features)."""
     out = {f"random/seed_{s}": ["selector=random", f"data.split_seed={s}"]
            for s in range(seeds)}
     out.update({
         "texture": ["selector=texture"],
-        "instructor": ["selector=instructor", f"select.checkpoint={pretext}"],
+        "instructor": ["selector=instructor", f"select.checkpoint={game}"],
         "inpainter_error": ["selector=inpainter_error", f"select.checkpoint={pretext}"],
         "diversity/pretext": ["selector=diversity", f"select.features={pretext}"],
         "diversity/random_weights": ["selector=diversity", "select.features=null"],
         "typical/pretext": ["selector=typical", f"select.features={pretext}"],
         "typical/random_weights": ["selector=typical", "select.features=null"],
-        "instructor+clusters": ["selector=instructor", f"select.checkpoint={pretext}",
-                                "select.clusters=8"],
+        "instructor+clusters": ["selector=instructor", f"select.checkpoint={game}",
+                                f"select.features={pretext}", "select.clusters=8"],
         "texture+clusters": ["selector=texture", f"select.features={pretext}",
                              "select.clusters=8"],
     })
@@ -207,40 +208,43 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", required=True, help="Dubai root (data.root)")
     parser.add_argument("--scratch", required=True, help="100 %%-label scratch checkpoint")
-    parser.add_argument("--pretext", required=True, help="the game's pretext checkpoint")
+    parser.add_argument("--pretext", required=True,
+                        help="the best inpainter's checkpoint (hole error, features)")
+    parser.add_argument("--game", required=True, help="the game's checkpoint (instructor)")
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--results", type=Path, required=True)
     parser.add_argument("--seeds", type=int, default=5, help="random's seeds")
     parser.add_argument("--experiment", default="dubai_finetune")
+    parser.add_argument("--select-only", action="store_true",
+                        help="make the selections and stop (before the scratch model exists)")
     parser.add_argument("overrides", nargs="*", help="more overrides (data.input_scale=0.5)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     base = [f"+experiment={args.experiment}", f"data.root={args.data}", "data.num_workers=0",
             *args.overrides]
+    made = {name: select(name, overrides, base, args.work) for name, overrides in
+            variants(str(Path(args.pretext).resolve()), str(Path(args.game).resolve()),
+                     args.seeds).items()}
+    if args.select_only:
+        return
     truth = region_truth(base, str(Path(args.scratch).resolve()), args.work)
     rows = []
-    for name, overrides in variants(str(Path(args.pretext).resolve()), args.seeds).items():
-        path = select(name, overrides, base, args.work)
+    for name, path in made.items():
         for row in score(truth, Ranking.read(path, key=name)):
             rows.append({"variant": name, **row})
             log.info("%s %.0f%%: Spearman %.3f, balance %.3f", name,
                      100 * row["label_fraction"], row["spearman_ce"], row["balance"])
     args.results.mkdir(parents=True, exist_ok=True)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()}
-                     for r in rows)
-    atomic_write_text(args.results / "gate.csv", buf.getvalue())
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["tile", "row", "col", "height", "width", "cross_entropy", "pixel_error",
-                     *truth["classes"]])
-    for r in truth["regions"]:
-        writer.writerow([r["tile"], r["row"], r["col"], r["height"], r["width"],
-                         f"{r['cross_entropy']:.6g}", f"{r['pixel_error']:.6g}",
-                         *r["class_pixels"]])
-    atomic_write_text(args.results / "regions.csv", buf.getvalue())
+    atomic_write_csv(args.results / "gate.csv",
+                     ({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()}
+                      for r in rows), list(rows[0]))
+    atomic_write_csv(args.results / "regions.csv", (
+        {**{k: r[k] for k in ("tile", "row", "col", "height", "width")},
+         "cross_entropy": f"{r['cross_entropy']:.6g}", "pixel_error": f"{r['pixel_error']:.6g}",
+         **dict(zip(truth["classes"], r["class_pixels"], strict=True))}
+        for r in truth["regions"]),
+        ["tile", "row", "col", "height", "width", "cross_entropy", "pixel_error",
+         *truth["classes"]])
     atomic_write_text(args.results / "gate.md", table(rows, truth["classes"], truth))
     print(table(rows, truth["classes"], truth))
 
