@@ -3,10 +3,19 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # several test processes share the cores (pytest -n N): one thread each, also in the
+    # runs they start as subprocesses, so that they do not oversubscribe the cores
+    os.environ["OMP_NUM_THREADS"] = os.environ.get("SSSI_TEST_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(scope="session")

@@ -136,8 +136,40 @@ def balance(counts: np.ndarray) -> float:
     return float(-(p * np.log(p)).sum() / math.log(len(counts)))
 
 
-def score(truth: dict, ranking: Ranking) -> list[dict]:
-    """The gate's rows of one selection: difficulty correlation and, per fraction, the
+def partial_spearman(x: np.ndarray, y: np.ndarray, control: np.ndarray) -> float:
+    """Spearman's correlation of ``x`` and ``y`` with ``control`` taken out: the Pearson
+    correlation of their ranks' residuals after a straight-line fit on ``control``'s
+    ranks. What a selector knows about difficulty that ``control`` does not."""
+    from scipy.stats import rankdata
+
+    c = np.c_[rankdata(control), np.ones(len(control))]
+
+    def residual(v: np.ndarray) -> np.ndarray:
+        r = rankdata(v)
+        return r - c @ np.linalg.lstsq(c, r, rcond=None)[0]
+
+    a, b = residual(x), residual(y)
+    if min((a * a).sum(), (b * b).sum()) < 1e-9 * len(a):  # all explained by the control
+        return float("nan")
+    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
+
+
+def earliness(truth: dict, ranking: Ranking) -> np.ndarray:
+    """Per region of ``truth``: how early ``ranking`` puts it (the first: the highest)."""
+    from sssi.data.datasets import Region
+
+    index = {t: i for i, t in enumerate(truth["tiles"])}
+    regions = [Region(index[r["tile"]], r["row"], r["col"], r["height"], r["width"])
+               for r in truth["regions"]]
+    order = ranking.order(truth["tiles"], regions, truth["region_size"], key=str(ranking.path))
+    early = np.full(len(regions), np.nan)
+    early[order] = len(order) - np.arange(len(order))
+    return early
+
+
+def score(truth: dict, ranking: Ranking, control: np.ndarray | None = None) -> list[dict]:
+    """The gate's rows of one selection: difficulty correlation (and, given the
+    ``control`` selector's earliness, the correlation beyond it) and, per fraction, the
     class shares and balance of what it takes."""
     from sssi.data.datasets import Region
 
@@ -147,11 +179,12 @@ def score(truth: dict, ranking: Ranking) -> list[dict]:
     order = ranking.order(truth["tiles"], regions, truth["region_size"], key=str(ranking.path))
     err = np.array([r["cross_entropy"] for r in truth["regions"]])
     wrong = np.array([r["pixel_error"] for r in truth["regions"]])
-    early = np.empty(len(regions))
-    early[order] = len(order) - np.arange(len(order))  # label first = highest
-    ok = np.isfinite(err)
+    early = earliness(truth, ranking)
+    ok = np.isfinite(err) & np.isfinite(early)
     rho_ce = spearmanr(early[ok], err[ok]).statistic
     rho_px = spearmanr(early[ok], wrong[ok]).statistic
+    beyond = partial_spearman(early[ok], err[ok], control[ok]) \
+        if control is not None else float("nan")
     counts = np.array([r["class_pixels"] for r in truth["regions"]], dtype=np.float64)
     sizes = [tuple(s) for s in truth["sizes"]]
     key = {(r.tile, r.row, r.col): i for i, r in enumerate(regions)}
@@ -161,6 +194,7 @@ def score(truth: dict, ranking: Ranking) -> list[dict]:
         picked = [key[(r.tile, r.row, r.col)] for r in chosen]
         hist = counts[picked].sum(0)
         out.append({"spearman_ce": rho_ce, "spearman_pixel_error": rho_px,
+                    "spearman_beyond_texture": beyond,
                     "label_fraction": f, "regions": len(picked),
                     "mean_ce": float(np.nanmean(err[picked])), "balance": balance(hist),
                     **{f"share_{c}": float(h / max(hist.sum(), 1))
@@ -177,21 +211,24 @@ def table(rows: list[dict], classes: list[str], truth: dict) -> str:
         groups.setdefault(r["variant"].split("/seed_")[0], []).append(r)
 
     def fmt(values: list[float], digits: int = 2) -> str:
+        if any(math.isnan(v) for v in values):
+            return "–"
         if len(values) > 1:
             return f"{mean(values):.{digits}f} ± {stdev(values):.{digits}f}"
         return f"{values[0]:.{digits}f}"
 
     buf = io.StringIO()
-    buf.write("| selector | Spearman (CE) | Spearman (pixel error) | " +
+    buf.write("| selector | Spearman (CE) | Spearman (pixel error) | beyond texture | " +
               " | ".join(f"balance {f:.0%}" for f in FRACTIONS) + " | mean CE 10 % |\n")
-    buf.write("|---|" + "---|" * (3 + len(FRACTIONS)) + "\n")
+    buf.write("|---|" + "---|" * (4 + len(FRACTIONS)) + "\n")
     for name, rs in groups.items():
         at = {f: [r for r in rs if r["label_fraction"] == f] for f in FRACTIONS}
         buf.write(f"| {name} | {fmt([r['spearman_ce'] for r in at[FRACTIONS[0]]])} | "
-                  f"{fmt([r['spearman_pixel_error'] for r in at[FRACTIONS[0]]])} | " +
+                  f"{fmt([r['spearman_pixel_error'] for r in at[FRACTIONS[0]]])} | "
+                  f"{fmt([r['spearman_beyond_texture'] for r in at[FRACTIONS[0]]])} | " +
                   " | ".join(fmt([r["balance"] for r in at[f]]) for f in FRACTIONS) +
                   f" | {fmt([r['mean_ce'] for r in at[FRACTIONS[-1]]])} |\n")
-    buf.write(f"| all regions | | | {balance(counts):.2f} | | | "
+    buf.write(f"| all regions | | | | {balance(counts):.2f} | | | "
               f"{np.nanmean([r['cross_entropy'] for r in truth['regions']]):.2f} |\n")
     buf.write("\nClass shares of the pixels taken at 5 %:\n\n| selector | " +
               " | ".join(classes) + " |\n|---|" + "---|" * len(classes) + "\n")
@@ -228,9 +265,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.select_only:
         return
     truth = region_truth(base, str(Path(args.scratch).resolve()), args.work)
+    texture = earliness(truth, Ranking.read(made["texture"], key="texture"))
     rows = []
     for name, path in made.items():
-        for row in score(truth, Ranking.read(path, key=name)):
+        for row in score(truth, Ranking.read(path, key=name), texture):
             rows.append({"variant": name, **row})
             log.info("%s %.0f%%: Spearman %.3f, balance %.3f", name,
                      100 * row["label_fraction"], row["spearman_ce"], row["balance"])

@@ -46,3 +46,16 @@ def test_hardest_first_correlates_and_alternating_classes_balance():
     alternating = score(truth, _rank(truth, mixed))
     assert alternating[-1]["balance"] == pytest.approx(1.0)
     assert abs(alternating[0]["spearman_ce"]) < 0.9
+
+
+def test_correlation_beyond_a_control_is_what_the_control_does_not_explain():
+    from experiments.label_selection.gate import partial_spearman
+
+    rng = np.random.default_rng(0)
+    control = rng.normal(size=400)
+    extra = rng.normal(size=400)
+    difficulty = control + extra
+    assert abs(partial_spearman(control + 0.01 * rng.normal(size=400), difficulty,
+                                control)) < 0.15
+    assert partial_spearman(extra, difficulty, control) > 0.6
+    assert np.isnan(partial_spearman(control, difficulty, control))
