@@ -12,6 +12,9 @@ PY          := $(VENV)/bin/python
 PIP         := $(PY) -m pip
 STAMP       := $(VENV)/.installed
 PYTEST_ARGS ?=
+# test processes (pytest-xdist; each runs torch on one thread, tests/conftest.py):
+# 2 halves the suite's time on a 2-core machine; TEST_WORKERS=0 runs it in one process
+TEST_WORKERS ?= 2
 
 .PHONY: install demo study-demo test lint format bench bench-game bench-infer clean
 
@@ -38,7 +41,7 @@ study-demo: $(STAMP)
 
 ## the test suite
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check sssi tests experiments

@@ -99,6 +99,10 @@ def test_the_wheel_carries_its_configs_and_runs_every_stage_outside_the_repo(
           f"hydra.run.dir={work / 'predict'}"], work, env)
     with rasterio.open(work / "map.tif") as ds:
         assert (ds.width, ds.height) == (256, 256)
+    # where to label: the shipped selector group, then training on the ranking
+    _run([str(bin_dir / "sssi-select"), "+debug=tiny", f"data.root={data}", "selector=texture",
+          "select.picture=false", f"hydra.run.dir={work / 'select'}"], work, env)
+    assert (work / "select" / "regions.json").is_file()
     # Hydra's own --help lists the packaged config groups
     groups = _run([str(bin_dir / "sssi-train"), "--help"], work, env).stdout
     assert "experiment:" in groups and "debug:" in groups
