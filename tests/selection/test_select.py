@@ -251,6 +251,14 @@ def test_selector_inputs_that_cannot_work_are_one_line(synthetic_root, pretext_c
     with pytest.raises(ConfigError, match=r"has no instructor.*selector=inpainter_error"):
         _select(synthetic_root, tmp_path / "b", "selector=instructor",
                 f"select.checkpoint={blocks}")
+    other = tmp_path / "irrg.ckpt"  # a game trained on other bands
+    ckpt = torch.load(pretext_ckpt, weights_only=True)
+    ckpt["sssi_data"]["band_names"] = ["IR", "R", "G"]
+    torch.save(ckpt, other)
+    with pytest.raises(ConfigError, match=r"select.checkpoint: trained on bands IR,R,G, but "
+                                          r"the data has R,G,B"):
+        _select(synthetic_root, tmp_path / "d", "selector=inpainter_error",
+                f"select.checkpoint={other}")
     with pytest.raises(ConfigError, match=r"select.fraction=1.5"):
         _select(synthetic_root, tmp_path / "c", "select.fraction=1.5")
 
@@ -277,6 +285,15 @@ def test_select_then_train_on_the_chosen_regions(synthetic_root, tmp_path):
     taken = {(r["tile"], r["row"], r["col"]) for r in split["regions"]}
     assert taken == {(r.tile, r.row, r.col) for r in ranking.regions[:2]}
     assert (train / "checkpoints" / "last.ckpt").is_file()
+    # a segmentation checkpoint where a pretext one is needed: one line, nothing written
+    proc = run_module("sssi.select", [*TINY, f"data.root={synthetic_root}",
+                                      "data.synthetic.tiles=4", "selector=instructor",
+                                      f"select.checkpoint={train / 'checkpoints/last.ckpt'}",
+                                      f"hydra.run.dir={tmp_path / 'wrong'}"], cwd=tmp_path)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1 and last.startswith("error: select.checkpoint=")
+    assert "a segmentation checkpoint; expected the .ckpt of a pretext run" in last
+    assert not (tmp_path / "wrong" / "regions.json").exists()
     # a ranking made for another region size is refused before training
     with pytest.raises(ConfigError, match=r"data.label_regions=.*region_size=64"):
         train_run(compose_train([*common, "data.region_size=64"], tmp_path / "bad"))
