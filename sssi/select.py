@@ -126,6 +126,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"select.clusters={clusters}: selector={selector.name} spreads over "
                           "the feature space by itself; use select.clusters with a scoring "
                           "selector (instructor, inpainter_error, texture, random)")
+    if options.get("batchnorm", "reestimate") not in ("reestimate", "pretrained"):
+        raise ConfigError(f"select.batchnorm={options.batchnorm!r}: expected reestimate (on "
+                          "whole regions) or pretrained (the checkpoint's statistics)")
     fraction = float(options.fraction)
     if not 0 < fraction <= 1:
         raise ConfigError(f"select.fraction={fraction}: expected a fraction of the pixels in "

@@ -182,6 +182,10 @@ class LabelSelection:
         if isinstance(pool, bool) or not isinstance(pool, int | float) or not pool >= 1:
             raise ConfigError(f"data.label_pool={pool!r}: expected a number >= 1 (1: the "
                               "ranking's first regions; 2: drawn within twice the budget)")
+        if pool != 1 and self.label_regions is None:
+            raise ConfigError(f"data.label_pool={pool!r} draws within a ranking's first "
+                              "regions: give data.label_regions=FILE too (python -m "
+                              "sssi.select), or leave data.label_pool=1")
         set_(self, "label_pool", float(pool))
 
 

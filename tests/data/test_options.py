@@ -46,6 +46,11 @@ def test_a_global_batch_replaces_the_per_device_batch_and_the_eval_batch_follows
     (Loading, {"eval_batch_size": 0}, r"data\.eval_batch_size=0"),
     (LabelSelection, {"label_memory_mb": -1}, r"data\.label_memory_mb=-1: expected MiB"),
     (LabelSelection, {"region_size": 0}, r"data\.region_size=0"),
+    (LabelSelection, {"label_regions": "r.json", "label_pool": 0.5},
+     r"data\.label_pool=0\.5: expected a number >= 1"),
+    (LabelSelection, {"label_pool": 2}, r"data\.label_pool=2 draws within a ranking's first "
+                                        r"regions: give data\.label_regions=FILE"),
+    (LabelSelection, {"label_regions": 3}, r"data\.label_regions=3: expected the path"),
 ])
 def test_a_bad_value_names_its_key(block, kwargs, match):
     with pytest.raises(ConfigError, match=match):
