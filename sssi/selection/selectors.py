@@ -88,7 +88,8 @@ class TextureSelector(Selector):
     name = "texture"
 
     def score(self, images: Tensor, index: Tensor) -> Tensor:
-        grad = spatial_gradient(images.float(), mode="sobel")  # (B, C, 2, H, W)
+        with torch.autocast(images.device.type, enabled=False):  # the same at any precision
+            grad = spatial_gradient(images.float(), mode="sobel")  # (B, C, 2, H, W)
         return grad.square().sum(2).sqrt().mean((1, 2, 3)).cpu()
 
 
