@@ -19,7 +19,7 @@ from pathlib import Path
 from statistics import mean, stdev
 
 from sssi.aggregate import Paired
-from sssi.utils.io import atomic_write_csv, atomic_write_text
+from sssi.utils.io import atomic_write_bytes, atomic_write_csv, atomic_write_text
 
 FIELDS = ["split", "start", "selector", "label_fraction", "seed", "mIoU"]
 SPLITS = {"train": ("val/mIoU", "tile 6"), "test": ("mIoU", "tile 7")}
@@ -134,8 +134,6 @@ def plot(found: list[dict], path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    from sssi.utils.io import atomic_write_bytes
-
     atomic_write_bytes(path, buf.getvalue())
 
 
