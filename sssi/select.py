@@ -241,8 +241,9 @@ def write_outputs(cfg: DictConfig, out_dir: Path, selector: Selector, tiles: lis
     else:
         log.info("no tile is georeferenced: no regions.geojson")
     if options.get("picture", True):
-        title = (f"{selector.name}: {len(chosen)} regions, "
-                 f"{float(options.fraction):g} of the pixels")
+        mix = f" + {int(options.clusters)} clusters" if options.clusters else ""
+        title = (f"{selector.name}{mix}: the first {len(chosen)} regions, "
+                 f"{100 * float(options.fraction):g} % of the pixels")
         path = out_dir / "regions.png"
         write_png(path, contact_sheet(tiles, sizes, regions, chosen, title=title))
         written["picture"] = path
