@@ -29,6 +29,9 @@ def test_selection_study_trains_on_a_ranking_and_pairs_it_with_random(tmp_path):
                                         "data.input_scale=0.5", "data.num_workers=0",
                                         *TINY, "selector=texture", "select.picture=false"],
                              rankings / "texture"))
+    # the Dubai JPEGs are not georeferenced: a ranking, no GeoJSON
+    assert (rankings / "texture" / "regions.json").is_file()
+    assert not (rankings / "texture" / "regions.geojson").exists()
     out = tmp_path / "study"
     env = {**os.environ, "PYTHON": sys.executable, "SETTINGS": " ".join(TRAIN),
            "PYTHONUNBUFFERED": "1"}
