@@ -35,12 +35,17 @@ from statistics import mean, stdev
 import numpy as np
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
+from rasterio.windows import Window
 from scipy.stats import spearmanr
 
 from sssi.cli import compose_entry
+from sssi.data.datasets import Region, TileReader
 from sssi.data.palettes import IGNORE_INDEX
 from sssi.data.ranking import Ranking
 from sssi.data.splits import partition_regions, select_label_regions
+from sssi.inference import load_segmenter
+from sssi.select import run as select_run
 from sssi.utils.io import atomic_write_csv, atomic_write_text
 
 log = logging.getLogger("gate")
@@ -72,11 +77,9 @@ def variants(pretext: str, game: str, seeds: int) -> dict[str, list[str]]:
 
 def select(name: str, overrides: list[str], base: list[str], work: Path) -> Path:
     """``WORK/name/regions.json``, made by ``sssi.select`` unless it is there."""
-    from sssi.select import run
-
     out = work / name
     if not (out / "regions.json").is_file():
-        run(compose_entry("select", [*base, *overrides, "select.picture=true"], out))
+        select_run(compose_entry("select", [*base, *overrides, "select.picture=true"], out))
     return out / "regions.json"
 
 
@@ -84,17 +87,12 @@ def select(name: str, overrides: list[str], base: list[str], work: Path) -> Path
 def region_truth(base: list[str], scratch: str, work: Path) -> dict:
     """Per candidate region: the scratch model's mean cross-entropy and pixel error on its
     labelled pixels, and its class pixel counts (cached in ``WORK/truth.json``)."""
-    from sssi.data.datasets import TileReader
-    from sssi.inference import load_segmenter
-
     cache = work / "truth.json"
     if cache.is_file():
         saved = json.loads(cache.read_text())
         if saved.get("scratch") == scratch:
             return saved
     cfg = compose_entry("train", base, work / "truth")
-    from hydra.utils import instantiate
-
     datamodule = instantiate(cfg.data)
     tiles, sizes = datamodule.scan(None, labels=True)
     regions = partition_regions(sizes, int(cfg.data.region_size))
@@ -102,8 +100,6 @@ def region_truth(base: list[str], scratch: str, work: Path) -> dict:
     model = loaded.predictor()
     reader = TileReader(tiles, datamodule.layout.palette)
     k = loaded.num_classes
-    from rasterio.windows import Window
-
     rows = []
     for r in regions:
         window = Window(r.col, r.row, r.width, r.height)
@@ -154,13 +150,16 @@ def partial_spearman(x: np.ndarray, y: np.ndarray, control: np.ndarray) -> float
     return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
 
 
+def _regions(truth: dict) -> list[Region]:
+    """The candidate regions that ``truth`` describes, as the partition has them."""
+    index = {t: i for i, t in enumerate(truth["tiles"])}
+    return [Region(index[r["tile"]], r["row"], r["col"], r["height"], r["width"])
+            for r in truth["regions"]]
+
+
 def earliness(truth: dict, ranking: Ranking) -> np.ndarray:
     """Per region of ``truth``: how early ``ranking`` puts it (the first: the highest)."""
-    from sssi.data.datasets import Region
-
-    index = {t: i for i, t in enumerate(truth["tiles"])}
-    regions = [Region(index[r["tile"]], r["row"], r["col"], r["height"], r["width"])
-               for r in truth["regions"]]
+    regions = _regions(truth)
     order = ranking.order(truth["tiles"], regions, truth["region_size"], key=str(ranking.path))
     early = np.full(len(regions), np.nan)
     early[order] = len(order) - np.arange(len(order))
@@ -171,11 +170,7 @@ def score(truth: dict, ranking: Ranking, control: np.ndarray | None = None) -> l
     """The gate's rows of one selection: difficulty correlation (and, given the
     ``control`` selector's earliness, the correlation beyond it) and, per fraction, the
     class shares and balance of what it takes."""
-    from sssi.data.datasets import Region
-
-    index = {t: i for i, t in enumerate(truth["tiles"])}
-    regions = [Region(index[r["tile"]], r["row"], r["col"], r["height"], r["width"])
-               for r in truth["regions"]]
+    regions = _regions(truth)
     order = ranking.order(truth["tiles"], regions, truth["region_size"], key=str(ranking.path))
     err = np.array([r["cross_entropy"] for r in truth["regions"]])
     wrong = np.array([r["pixel_error"] for r in truth["regions"]])
