@@ -106,12 +106,10 @@ def score_regions(selector: Selector, features: FeatureEncoder | None, loader: A
     return scores, (np.concatenate(pooled) if pooled else None)
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Rank the candidate regions with ``cfg.selector``; write the run folder's files."""
+def build_selector(cfg: DictConfig) -> tuple[Selector, int, float]:
+    """The selector of ``cfg.selector`` and the checked ``select.clusters`` and
+    ``select.fraction``."""
     options = cfg.select
-    out_dir = Path(cfg.paths.output_dir)
-    seed = int(options.get("seed", cfg.seed))
-    L.seed_everything(seed, workers=True)
     try:
         selector: Selector = hydra.utils.instantiate(cfg.selector)
     except InstantiationException as exc:  # the selector's own words, not Hydra's wrapper
@@ -133,13 +131,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if not 0 < fraction <= 1:
         raise ConfigError(f"select.fraction={fraction}: expected a fraction of the pixels in "
                           "(0, 1]")
+    return selector, clusters, fraction
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Rank the candidate regions with ``cfg.selector``; write the run folder's files."""
+    options = cfg.select
+    seed = int(options.get("seed", cfg.seed))
+    L.seed_everything(seed, workers=True)
+    selector, clusters, fraction = build_selector(cfg)
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()
     tiles, sizes = datamodule.scan(options.get("split"), labels=False)
     region_size = int(cfg.data.region_size)
     regions = partition_regions(sizes, region_size)
     areas = np.array([r.height * r.width for r in regions], dtype=np.float64)
-    picks = max(1, round(fraction * len(regions)))
 
     encoder, feature_state = None, None
     if selector.needs_features or clusters:
@@ -159,24 +165,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         multiple = math.lcm(selector.input_multiple(),
                             encoder.input_multiple() if encoder is not None else 1)
         side = window_side(options.get("window"), region_size, zoom, multiple)
-        device = resolve_device(options.get("device"))
-        dtype, why = resolve_precision(options.get("precision"), device)
-        log.info("%s: %d regions of ~%d px on %d tiles, read as %d px windows on %s in %s (%s)",
-                 selector.name, len(regions), region_size, len(tiles), side, device,
-                 "bf16" if dtype else "fp32", why)
-        selector.to(device)
-        if encoder is not None:
-            encoder.to(device)
-            if options.get("batchnorm", "reestimate") == "reestimate":
-                _reestimate(encoder, datamodule, tiles, regions, side, device,
-                            int(options.get("batchnorm_images", 256)))
-        loader = datamodule.region_loader(tiles, regions, side,
-                                          batch_size=int(options.batch_size))
-        scores, features = score_regions(selector, encoder, loader,
-                                         datamodule.batch_normalizer(), device, dtype,
-                                         len(regions))
+        scores, features = _score(cfg, selector, encoder, datamodule, tiles, regions, side)
     order, labels = selector.order(
-        scores if scores is not None else np.zeros(len(regions)), features, picks)
+        scores if scores is not None else np.zeros(len(regions)), features,
+        max(1, round(fraction * len(regions))))
     if clusters:  # the selector's order, taken in turns across the feature clusters
         assert features is not None
         labels = kmeans(normalise(features), clusters, seed)
@@ -185,8 +177,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         order = round_robin(labels, rank_score)
     chosen = set(int(i) for i in order[:prefix_holding(order, areas, fraction * areas.sum())])
 
-    written = write_outputs(cfg, out_dir, selector, tiles, sizes, regions, order, scores,
-                            labels, chosen, side)
+    written = write_outputs(cfg, Path(cfg.paths.output_dir), selector, tiles, sizes, regions,
+                            order, scores, labels, chosen, side)
     share = areas[list(chosen)].sum() / areas.sum()
     log.info("%d regions ranked; select.fraction=%g takes the first %d (%.3g of the "
              "pixels): %s", len(order), fraction, len(chosen), share,
@@ -196,6 +188,28 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return {"selector": selector.name, "regions": len(order), "chosen": len(chosen),
             "pixel_fraction": float(share), "window": side, **{k: str(v) for k, v in
                                                                 written.items()}}
+
+
+def _score(cfg: DictConfig, selector: Selector, encoder: FeatureEncoder | None,
+           datamodule: Any, tiles: list, regions: list, side: int
+           ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Every region read, standardised and scored (and its features pooled) on the
+    configured device and precision."""
+    options = cfg.select
+    device = resolve_device(options.get("device"))
+    dtype, why = resolve_precision(options.get("precision"), device)
+    log.info("%s: %d regions of ~%d px on %d tiles, read as %d px windows on %s in %s (%s)",
+             selector.name, len(regions), int(cfg.data.region_size), len(tiles), side, device,
+             "bf16" if dtype else "fp32", why)
+    selector.to(device)
+    if encoder is not None:
+        encoder.to(device)
+        if options.get("batchnorm", "reestimate") == "reestimate":
+            _reestimate(encoder, datamodule, tiles, regions, side, device,
+                        int(options.get("batchnorm_images", 256)))
+    loader = datamodule.region_loader(tiles, regions, side, batch_size=int(options.batch_size))
+    return score_regions(selector, encoder, loader, datamodule.batch_normalizer(), device,
+                         dtype, len(regions))
 
 
 def _reestimate(encoder: FeatureEncoder, datamodule: Any, tiles: list, regions: list,
