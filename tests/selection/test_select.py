@@ -119,6 +119,19 @@ def test_a_ranking_replaces_the_seeded_permutation_and_pool_spreads_it(tmp_path)
     assert {regions.index(r) for r in seeded} == set(perm[:3].tolist())
 
 
+def test_a_hand_written_ranking_needs_only_the_format_and_the_rectangles(tmp_path):
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"format": "sssi-label-regions/1", "regions": [
+        {"tile": "b", "row": 200, "col": 500, "height": 100, "width": 100},
+        {"tile": "a", "row": 0, "col": 0, "height": 100, "width": 100}]}))
+    ranking = Ranking.read(path)
+    assert ranking.selector == "?" and ranking.region_size == 0
+    regions = partition_regions(SIZES, 100)
+    order = ranking.order(["a", "b"], regions, 100)
+    assert [(regions[i].tile, regions[i].row, regions[i].col) for i in order] == [
+        (1, 200, 500), (0, 0, 0)]
+
+
 def test_a_short_ranking_refuses_a_larger_fraction():
     regions = partition_regions(SIZES, 100)
     idx = _ranking([0, 1]).order(["a", "b"], regions, 100)
