@@ -44,12 +44,10 @@ from torch import Tensor, nn
 
 from sssi.checkpoints import init_encoder
 from sssi.cli import CONFIG_DIR, run_or_exit
-from sssi.config import to_plain
 from sssi.data.palettes import IGNORE_INDEX
 from sssi.errors import ConfigError
 from sssi.inference import resolve_precision
 from sssi.metrics import confusion_matrix, evaluation_metrics
-from sssi.models import build_backbone
 from sssi.models.batchnorm import reestimate_batchnorm
 from sssi.utils.io import atomic_write_text
 
@@ -218,9 +216,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datamodule = hydra.utils.instantiate(cfg.data, samples_per_epoch=int(options.crops))
     datamodule.prepare_data()
     datamodule.setup("fit")
-    backbone = to_plain(cfg.backbone)
-    backbone.pop("_target_", None)
-    encoder = build_backbone(**backbone)
+    encoder = hydra.utils.instantiate(cfg.backbone)
     init = cfg.task.get("init")
     source = init_encoder(encoder, init) if init else "random"
     depth = len(encoder.out_channels)

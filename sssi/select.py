@@ -57,11 +57,8 @@ def feature_encoder(cfg: DictConfig, source: str | None) -> tuple[FeatureEncoder
     checkpoint, or an encoder file; None: the backbone's own weights, random unless
     ``backbone.weights`` names a file), and the data state of a checkpoint source."""
     from sssi.checkpoints import data_state, init_encoder
-    from sssi.models import build_backbone
 
-    backbone = to_plain(cfg.backbone)
-    backbone.pop("_target_", None)
-    encoder = build_backbone(**backbone)
+    encoder = hydra.utils.instantiate(cfg.backbone)
     state = None
     if source:
         init_encoder(encoder, source)

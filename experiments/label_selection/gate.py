@@ -157,11 +157,16 @@ def _regions(truth: dict) -> list[Region]:
             for r in truth["regions"]]
 
 
-def earliness(truth: dict, ranking: Ranking) -> np.ndarray:
-    """Per region of ``truth``: how early ``ranking`` puts it (the first: the highest)."""
-    regions = _regions(truth)
-    order = ranking.order(truth["tiles"], regions, truth["region_size"], key=str(ranking.path))
-    early = np.full(len(regions), np.nan)
+def ranked(truth: dict, ranking: Ranking) -> np.ndarray:
+    """``ranking`` as indices into ``truth``'s regions, label first."""
+    return ranking.order(truth["tiles"], _regions(truth), truth["region_size"],
+                         key=str(ranking.path))
+
+
+def earliness(order: np.ndarray, count: int) -> np.ndarray:
+    """Per region (of ``count``): how early ``order`` puts it (the first: the highest;
+    NaN where it does not rank the region)."""
+    early = np.full(count, np.nan)
     early[order] = len(order) - np.arange(len(order))
     return early
 
@@ -171,10 +176,10 @@ def score(truth: dict, ranking: Ranking, control: np.ndarray | None = None) -> l
     ``control`` selector's earliness, the correlation beyond it) and, per fraction, the
     class shares and balance of what it takes."""
     regions = _regions(truth)
-    order = ranking.order(truth["tiles"], regions, truth["region_size"], key=str(ranking.path))
+    order = ranked(truth, ranking)
     err = np.array([r["cross_entropy"] for r in truth["regions"]])
     wrong = np.array([r["pixel_error"] for r in truth["regions"]])
-    early = earliness(truth, ranking)
+    early = earliness(order, len(regions))
     ok = np.isfinite(err) & np.isfinite(early)
     rho_ce = spearmanr(early[ok], err[ok]).statistic
     rho_px = spearmanr(early[ok], wrong[ok]).statistic
@@ -260,7 +265,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.select_only:
         return
     truth = region_truth(base, str(Path(args.scratch).resolve()), args.work)
-    texture = earliness(truth, Ranking.read(made["texture"], key="texture"))
+    texture = earliness(ranked(truth, Ranking.read(made["texture"], key="texture")),
+                        len(truth["regions"]))
     rows = []
     for name, path in made.items():
         for row in score(truth, Ranking.read(path, key=name), texture):

@@ -54,6 +54,12 @@ def prefix_holding(order: np.ndarray, areas: np.ndarray, need: float) -> int:
                                                         side="left")) + 1))
 
 
+def seeded_order(count: int, seed: int) -> np.ndarray:
+    """The regions' order without a ranking: ``split_seed``'s permutation of ``count``
+    (``sssi.select``'s random selector writes the same order)."""
+    return np.random.default_rng(seed).permutation(count).astype(np.int64)
+
+
 def select_label_regions(sizes: Sequence[tuple[int, int]], region_size: int, fraction: float,
                          seed: int, order: Sequence[int] | None = None, pool: float = 1.0,
                          source: str = "data.label_regions") -> tuple[list[Region], int]:
@@ -72,9 +78,8 @@ def select_label_regions(sizes: Sequence[tuple[int, int]], region_size: int, fra
     regions = partition_regions(sizes, region_size)
     areas = np.array([r.height * r.width for r in regions], dtype=np.float64)
     need = fraction * areas.sum()
-    rng = np.random.default_rng(seed)
     if order is None:
-        ranked = rng.permutation(len(regions))
+        ranked = seeded_order(len(regions), seed)
     else:
         ranked = np.asarray(order, dtype=np.int64)
         held = areas[ranked].sum()
@@ -85,7 +90,7 @@ def select_label_regions(sizes: Sequence[tuple[int, int]], region_size: int, fra
                 "a smaller fraction)")
         if pool > 1:
             wide = prefix_holding(ranked, areas, min(1.0, pool * fraction) * areas.sum())
-            ranked = rng.permutation(ranked[:wide])
+            ranked = np.random.default_rng(seed).permutation(ranked[:wide])
     keep = prefix_holding(ranked, areas, need)
     return [regions[i] for i in sorted(ranked[:keep])], len(regions)
 

@@ -28,6 +28,7 @@ import torch
 from kornia.filters import spatial_gradient
 from torch import Tensor, nn
 
+from sssi.data.splits import seeded_order
 from sssi.errors import ConfigError
 from sssi.selection.ordering import by_score, k_center_greedy, normalise, typical_order
 
@@ -78,7 +79,7 @@ class RandomSelector(Selector):
         self.seed = int(seed)
 
     def order(self, scores, features, picks):
-        return np.random.default_rng(self.seed).permutation(len(scores)).astype(np.int64), None
+        return seeded_order(len(scores), self.seed), None
 
 
 class TextureSelector(Selector):
