@@ -30,7 +30,7 @@ import logging
 import math
 import sys
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean, stdev
@@ -376,6 +376,42 @@ def paired_differences(runs: Sequence[Run], groups: Sequence[Group], metric: str
                 if diffs:
                     out.append(Paired(method, base_of_method, g.fraction, seeds, diffs))
     return out
+
+
+def seed_differences(rows: Iterable[Mapping], is_baseline: Callable[[Mapping], bool],
+                     cell: Callable[[Mapping], tuple], value: str = "mIoU",
+                     ) -> Iterator[tuple[Mapping, float]]:
+    """``(row, points)`` for every row that has a baseline row in the same ``cell(row)``
+    (what a pair shares besides the seed: protocol, fraction, ...) and ``seed``; points
+    are ``100 x (row - baseline)`` of ``value``. The studies' collectors (rows read
+    from their own folders, not :class:`Run`) pair through this one rule."""
+    rows = [r for r in rows if value in r]
+    base = {(cell(r), r["seed"]): r[value] for r in rows if is_baseline(r)}
+    for r in rows:
+        if is_baseline(r):
+            continue
+        b = base.get((cell(r), r["seed"]))
+        if b is not None:
+            yield r, 100 * (r[value] - b)
+
+
+def pair_by_seed(rows: Iterable[Mapping], is_baseline: Callable[[Mapping], bool],
+                 cell: Callable[[Mapping], tuple], names: Callable[[Mapping], Iterable[str]],
+                 baseline: Callable[[tuple], str], value: str = "mIoU",
+                 ) -> dict[tuple, Paired]:
+    """One :class:`Paired` per name x cell, keyed ``(name, *cell)``: every row's
+    :func:`seed_differences` counts under each of ``names(row)`` (the row's own start,
+    and e.g. a pooled name shared by several pretext seeds). ``baseline(cell)`` labels
+    the baseline; the fraction is the rows' ``label_fraction``."""
+    pairs: dict[tuple, Paired] = {}
+    for r, points in seed_differences(rows, is_baseline, cell, value):
+        c = cell(r)
+        for name in names(r):
+            pair = pairs.setdefault((name, *c), Paired(name, baseline(c), r["label_fraction"],
+                                                       [], []))
+            pair.seeds.append(r["seed"])
+            pair.differences.append(points)
+    return pairs
 
 
 def paired_markdown(pairs: Sequence[Paired], metric: str) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sssi.aggregate import Paired
+from sssi.aggregate import Paired, pair_by_seed, seed_differences
 from sssi.utils.io import atomic_write_bytes, atomic_write_text
 
 FIELDS = ["method", "pretext_seed", "budget", "crops", "pretext_wall_s", "hole_error",
@@ -138,28 +138,22 @@ def gaps(rows: list[dict]) -> tuple[list[Paired], list[tuple]]:
     draws would give)."""
     from scipy.stats import t as student
 
-    scratch = {(r["protocol"], r["layer"], r["label_fraction"], r["seed"]): r["mIoU"]
-               for r in rows if r["method"] == "scratch" and "mIoU" in r}
-    pairs, points = {}, {}
-    for r in rows:
-        if r["method"] == "scratch" or "mIoU" not in r:
-            continue
-        base = scratch.get((r["protocol"], r["layer"], r["label_fraction"], r["seed"]))
-        if base is None:
-            continue
-        name = f"{r['method']}/seed_{r['pretext_seed']}/{r['budget']}"
-        key = (name, f"{r['protocol']}/{r['layer']}", r["label_fraction"])
-        pair = pairs.setdefault(key, Paired(name, f"scratch/{key[1]}", key[2], [], []))
-        pair.seeds.append(r["seed"])
-        pair.differences.append(100 * (r["mIoU"] - base))
-        point = (math.log10(r["crops"]), 100 * (r["mIoU"] - base))
-        points.setdefault((r["method"], r["pretext_seed"], key[1], key[2]), []).append(point)
-        points.setdefault((r["method"], "all", key[1], key[2]), []).append(point)
-        # the pretext seeds pooled: each (pretext seed, seed) difference one value
-        pooled = (f"{r['method']}/all/{r['budget']}", key[1], key[2])
-        pair = pairs.setdefault(pooled, Paired(pooled[0], f"scratch/{key[1]}", key[2], [], []))
-        pair.seeds.append(r["seed"])
-        pair.differences.append(100 * (r["mIoU"] - base))
+    def is_scratch(r: dict) -> bool:
+        return r["method"] == "scratch"
+
+    def cell(r: dict) -> tuple:
+        return f"{r['protocol']}/{r['layer']}", r["label_fraction"]
+
+    # each pretext seed alone, and pooled: every (pretext seed, seed) difference one value
+    pairs = pair_by_seed(rows, is_scratch, cell,
+                         lambda r: [f"{r['method']}/seed_{r['pretext_seed']}/{r['budget']}",
+                                    f"{r['method']}/all/{r['budget']}"],
+                         lambda c: f"scratch/{c[0]}")
+    points: dict[tuple, list] = {}
+    for r, gap in seed_differences(rows, is_scratch, cell):
+        point = (math.log10(r["crops"]), gap)
+        for pseed in (r["pretext_seed"], "all"):
+            points.setdefault((r["method"], pseed, *cell(r)), []).append(point)
     seeds_of = {}
     for method, pseed, _, _ in points:
         if pseed != "all":

@@ -21,7 +21,7 @@ import math
 from pathlib import Path
 from statistics import mean, stdev
 
-from sssi.aggregate import Paired
+from sssi.aggregate import Paired, pair_by_seed, seed_differences
 from sssi.utils.io import atomic_write_csv, atomic_write_text
 
 FIELDS = ["start", "protocol", "label_fraction", "seed", "mIoU"]
@@ -58,22 +58,18 @@ def pooled_name(start: str) -> str:
 def gaps(found: list[dict]) -> list[Paired]:
     """Paired gaps (points of mIoU) to scratch per start x protocol x fraction; pooled
     rows where a method x budget has more than one pretext seed."""
-    scratch = {(r["protocol"], r["label_fraction"], r["seed"]): r["mIoU"]
-               for r in found if r["start"] == "scratch"}
-    pairs: dict[tuple, Paired] = {}
+    def is_scratch(r: dict) -> bool:
+        return r["start"] == "scratch"
+
+    def cell(r: dict) -> tuple:
+        return r["protocol"], r["label_fraction"]
+
+    pairs = pair_by_seed(found, is_scratch, cell,
+                         lambda r: [r["start"], pooled_name(r["start"])],
+                         lambda c: f"scratch/{c[0]}")
     seeds_of: dict[tuple, set] = {}  # the pretext seeds behind each pooled row
-    for r in found:
-        base = scratch.get((r["protocol"], r["label_fraction"], r["seed"]))
-        if r["start"] == "scratch" or base is None:
-            continue
-        seeds_of.setdefault((pooled_name(r["start"]), r["protocol"], r["label_fraction"]),
-                            set()).add(r["start"])
-        for name in (r["start"], pooled_name(r["start"])):
-            key = (name, r["protocol"], r["label_fraction"])
-            pair = pairs.setdefault(key, Paired(name, f"scratch/{r['protocol']}",
-                                                r["label_fraction"], [], []))
-            pair.seeds.append(r["seed"])
-            pair.differences.append(100 * (r["mIoU"] - base))
+    for r, _ in seed_differences(found, is_scratch, cell):
+        seeds_of.setdefault((pooled_name(r["start"]), *cell(r)), set()).add(r["start"])
     return [p for key, p in sorted(pairs.items(), key=lambda kv: str(kv[0]))
             if "/all/" not in key[0] or len(seeds_of[key]) > 1]
 

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from statistics import mean, stdev
 
-from sssi.aggregate import Paired
+from sssi.aggregate import Paired, pair_by_seed
 from sssi.utils.io import atomic_write_bytes, atomic_write_csv, atomic_write_text
 
 FIELDS = ["split", "start", "selector", "label_fraction", "seed", "mIoU"]
@@ -44,19 +44,10 @@ def rows(out: Path) -> list[dict]:
 def gaps(found: list[dict]) -> list[tuple[str, str, Paired]]:
     """``(split, start, pair)``: each selector against random at each fraction, paired by
     seed (points of mIoU)."""
-    random = {(r["split"], r["start"], r["label_fraction"], r["seed"]): r["mIoU"]
-              for r in found if r["selector"] == "random"}
-    pairs: dict[tuple, Paired] = {}
-    for r in found:
-        base = random.get((r["split"], r["start"], r["label_fraction"], r["seed"]))
-        if r["selector"] == "random" or base is None:
-            continue
-        key = (r["split"], r["start"], r["selector"], r["label_fraction"])
-        pair = pairs.setdefault(key, Paired(r["selector"], "random", r["label_fraction"],
-                                            [], []))
-        pair.seeds.append(r["seed"])
-        pair.differences.append(100 * (r["mIoU"] - base))
-    return [(k[0], k[1], p) for k, p in sorted(pairs.items(), key=lambda kv: str(kv[0]))]
+    pairs = pair_by_seed(found, lambda r: r["selector"] == "random",
+                         lambda r: (r["split"], r["start"], r["label_fraction"]),
+                         lambda r: [r["selector"]], lambda cell: "random")
+    return [(k[1], k[2], p) for k, p in sorted(pairs.items(), key=lambda kv: str(kv[0]))]
 
 
 def _cell(values: list[float]) -> str:

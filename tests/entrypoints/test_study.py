@@ -216,3 +216,41 @@ def test_paired_differences_compare_within_a_protocol_seed_by_seed():
     table = paired_markdown(pairs, "mIoU")
     assert "| instructor/finetune | scratch/finetune | 10 % | 3 | +9.0 ± 1.0 | [+6.5, +11.5] | " \
            "0: +10.0, 1: +8.0, 2: +9.0 | ahead |" in table
+
+
+def test_pair_by_seed_pairs_within_a_cell_and_pools_under_a_shared_name():
+    from sssi.aggregate import pair_by_seed, seed_differences
+
+    rows = [  # two pretext seeds of one method against scratch, two protocols
+        {"start": "scratch", "protocol": "probe", "label_fraction": 0.1, "seed": 0, "mIoU": 0.30},
+        {"start": "scratch", "protocol": "probe", "label_fraction": 0.1, "seed": 1, "mIoU": 0.20},
+        {"start": "scratch", "protocol": "finetune", "label_fraction": 0.1, "seed": 0,
+         "mIoU": 0.50},
+        {"start": "b/seed_0", "protocol": "probe", "label_fraction": 0.1, "seed": 0, "mIoU": 0.35},
+        {"start": "b/seed_0", "protocol": "probe", "label_fraction": 0.1, "seed": 1, "mIoU": 0.21},
+        {"start": "b/seed_1", "protocol": "probe", "label_fraction": 0.1, "seed": 0, "mIoU": 0.28},
+        {"start": "b/seed_1", "protocol": "finetune", "label_fraction": 0.1, "seed": 0,
+         "mIoU": 0.44},
+        # no scratch run of seed 2, and a run without a score: neither is paired
+        {"start": "b/seed_1", "protocol": "probe", "label_fraction": 0.1, "seed": 2, "mIoU": 0.9},
+        {"start": "b/seed_0", "protocol": "finetune", "label_fraction": 0.1, "seed": 0},
+    ]
+
+    def is_scratch(r):
+        return r["start"] == "scratch"
+
+    def cell(r):
+        return r["protocol"], r["label_fraction"]
+
+    diffs = [(r["start"], r["protocol"], r["seed"], d)
+             for r, d in seed_differences(rows, is_scratch, cell)]
+    assert [d[:3] for d in diffs] == [("b/seed_0", "probe", 0), ("b/seed_0", "probe", 1),
+                                      ("b/seed_1", "probe", 0), ("b/seed_1", "finetune", 0)]
+    assert [d[3] for d in diffs] == pytest.approx([5.0, 1.0, -2.0, -6.0])  # points
+    pairs = pair_by_seed(rows, is_scratch, cell, lambda r: [r["start"], "b/all"],
+                         lambda c: f"scratch/{c[0]}")
+    pooled = pairs[("b/all", "probe", 0.1)]
+    assert pooled.baseline == "scratch/probe" and pooled.fraction == 0.1
+    assert pooled.seeds == [0, 1, 0] and pooled.differences == pytest.approx([5.0, 1.0, -2.0])
+    assert pairs[("b/seed_1", "finetune", 0.1)].differences == pytest.approx([-6.0])
+    assert ("b/seed_0", "finetune", 0.1) not in pairs
