@@ -14,9 +14,13 @@
 # fine-tuned score run's last.ckpt, trained first where missing, evaluated on tile 7's
 # whole images at the study's half resolution into OUT/test/finetune/..., as
 # run.sh's stage 3 does.)
-# METHOD: blocks (random 16 px blocks) or game (the instructor). Budgets are multiples
-# of 512 (an epoch's crops): a run asked for a larger budget continues from its
-# last.ckpt exactly. PROTOCOL: probe (sssi.probe: BatchNorm re-estimated on clean crops,
+# METHOD: blocks (random 16 px blocks) or game (the instructor), at a constant rate; or
+# blocks_decay, random blocks whose rate falls 10x at 60 % and again at 85 % of the last
+# BUDGET (the paper decays its rate; this run is for reaching Telea's hole error, its
+# last budget is the one to read). Budgets are multiples of 512 (an epoch's crops;
+# data.samples_per_epoch in SETTINGS changes it): a run asked for a larger budget
+# continues from its last.ckpt exactly (a blocks_decay run keeps the last budget it
+# started with, in schedule.txt, and refuses another). PROTOCOL: probe (sssi.probe: BatchNorm re-estimated on clean crops,
 # an L-BFGS logistic fit on layer3 and layer4) or finetune (+experiment=dubai_finetune,
 # its lr rule for every start: a pretrained encoder at 1/10 of the head's rate);
 # START: METHOD/seed_S/BUDGET (that checkpoint) or scratch (random weights drawn with
@@ -47,13 +51,17 @@ for arg in "${score_settings[@]}"; do
   case "$arg" in probe.*|+probe.*) ;; *) finetune_settings+=("$arg") ;; esac
 done
 pretext_settings=(backbone.output_stride=32 "task.decoder_channels=[128,64,32]"
-  task.channels_last=true "task.inpainter_scheduler.milestones=[1000000]")
+  task.channels_last=true)
+epoch_crops=512  # an epoch's crops (dubai_pretrain's), unless SETTINGS changes it
+for arg in "${settings[@]}"; do
+  case "$arg" in data.samples_per_epoch=*) epoch_crops="${arg#*=}" ;; esac
+done
 
 experiment_of() {
   case "$1" in
-    blocks) echo dubai_inpaint_blocks ;;
+    blocks|blocks_decay) echo dubai_inpaint_blocks ;;
     game) echo dubai_pretrain ;;
-    *) echo "error: METHOD '$1': expected blocks or game" >&2; exit 2 ;;
+    *) echo "error: METHOD '$1': expected blocks, blocks_decay or game" >&2; exit 2 ;;
   esac
 }
 
@@ -70,10 +78,22 @@ case "$stage" in
     last="${*: -1}"
     [ -f "$dir/budgets/crops_$(printf %07d "$last").ckpt" ] && exit 0
     mkdir -p "$dir"
+    if [ "$method" = blocks_decay ]; then  # the schedule is fixed by the last budget
+      if [ -f "$dir/schedule.txt" ] && [ "$(cat "$dir/schedule.txt")" != "$last" ]; then
+        echo "error: $dir decays its rate towards budget $(cat "$dir/schedule.txt"), not $last: keep that last budget, or start another seed" >&2
+        exit 2
+      fi
+      echo "$last" > "$dir/schedule.txt"
+      epochs=$(( last / epoch_crops ))
+      rate=("task.inpainter_scheduler.milestones=[$(( epochs * 60 / 100 )),$(( epochs * 85 / 100 ))]"
+            task.inpainter_scheduler.gamma=0.1)
+    else
+      rate=("task.inpainter_scheduler.milestones=[1000000]")  # constant
+    fi
     start=$(date +%s)
     resume=()
     [ -f "$dir/checkpoints/last.ckpt" ] && resume=(ckpt_path=last)
-    "$PY" -m sssi.train "+experiment=$exp" "${common[@]}" "${pretext_settings[@]}" \
+    "$PY" -m sssi.train "+experiment=$exp" "${common[@]}" "${pretext_settings[@]}" "${rate[@]}" \
       "seed=$seed" trainer.max_epochs=100000 trainer.check_val_every_n_epoch=6 \
       callbacks.model_checkpoint.every_n_epochs=6 callbacks.model_checkpoint.save_top_k=1 \
       "+callbacks.crop_budgets._target_=sssi.callbacks.CropBudgets" \

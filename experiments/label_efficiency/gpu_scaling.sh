@@ -13,6 +13,8 @@
 #   EXTRA="..."                          more overrides for every run (e.g. sizes)
 #   SCORE_EXTRA="..."                    more overrides for the scoring runs only
 #   SEEDS="0 1 2" PROTOCOLS="probe finetune"   the scoring runs
+#   METHOD=blocks                        or blocks_decay (the rate decayed towards the
+#                                        last budget: read that budget only)
 #   PYTHON=python
 # The images are read and cut by the workers from the decoded tiles' pages (GDAL's
 # cache); on the 2-core CPU that path cost about 5 % of the step
@@ -36,9 +38,10 @@ run=("trainer.accelerator=$accel" "trainer.precision=$precision" "data.num_worke
 extra=(${EXTRA:-})
 export SETTINGS="${run[*]} data.batch_size=$batch data.samples_per_epoch=$epoch ${extra[*]}"
 export SCORE_SETTINGS="${run[*]} ${extra[*]} ${SCORE_EXTRA:-}"
-bash "$here/dubai_scaling.sh" pretext "$root" "$out" blocks 0 "${budgets[@]}"
+method="${METHOD:-blocks}"
+bash "$here/dubai_scaling.sh" pretext "$root" "$out" "$method" 0 "${budgets[@]}"
 read -r -a seeds <<< "${SEEDS:-0 1 2}"
-for start in scratch "${budgets[@]/#/blocks/seed_0/}"; do
+for start in scratch "${budgets[@]/#/$method/seed_0/}"; do
   for protocol in ${PROTOCOLS:-probe finetune}; do
     bash "$here/dubai_scaling.sh" score "$root" "$out" "$protocol" "$start" 0.1 "${seeds[@]}"
   done

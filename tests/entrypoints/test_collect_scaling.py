@@ -117,6 +117,8 @@ def test_one_pretext_seed_gets_no_pooled_rows(out):
 @pytest.mark.parametrize("args, message", [
     (["bogus", "R", "O"], "stage 'bogus'"),
     (["pretext", "R", "O", "masks", "0", "512"], "METHOD 'masks'"),
+    # a decayed run's schedule is fixed by the last budget it started with
+    (["pretext", "R", "{out}", "blocks_decay", "0", "512", "2048"], "towards budget 1024"),
     (["pretext", "R", "O", "blocks", "0"], "no BUDGET"),
     (["score", "R", "{out}", "probe", "blocks/seed_0/512", "0.1", "0"], "crops_0000512.ckpt"),
 ])
@@ -124,6 +126,8 @@ def test_scaling_script_refuses_bad_arguments_with_one_line(args, message, tmp_p
     (tmp_path / "pretext" / "blocks" / "seed_0").mkdir(parents=True)
     (tmp_path / "pretext" / "blocks" / "seed_0" / "norm_stats.json").write_text(
         json.dumps({"mean": [1.0, 2.0, 3.0], "std": [1.0, 1.0, 1.0]}))
+    (tmp_path / "pretext" / "blocks_decay" / "seed_0").mkdir(parents=True)
+    (tmp_path / "pretext" / "blocks_decay" / "seed_0" / "schedule.txt").write_text("1024\n")
     args = [a.replace("{out}", str(tmp_path)) for a in args]
     proc = subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True,
                           cwd=tmp_path, timeout=60)
@@ -158,3 +162,30 @@ def test_gpu_script_makes_a_budget_curve_at_tiny_scale_on_the_cpu(tmp_path):
     block = [r for r in rows if r["method"] == "blocks"]
     assert all(float(r["hole_error"]) > 0 and float(r["telea_error"]) > 0 for r in block)
     assert all(r["crops"] == "16" for r in block)
+
+
+@pytest.mark.slow
+def test_a_decayed_pretext_run_drops_its_rate_towards_its_last_budget(tmp_path):
+    """blocks_decay at tiny scale: 4 epochs of 16 crops to the last budget of 64, so the
+    rate falls 10x after epoch 2 (60 %) and again after epoch 3 (85 %); the budget
+    before the first drop still trains at the full rate."""
+    env = {**os.environ, "PYTHON": sys.executable,
+           "SETTINGS": "data.samples_per_epoch=16 data.batch_size=4 data.num_workers=0 "
+                       "data.train_split=['2_001'] data.val_split=['3_001'] data.crop_size=64 "
+                       "data.val_window=64 data.val_max_windows=2 data.region_size=128 "
+                       "trainer.check_val_every_n_epoch=100"}
+    proc = subprocess.run(["bash", str(SCRIPT), "pretext", str(real_sample("dubai")),
+                           str(tmp_path), "blocks_decay", "0", "32", "64"], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "pretext" / "blocks_decay" / "seed_0"
+    assert (run / "schedule.txt").read_text().strip() == "64"
+
+    def rate(budget: int) -> float:
+        ckpt = torch.load(run / "budgets" / f"crops_{budget:07d}.ckpt", map_location="cpu",
+                          weights_only=False)
+        assert dict(ckpt["lr_schedulers"][0]["milestones"]) == {2: 1, 3: 1}
+        return ckpt["optimizer_states"][0]["param_groups"][0]["lr"]
+
+    assert rate(32) == pytest.approx(0.01)
+    assert rate(64) == pytest.approx(0.0001)
