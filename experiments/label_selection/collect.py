@@ -7,7 +7,8 @@ Reads ``OUT/train/<start>/<selector>/fraction_<f>/seed_<s>/metrics.json`` (``val
 tile 6, where every choice is made) and, where the test stage ran,
 ``OUT/test/.../metrics.json`` (``mIoU``: tile 7). Writes ``RESULTS_DIR/runs.csv`` (one
 row per run and split), ``RESULTS_DIR/table.md`` (mean ± sd over seeds, and the gaps to
-random: :class:`sssi.aggregate.Paired`, two-sided) and ``RESULTS_DIR/selection.png``.
+random: :class:`sssi.aggregate.Paired`, two-sided; with several starts, also each seed's
+gap averaged over the starts) and ``RESULTS_DIR/selection.png``.
 """
 
 from __future__ import annotations
@@ -50,6 +51,27 @@ def gaps(found: list[dict]) -> list[tuple[str, str, Paired]]:
     return [(k[1], k[2], p) for k, p in sorted(pairs.items(), key=lambda kv: str(kv[0]))]
 
 
+def start_averaged(pairs: list[tuple[str, str, Paired]]) -> list[tuple[str, Paired]]:
+    """``(split, pair)`` per selector x fraction over every start: each seed's gap to
+    random averaged over the starts, for the seeds that every start has. One value per
+    seed keeps the pairs independent (a seed's labelled regions are the same for every
+    start, so pooling the starts' gaps as separate values would count them twice)."""
+    starts = {start for _, start, _ in pairs}
+    if len(starts) < 2:
+        return []
+    by: dict[tuple, dict[int, dict[str, float]]] = {}
+    for split, start, pair in pairs:
+        for seed, gap in zip(pair.seeds, pair.differences, strict=True):
+            by.setdefault((split, pair.method, pair.fraction), {}).setdefault(seed, {})[start] = gap
+    out = []
+    for (split, method, fraction), seeds in sorted(by.items(), key=lambda kv: str(kv[0])):
+        full = sorted(seed for seed, gaps in seeds.items() if len(gaps) == len(starts))
+        if full:
+            out.append((split, Paired(method, "random", fraction, full,
+                                      [mean(seeds[seed].values()) for seed in full])))
+    return out
+
+
 def _cell(values: list[float]) -> str:
     if not values:
         return "–"
@@ -82,6 +104,22 @@ def markdown(found: list[dict], pairs: list[tuple[str, str, Paired]]) -> str:
                 for f in fractions:
                     pair = next((p for s, st, p in pairs if s == split and st == start and
                                  p.method == sel and p.fraction == f), None)
+                    cells.append("–" if pair is None else
+                                 f"{pair.mean:+.1f} ± {pair.sd:.1f} {pair.verdict} "
+                                 f"(n={len(pair.differences)})")
+                lines.append(f"| {sel} | " + " | ".join(cells) + " |")
+            lines.append("")
+        averaged = [p for s, p in start_averaged(pairs) if s == split]
+        if averaged:
+            lines += [f"### {where}, every start: each seed's gap averaged over the starts",
+                      "", "gap to random (points, mean ± sd over seeds, two-sided verdict)",
+                      "", "| selector | " + " | ".join(f"gap {100 * f:g} %" for f in fractions)
+                      + " |", "|---" * (1 + len(fractions)) + "|"]
+            for sel in sorted({p.method for p in averaged}):
+                cells = []
+                for f in fractions:
+                    pair = next((p for p in averaged if p.method == sel and p.fraction == f),
+                                None)
                     cells.append("–" if pair is None else
                                  f"{pair.mean:+.1f} ± {pair.sd:.1f} {pair.verdict} "
                                  f"(n={len(pair.differences)})")

@@ -10,6 +10,9 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+from experiments.label_selection.collect import gaps, start_averaged
 from experiments.label_selection.collect import main as collect
 from sssi.cli import compose_entry
 from sssi.select import run as select_run
@@ -59,3 +62,22 @@ def test_selection_study_trains_on_a_ranking_and_pairs_it_with_random(tmp_path):
     table = (results / "table.md").read_text()
     assert "| texture |" in table and "(n=1)" in table and "level" in table
     assert (results / "selection.png").stat().st_size > 1000
+
+
+def test_the_starts_are_averaged_per_seed_not_pooled():
+    """Two starts share each seed's regions: a seed's two gaps become one value (their
+    mean), and a seed that one start lacks is left out."""
+    def row(start, selector, seed, miou):
+        return {"split": "train", "start": start, "selector": selector,
+                "label_fraction": 0.05, "seed": seed, "mIoU": miou}
+
+    found = [row("scratch", "random", 0, 0.30), row("scratch", "random", 1, 0.40),
+             row("scratch", "random", 2, 0.35), row("scratch", "instructor", 0, 0.34),
+             row("scratch", "instructor", 1, 0.42), row("scratch", "instructor", 2, 0.30),
+             row("blocks", "random", 0, 0.20), row("blocks", "random", 1, 0.50),
+             row("blocks", "instructor", 0, 0.30), row("blocks", "instructor", 1, 0.50)]
+    (split, pair), = start_averaged(gaps(found))
+    assert split == "train" and pair.method == "instructor" and pair.baseline == "random"
+    assert pair.seeds == [0, 1]  # seed 2 has no blocks run
+    assert pair.differences == pytest.approx([(4.0 + 10.0) / 2, (2.0 + 0.0) / 2])
+    assert start_averaged(gaps([r for r in found if r["start"] == "scratch"])) == []
