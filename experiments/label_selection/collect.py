@@ -14,20 +14,56 @@ gap averaged over the starts) and ``RESULTS_DIR/selection.png``.
 from __future__ import annotations
 
 import argparse
+import csv
 import io
 import json
 from pathlib import Path
 from statistics import mean, stdev
 
+import numpy as np
+
+from experiments.label_selection.gate import balance
 from sssi.aggregate import Paired, pair_by_seed
 from sssi.utils.io import atomic_write_bytes, atomic_write_csv, atomic_write_text
 
-FIELDS = ["split", "start", "selector", "label_fraction", "seed", "mIoU"]
+FIELDS = ["split", "start", "selector", "label_fraction", "seed", "mIoU", "balance",
+          "difficulty"]
+REGION_KEYS = ("tile", "row", "col", "height", "width", "cross_entropy", "pixel_error")
 SPLITS = {"train": ("val/mIoU", "tile 6"), "test": ("mIoU", "tile 7")}
 
 
-def rows(out: Path) -> list[dict]:
-    """One row per finished run (and per test evaluation)."""
+def region_facts(path: Path) -> tuple[list[str], dict[tuple, tuple[np.ndarray, float]]]:
+    """The gate's ``regions.csv``: the classes, and per region ``(tile, row, col)`` its
+    class pixels and the 100 %-label scratch model's cross-entropy on it."""
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        classes = [c for c in reader.fieldnames or [] if c not in REGION_KEYS]
+        facts = {(r["tile"], int(r["row"]), int(r["col"])):
+                 (np.array([float(r[c]) for c in classes]), float(r["cross_entropy"]))
+                 for r in reader}
+    return classes, facts
+
+
+def labelled_facts(run: Path, facts: dict[tuple, tuple[np.ndarray, float]]) -> dict:
+    """What a run's labelled regions (its ``label_split.json``) hold: ``balance``, the
+    normalised entropy of their class pixels (the gate's measure), and ``difficulty``,
+    their cross-entropy under the 100 %-label scratch model, weighted by pixels."""
+    split = run / "label_split.json"
+    if not split.is_file():
+        return {}
+    found = [facts.get((r["tile"], int(r["row"]), int(r["col"])))
+             for r in json.loads(split.read_text())["regions"]]
+    if not found or any(f is None for f in found):
+        return {}
+    pixels = np.sum([f[0] for f in found], axis=0)
+    weights = np.array([f[0].sum() for f in found])
+    return {"balance": balance(pixels),
+            "difficulty": float(np.average([f[1] for f in found], weights=weights))}
+
+
+def rows(out: Path, facts: dict | None = None) -> list[dict]:
+    """One row per finished run (and per test evaluation); with the gate's region
+    ``facts``, a training run's row also says what its labelled regions hold."""
     found = []
     for split, (key, _) in SPLITS.items():
         for path in sorted((out / split).glob("*/*/fraction_*/seed_*/metrics.json")):
@@ -35,11 +71,33 @@ def rows(out: Path) -> list[dict]:
             value = json.loads(path.read_text()).get(key)
             if value is None:
                 continue
-            found.append({"split": split, "start": run.parents[2].name,
-                          "selector": run.parents[1].name,
-                          "label_fraction": float(run.parent.name.removeprefix("fraction_")),
-                          "seed": int(run.name.removeprefix("seed_")), "mIoU": float(value)})
+            row = {"split": split, "start": run.parents[2].name,
+                   "selector": run.parents[1].name,
+                   "label_fraction": float(run.parent.name.removeprefix("fraction_")),
+                   "seed": int(run.name.removeprefix("seed_")), "mIoU": float(value)}
+            if facts and split == "train":
+                row.update(labelled_facts(run, facts))
+            found.append(row)
     return found
+
+
+def what_goes_with_miou(found: list[dict]) -> list[tuple]:
+    """``(start, fraction, runs, rho balance, rho difficulty)``: Spearman's correlation,
+    over every training run of a start and fraction (all selectors and seeds), of tile
+    6's mIoU with the balance and with the difficulty of the run's labelled regions."""
+    from scipy.stats import spearmanr
+
+    out = []
+    mine = [r for r in found if r["split"] == "train" and "balance" in r]
+    for start, fraction in sorted({(r["start"], r["label_fraction"]) for r in mine}):
+        cell = [r for r in mine if r["start"] == start and r["label_fraction"] == fraction]
+        if len(cell) < 3:
+            continue
+        miou = [r["mIoU"] for r in cell]
+        out.append((start, fraction, len(cell),
+                    float(spearmanr(miou, [r["balance"] for r in cell]).statistic),
+                    float(spearmanr(miou, [r["difficulty"] for r in cell]).statistic)))
+    return out
 
 
 def gaps(found: list[dict]) -> list[tuple[str, str, Paired]]:
@@ -125,6 +183,18 @@ def markdown(found: list[dict], pairs: list[tuple[str, str, Paired]]) -> str:
                                  f"(n={len(pair.differences)})")
                 lines.append(f"| {sel} | " + " | ".join(cells) + " |")
             lines.append("")
+    explained = what_goes_with_miou(found)
+    if explained:
+        lines += ["### What goes with a run's mIoU (tile 6)", "",
+                  "Spearman's correlation over every run of a start and fraction (all "
+                  "selectors and seeds) of its mIoU with what its labelled regions hold: "
+                  "balance (normalised entropy of their class pixels) and difficulty (the "
+                  "100 %-label scratch model's cross-entropy on them)", "",
+                  "| start | fraction | runs | mIoU ~ balance | mIoU ~ difficulty |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {start} | {100 * f:g} % | {n} | {rb:+.2f} | {rd:+.2f} |"
+                  for start, f, n, rb, rd in explained]
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -170,13 +240,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("out", type=Path, help="the study's OUT folder")
     parser.add_argument("results", type=Path, help="where the tables go")
+    parser.add_argument("--regions", type=Path, default=None,
+                        help="the gate's regions.csv: each run's labelled regions get their "
+                             "balance and difficulty")
     args = parser.parse_args(argv)
-    found = rows(args.out)
+    facts = region_facts(args.regions)[1] if args.regions else None
+    found = rows(args.out, facts)
     if not found:
         raise SystemExit(f"error: no finished run under {args.out}/train")
     args.results.mkdir(parents=True, exist_ok=True)
     atomic_write_csv(args.results / "runs.csv",
-                     ({**r, "mIoU": f"{r['mIoU']:.6f}"} for r in found), FIELDS)
+                     ({**r, **{k: f"{r[k]:.6f}" for k in ("mIoU", "balance", "difficulty")
+                               if k in r}} for r in found), FIELDS)
     text = markdown(found, gaps(found))
     atomic_write_text(args.results / "table.md", text)
     plot(found, args.results / "selection.png")

@@ -12,7 +12,13 @@ import sys
 
 import pytest
 
-from experiments.label_selection.collect import gaps, start_averaged
+from experiments.label_selection.collect import (
+    gaps,
+    labelled_facts,
+    region_facts,
+    start_averaged,
+    what_goes_with_miou,
+)
 from experiments.label_selection.collect import main as collect
 from sssi.cli import compose_entry
 from sssi.select import run as select_run
@@ -81,3 +87,35 @@ def test_the_starts_are_averaged_per_seed_not_pooled():
     assert pair.seeds == [0, 1]  # seed 2 has no blocks run
     assert pair.differences == pytest.approx([(4.0 + 10.0) / 2, (2.0 + 0.0) / 2])
     assert start_averaged(gaps([r for r in found if r["start"] == "scratch"])) == []
+
+
+def test_a_runs_labelled_regions_get_their_balance_and_difficulty(tmp_path):
+    regions = tmp_path / "regions.csv"
+    regions.write_text("tile,row,col,height,width,cross_entropy,pixel_error,a,b\n"
+                       "1_001,0,0,10,10,0.2,0.1,100,0\n"
+                       "1_001,0,10,10,10,0.8,0.3,100,200\n"
+                       "1_002,0,0,10,10,0.5,0.2,0,100\n")
+    classes, facts = region_facts(regions)
+    assert classes == ["a", "b"]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "label_split.json").write_text(json.dumps({"regions": [
+        {"tile": "1_001", "row": 0, "col": 0, "height": 10, "width": 10},
+        {"tile": "1_001", "row": 0, "col": 10, "height": 10, "width": 10}]}))
+    got = labelled_facts(run, facts)
+    assert got["balance"] == pytest.approx(1.0)  # 200 px of each class
+    assert got["difficulty"] == pytest.approx((0.2 * 100 + 0.8 * 300) / 400)  # by pixels
+    # a region the gate did not see: nothing rather than a wrong figure
+    (run / "label_split.json").write_text(json.dumps({"regions": [
+        {"tile": "9_009", "row": 0, "col": 0, "height": 10, "width": 10}]}))
+    assert labelled_facts(run, facts) == {}
+
+    def row(seed, miou, bal, diff):
+        return {"split": "train", "start": "scratch", "selector": "random",
+                "label_fraction": 0.05, "seed": seed, "mIoU": miou, "balance": bal,
+                "difficulty": diff}
+
+    (start, fraction, n, with_balance, with_difficulty), = what_goes_with_miou(
+        [row(0, 0.3, 0.5, 0.9), row(1, 0.4, 0.6, 0.7), row(2, 0.5, 0.9, 0.8)])
+    assert (start, fraction, n) == ("scratch", 0.05, 3)
+    assert with_balance == pytest.approx(1.0) and with_difficulty == pytest.approx(-0.5)
