@@ -138,8 +138,15 @@ def _cell(values: list[float]) -> str:
     return f"{100 * mean(values):.1f} ± {100 * stdev(values):.1f}"
 
 
+def _gap(pair: Paired | None) -> str:
+    if pair is None:
+        return "–"
+    return f"{pair.mean:+.1f} ± {pair.sd:.1f} {pair.verdict} (n={len(pair.differences)})"
+
+
 def markdown(found: list[dict], pairs: list[tuple[str, str, Paired]]) -> str:
     lines = []
+    every_start = start_averaged(pairs)
     for split, (_, where) in SPLITS.items():
         mine = [r for r in found if r["split"] == split]
         if not mine:
@@ -162,12 +169,10 @@ def markdown(found: list[dict], pairs: list[tuple[str, str, Paired]]) -> str:
                 for f in fractions:
                     pair = next((p for s, st, p in pairs if s == split and st == start and
                                  p.method == sel and p.fraction == f), None)
-                    cells.append("–" if pair is None else
-                                 f"{pair.mean:+.1f} ± {pair.sd:.1f} {pair.verdict} "
-                                 f"(n={len(pair.differences)})")
+                    cells.append(_gap(pair))
                 lines.append(f"| {sel} | " + " | ".join(cells) + " |")
             lines.append("")
-        averaged = [p for s, p in start_averaged(pairs) if s == split]
+        averaged = [p for s, p in every_start if s == split]
         if averaged:
             lines += [f"### {where}, every start: each seed's gap averaged over the starts",
                       "", "gap to random (points, mean ± sd over seeds, two-sided verdict)",
@@ -178,9 +183,7 @@ def markdown(found: list[dict], pairs: list[tuple[str, str, Paired]]) -> str:
                 for f in fractions:
                     pair = next((p for p in averaged if p.method == sel and p.fraction == f),
                                 None)
-                    cells.append("–" if pair is None else
-                                 f"{pair.mean:+.1f} ± {pair.sd:.1f} {pair.verdict} "
-                                 f"(n={len(pair.differences)})")
+                    cells.append(_gap(pair))
                 lines.append(f"| {sel} | " + " | ".join(cells) + " |")
             lines.append("")
     explained = what_goes_with_miou(found)
