@@ -28,6 +28,7 @@ import io
 import json
 import logging
 import math
+import statistics
 import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -194,6 +195,16 @@ def _method_order(method: str) -> tuple[str, int, str]:
 # --------------------------------------------------------------------------- writing
 def _pct(value: float) -> str:
     return "–" if math.isnan(value) else f"{100 * value:.1f}"
+
+
+def mean_sd_pct(values: Sequence[float]) -> str:
+    """Fractions as "mean ± sd" in percent (one value: itself; none: a dash): the cell
+    every collector's mIoU table writes."""
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return _pct(values[0])
+    return f"{_pct(statistics.mean(values))} ± {_pct(statistics.stdev(values))}"
 
 
 def _cell(g: Group, metric: str) -> str:

@@ -19,9 +19,8 @@ import argparse
 import json
 import math
 from pathlib import Path
-from statistics import mean, stdev
 
-from sssi.aggregate import Paired, pair_by_seed, seed_differences
+from sssi.aggregate import Paired, mean_sd_pct, pair_by_seed, seed_differences
 from sssi.utils.io import atomic_write_csv, atomic_write_text
 
 FIELDS = ["start", "protocol", "label_fraction", "seed", "mIoU"]
@@ -74,13 +73,6 @@ def gaps(found: list[dict]) -> list[Paired]:
             if "/all/" not in key[0] or len(seeds_of[key]) > 1]
 
 
-def _cell(values: list[float]) -> str:
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return f"{100 * values[0]:.1f}"
-    return f"{100 * mean(values):.1f} ± {100 * stdev(values):.1f}"
-
 
 def _order(start: str) -> tuple:
     """Pretext starts by method and budget, each pretext seed then the pooled row;
@@ -113,8 +105,9 @@ def markdown(found: list[dict], pairs: list[Paired]) -> str:
                         runs = []
                 else:
                     runs = [r for r in found if r["start"] == start]
-                per_fraction.append(_cell([r["mIoU"] for r in runs if r["protocol"] == protocol
-                                           and r["label_fraction"] == f]))
+                per_fraction.append(mean_sd_pct([r["mIoU"] for r in runs
+                                                 if r["protocol"] == protocol
+                                                 and r["label_fraction"] == f]))
             cells.append(" / ".join(per_fraction))
         lines.append(f"| {start} | " + " | ".join(cells) + " |")
     lines += ["", "Gap to scratch on tile 7 (points of mIoU; paired by seed: mean ± sd of "

@@ -23,7 +23,7 @@ from statistics import mean, stdev
 import numpy as np
 
 from experiments.label_selection.gate import balance
-from sssi.aggregate import Paired, pair_by_seed
+from sssi.aggregate import Paired, mean_sd_pct, pair_by_seed
 from sssi.utils.io import atomic_write_bytes, atomic_write_csv, atomic_write_text
 
 FIELDS = ["split", "start", "selector", "label_fraction", "seed", "mIoU", "balance",
@@ -130,13 +130,6 @@ def start_averaged(pairs: list[tuple[str, str, Paired]]) -> list[tuple[str, Pair
     return out
 
 
-def _cell(values: list[float]) -> str:
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return f"{100 * values[0]:.1f}"
-    return f"{100 * mean(values):.1f} ± {100 * stdev(values):.1f}"
-
 
 def _gap(pair: Paired | None) -> str:
     if pair is None:
@@ -163,7 +156,7 @@ def markdown(found: list[dict], pairs: list[tuple[str, str, Paired]]) -> str:
             selectors = sorted({r["selector"] for r in mine if r["start"] == start},
                                key=lambda s: (s != "random", s))
             for sel in selectors:
-                cells = [_cell([r["mIoU"] for r in mine if r["start"] == start and
+                cells = [mean_sd_pct([r["mIoU"] for r in mine if r["start"] == start and
                                 r["selector"] == sel and r["label_fraction"] == f])
                          for f in fractions]
                 for f in fractions:

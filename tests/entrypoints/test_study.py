@@ -254,3 +254,11 @@ def test_pair_by_seed_pairs_within_a_cell_and_pools_under_a_shared_name():
     assert pooled.seeds == [0, 1, 0] and pooled.differences == pytest.approx([5.0, 1.0, -2.0])
     assert pairs[("b/seed_1", "finetune", 0.1)].differences == pytest.approx([-6.0])
     assert ("b/seed_0", "finetune", 0.1) not in pairs
+
+
+def test_mean_sd_pct_writes_a_collectors_cell_in_percent():
+    from sssi.aggregate import mean_sd_pct
+
+    assert mean_sd_pct([]) == "–"
+    assert mean_sd_pct([0.3456]) == "34.6"  # one run: no spread to state
+    assert mean_sd_pct([0.1, 0.3]) == f"20.0 ± {100 * stdev([0.1, 0.3]):.1f}" == "20.0 ± 14.1"
