@@ -131,7 +131,7 @@ def gaps(rows: list[dict]) -> tuple[list[Paired], list[tuple]]:
     """Paired gaps to scratch per start x protocol/layer x fraction, and per method x
     pretext seed x protocol/layer x fraction the slope of the per-seed gaps on log10
     crops (least squares; 95 % t interval; NaN with fewer than two budgets). Where a
-    method has several pretext seeds, rows with pretext seed ``all`` pool them (start
+    cell has several pretext seeds, rows with pretext seed ``all`` pool them (start
     ``METHOD/all/BUDGET``): every (pretext seed, seed) difference counts as one value,
     so the spread includes the pretext's own seed-to-seed variation (the seeds share
     their labelled regions, so the interval is somewhat narrower than independent
@@ -150,18 +150,16 @@ def gaps(rows: list[dict]) -> tuple[list[Paired], list[tuple]]:
                                     f"{r['method']}/all/{r['budget']}"],
                          lambda c: f"scratch/{c[0]}")
     points: dict[tuple, list] = {}
+    seeds_in: dict[tuple, set] = {}  # the pretext seeds behind each pooled row and line
     for r, gap in seed_differences(rows, is_scratch, cell):
         point = (math.log10(r["crops"]), gap)
         for pseed in (r["pretext_seed"], "all"):
             points.setdefault((r["method"], pseed, *cell(r)), []).append(point)
-    seeds_of = {}
-    for method, pseed, _, _ in points:
-        if pseed != "all":
-            seeds_of.setdefault(method, set()).add(pseed)
-    pairs = {k: p for k, p in pairs.items()  # pooled rows only where there is more than one
-             if "/all/" not in k[0] or len(seeds_of.get(k[0].split("/")[0], ())) > 1}
-    points = {k: v for k, v in points.items()
-              if k[1] != "all" or len(seeds_of.get(k[0], ())) > 1}
+        for key in ((f"{r['method']}/all/{r['budget']}", *cell(r)), (r["method"], "all", *cell(r))):
+            seeds_in.setdefault(key, set()).add(r["pretext_seed"])
+    # pooled rows and lines only where more than one pretext seed is behind them
+    pairs = {k: p for k, p in pairs.items() if "/all/" not in k[0] or len(seeds_in[k]) > 1}
+    points = {k: v for k, v in points.items() if k[1] != "all" or len(seeds_in[k]) > 1}
     slopes = []
     for line, pts in sorted(points.items(), key=lambda kv: str(kv[0])):
         x, y = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
@@ -209,11 +207,12 @@ def plot(rows: list[dict], pairs: list[Paired]) -> bytes:
             crops.setdefault(f"{r['method']}/all/{r['budget']}", r.get("crops"))
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6))
     series: dict[tuple, list] = {}
-    pooled = {p.method.split("/")[0] for p in pairs if "/all/" in p.method}
+    pooled = {(p.method.split("/")[0], p.baseline, p.fraction) for p in pairs
+              if "/all/" in p.method}
     for p in pairs:
         method = p.method.rsplit("/", 1)[0]
-        if method.split("/")[0] in pooled and "/all" not in method:
-            continue  # a method with several pretext seeds: its pooled line only
+        if (method.split("/")[0], p.baseline, p.fraction) in pooled and "/all" not in method:
+            continue  # a line with several pretext seeds: drawn pooled only
         series.setdefault((method, p.baseline.removeprefix("scratch/"), p.fraction), []).append(
             (crops[p.method], p.mean, p.sd if len(p.differences) > 1 else 0.0))
     for (method, protocol, fraction), pts in sorted(series.items()):

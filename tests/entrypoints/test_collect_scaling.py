@@ -87,8 +87,8 @@ def test_gaps_are_paired_and_the_slope_per_decade_is_recovered(out, tmp_path):
 
 def test_a_second_pretext_seed_is_pooled_with_the_first(out):
     """Pretext seed 1 at the top budget, 2 points below seed 0 on layer3: the pooled row
-    holds all six differences, the pooled slope every point; a method with one pretext
-    seed gets no pooled rows."""
+    holds all six differences, the pooled slope every point; a cell that only seed 0
+    scored (fine-tuning) gets no pooled row or line: it would be seed 0 under another name."""
     run = out / "pretext" / "blocks" / "seed_1" / "budgets"
     run.mkdir(parents=True)
     torch.save({"game": {"inpainter_crops": 100016}}, run / "crops_0100000.ckpt")
@@ -99,8 +99,10 @@ def test_a_second_pretext_seed_is_pooled_with_the_first(out):
     pooled = by_name[("blocks/all/100000", "scratch/probe/layer3")]
     assert sorted(pooled.differences) == pytest.approx([1.6, 2.0, 2.4, 3.6, 4.0, 4.4])
     assert pooled.mean == pytest.approx(3.0)
-    assert ("blocks/all/100000", "scratch/finetune/all") in by_name  # seed 0 alone there
+    assert ("blocks/all/100000", "scratch/finetune/all") not in by_name  # seed 0 alone
+    assert ("blocks/seed_0/100000", "scratch/finetune/all") in by_name
     lines = {(s[0], s[1], s[2]): s for s in slopes}
+    assert ("blocks", "all", "finetune/all") not in lines
     assert lines[("blocks", "all", "probe/layer3")][-1] == 12
     assert lines[("blocks", 1, "probe/layer3")][-1] == 3  # one budget: no slope
     assert "| blocks | 1 | probe/layer3 | 0.1 | – | 3 |" in collect_scaling.markdown(pairs, slopes)
