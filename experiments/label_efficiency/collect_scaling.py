@@ -135,7 +135,9 @@ def gaps(rows: list[dict]) -> tuple[list[Paired], list[tuple]]:
     ``METHOD/all/BUDGET``): every (pretext seed, seed) difference counts as one value,
     so the spread includes the pretext's own seed-to-seed variation (the seeds share
     their labelled regions, so the interval is somewhat narrower than independent
-    draws would give)."""
+    draws would give). A ``METHOD_decay`` run (the rate decayed towards its last budget)
+    adds a line ``METHOD+METHOD_decay``: the base method's points and the decayed run's
+    beyond the base's largest budget, the curve as far as it was carried."""
     from scipy.stats import t as student
 
     def is_scratch(r: dict) -> bool:
@@ -160,6 +162,17 @@ def gaps(rows: list[dict]) -> tuple[list[Paired], list[tuple]]:
     # pooled rows and lines only where more than one pretext seed is behind them
     pairs = {k: p for k, p in pairs.items() if "/all/" not in k[0] or len(seeds_in[k]) > 1}
     points = {k: v for k, v in points.items() if k[1] != "all" or len(seeds_in[k]) > 1}
+    # a decayed run continues its base method's curve: one more line, the base's points
+    # (every pretext seed) and the decayed runs' points beyond the base's largest budget
+    for (method, pseed, *c), pts in list(points.items()):
+        base = method.removesuffix("_decay")
+        if base == method or pseed == "all":
+            continue
+        base_pts = [p for (m, s, *bc), v in points.items() if m == base and s != "all"
+                    and bc == c for p in v]
+        extra = [p for p in pts if base_pts and p[0] > max(x for x, _ in base_pts)]
+        if extra:
+            points.setdefault((f"{base}+{method}", "all", *c), list(base_pts)).extend(extra)
     slopes = []
     for line, pts in sorted(points.items(), key=lambda kv: str(kv[0])):
         x, y = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])

@@ -116,6 +116,26 @@ def test_one_pretext_seed_gets_no_pooled_rows(out):
     assert not any(s[1] == "all" for s in slopes)
 
 
+def test_a_decayed_run_extends_its_base_methods_curve(out):
+    """blocks_decay at 10^6 crops, on blocks' line (2 points per decade): the combined
+    line has blocks' 9 points and the decayed run's 3 (its 10^5 budget, blocks' own, is
+    not counted twice) and keeps the slope; the decayed run alone has one budget."""
+    run = out / "pretext" / "blocks_decay" / "seed_0" / "budgets"
+    run.mkdir(parents=True)
+    for budget in (100000, 1000000):
+        torch.save({"game": {"inpainter_crops": budget + 16}}, run / f"crops_{budget:07d}.ckpt")
+    for seed, noise in enumerate((0.0, 0.004, -0.004)):
+        for decade, budget in ((2, 100000), (3, 1000000)):
+            _probe(out, f"blocks_decay/seed_0/{budget}", seed,
+                   0.30 + 0.01 * seed + 0.02 * decade + noise, 0.25)
+    pairs, slopes = collect_scaling.gaps(collect_scaling.table(out, measure=False))
+    lines = {(s[0], s[1], s[2]): s for s in slopes}
+    *_, per_decade, half, n = lines[("blocks+blocks_decay", "all", "probe/layer3")]
+    assert n == 12 and per_decade == pytest.approx(2.0, abs=0.01)
+    assert lines[("blocks", 0, "probe/layer3")][-1] == 9
+    assert ("blocks+blocks_decay", "all", "finetune/all") not in lines  # not scored there
+
+
 @pytest.mark.parametrize("args, message", [
     (["bogus", "R", "O"], "stage 'bogus'"),
     (["pretext", "R", "O", "masks", "0", "512"], "METHOD 'masks'"),
