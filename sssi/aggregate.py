@@ -411,18 +411,25 @@ def pair_by_seed(rows: Iterable[Mapping], is_baseline: Callable[[Mapping], bool]
                  baseline: Callable[[tuple], str], value: str = "mIoU",
                  ) -> dict[tuple, Paired]:
     """One :class:`Paired` per name x cell, keyed ``(name, *cell)``: every row's
-    :func:`seed_differences` counts under each of ``names(row)`` (the row's own start,
-    and e.g. a pooled name shared by several pretext seeds). ``baseline(cell)`` labels
-    the baseline; the fraction is the rows' ``label_fraction``."""
+    :func:`seed_differences` counts under each of ``names(row)`` (the row's own start
+    first, then e.g. a pooled name shared by several pretext seeds). A pooled name
+    (never a row's own) is kept only in the cells where more than one own name feeds
+    it: with one, it would be that start again under another name. ``baseline(cell)``
+    labels the baseline; the fraction is the rows' ``label_fraction``."""
     pairs: dict[tuple, Paired] = {}
+    own: set[str] = set()
+    sources: dict[tuple, set[str]] = defaultdict(set)
     for r, points in seed_differences(rows, is_baseline, cell, value):
         c = cell(r)
-        for name in names(r):
+        first, *pooled = names(r)
+        own.add(first)
+        for name in (first, *pooled):
             pair = pairs.setdefault((name, *c), Paired(name, baseline(c), r["label_fraction"],
                                                        [], []))
             pair.seeds.append(r["seed"])
             pair.differences.append(points)
-    return pairs
+            sources[(name, *c)].add(first)
+    return {k: p for k, p in pairs.items() if k[0] in own or len(sources[k]) > 1}
 
 
 def paired_markdown(pairs: Sequence[Paired], metric: str) -> str:

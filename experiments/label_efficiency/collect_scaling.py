@@ -152,15 +152,14 @@ def gaps(rows: list[dict]) -> tuple[list[Paired], list[tuple]]:
                                     f"{r['method']}/all/{r['budget']}"],
                          lambda c: f"scratch/{c[0]}")
     points: dict[tuple, list] = {}
-    seeds_in: dict[tuple, set] = {}  # the pretext seeds behind each pooled row and line
+    seeds_in: dict[tuple, set] = {}  # the pretext seeds behind each pooled line
     for r, gap in seed_differences(rows, is_scratch, cell):
         point = (math.log10(r["crops"]), gap)
         for pseed in (r["pretext_seed"], "all"):
             points.setdefault((r["method"], pseed, *cell(r)), []).append(point)
-        for key in ((f"{r['method']}/all/{r['budget']}", *cell(r)), (r["method"], "all", *cell(r))):
-            seeds_in.setdefault(key, set()).add(r["pretext_seed"])
-    # pooled rows and lines only where more than one pretext seed is behind them
-    pairs = {k: p for k, p in pairs.items() if "/all/" not in k[0] or len(seeds_in[k]) > 1}
+        seeds_in.setdefault((r["method"], "all", *cell(r)), set()).add(r["pretext_seed"])
+    # pooled lines only where more than one pretext seed is behind them (pair_by_seed
+    # applies the same rule to the pooled rows)
     points = {k: v for k, v in points.items() if k[1] != "all" or len(seeds_in[k]) > 1}
     # a decayed run continues its base method's curve: one more line, the base's points
     # (every pretext seed) and the decayed runs' points beyond the base's largest budget

@@ -20,7 +20,7 @@ import json
 import math
 from pathlib import Path
 
-from sssi.aggregate import Paired, mean_sd_pct, pair_by_seed, seed_differences
+from sssi.aggregate import Paired, mean_sd_pct, pair_by_seed
 from sssi.utils.io import atomic_write_csv, atomic_write_text
 
 FIELDS = ["start", "protocol", "label_fraction", "seed", "mIoU"]
@@ -66,12 +66,7 @@ def gaps(found: list[dict]) -> list[Paired]:
     pairs = pair_by_seed(found, is_scratch, cell,
                          lambda r: [r["start"], pooled_name(r["start"])],
                          lambda c: f"scratch/{c[0]}")
-    seeds_of: dict[tuple, set] = {}  # the pretext seeds behind each pooled row
-    for r, _ in seed_differences(found, is_scratch, cell):
-        seeds_of.setdefault((pooled_name(r["start"]), *cell(r)), set()).add(r["start"])
-    return [p for key, p in sorted(pairs.items(), key=lambda kv: str(kv[0]))
-            if "/all/" not in key[0] or len(seeds_of[key]) > 1]
-
+    return [p for _, p in sorted(pairs.items(), key=lambda kv: str(kv[0]))]
 
 
 def _order(start: str) -> tuple:

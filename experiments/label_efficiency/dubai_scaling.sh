@@ -21,8 +21,9 @@
 # data.samples_per_epoch in SETTINGS changes it): a run asked for a larger budget
 # continues from its last.ckpt exactly (a blocks_decay run keeps the last budget it
 # started with, in schedule.txt, and refuses another). PROTOCOL: probe (sssi.probe:
-# BatchNorm re-estimated on clean crops, an L-BFGS logistic fit on layer3 and layer4) or finetune (+experiment=dubai_finetune,
-# its lr rule for every start: a pretrained encoder at 1/10 of the head's rate);
+# BatchNorm re-estimated on clean crops, an L-BFGS logistic fit on layer3 and layer4)
+# or finetune (+experiment=dubai_finetune, its lr rule for every start: a pretrained
+# encoder at 1/10 of the head's rate);
 # START: METHOD/seed_S/BUDGET (that checkpoint) or scratch (random weights drawn with
 # SEED). Every scoring run uses the pretext's band statistics (tiles 1-6), scratch too,
 # and SEED is also the labelled regions' seed (paired across starts). Finished jobs

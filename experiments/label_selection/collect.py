@@ -130,7 +130,6 @@ def start_averaged(pairs: list[tuple[str, str, Paired]]) -> list[tuple[str, Pair
     return out
 
 
-
 def _gap(pair: Paired | None) -> str:
     if pair is None:
         return "–"

@@ -254,6 +254,8 @@ def test_pair_by_seed_pairs_within_a_cell_and_pools_under_a_shared_name():
     assert pooled.seeds == [0, 1, 0] and pooled.differences == pytest.approx([5.0, 1.0, -2.0])
     assert pairs[("b/seed_1", "finetune", 0.1)].differences == pytest.approx([-6.0])
     assert ("b/seed_0", "finetune", 0.1) not in pairs
+    # b/seed_1 alone feeds the pooled name there: no pooled row, it would be b/seed_1 again
+    assert ("b/all", "finetune", 0.1) not in pairs
 
 
 def test_mean_sd_pct_writes_a_collectors_cell_in_percent():
