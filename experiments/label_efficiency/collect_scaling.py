@@ -169,7 +169,10 @@ def gaps(rows: list[dict]) -> tuple[list[Paired], list[tuple]]:
             continue
         base_pts = [p for (m, s, *bc), v in points.items() if m == base and s != "all"
                     and bc == c for p in v]
-        extra = [p for p in pts if base_pts and p[0] > max(x for x, _ in base_pts)]
+        if not base_pts:
+            continue
+        top = max(x for x, _ in base_pts)
+        extra = [p for p in pts if p[0] > top]
         if extra:
             points.setdefault((f"{base}+{method}", "all", *c), list(base_pts)).extend(extra)
     slopes = []
