@@ -118,13 +118,20 @@ def read_lightning_file(path: Path, prefix: str, expected: str) -> object:
 
 def init_encoder(encoder: nn.Module, path: str | Path) -> str:
     """Load ``path`` into ``encoder``; return the kind of source it was."""
+    return load_encoder(encoder, path)[0]
+
+
+def load_encoder(encoder: nn.Module, path: str | Path) -> tuple[str, dict | None]:
+    """Load ``path`` into ``encoder``; return the kind of source it was and, for a
+    Lightning checkpoint, the data state it was saved with (None otherwise), so a
+    caller that needs both reads the file once."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(f"task.init={path}: file not found")
     if path.suffix.lower() == ".safetensors":  # an exported encoder (sssi.export)
         load_backbone_weights(encoder, path)
         log.info("encoder initialised from the state dict %s", path)
-        return "state_dict"
+        return "state_dict", None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt file, not a torch file
@@ -139,12 +146,12 @@ def init_encoder(encoder: nn.Module, path: str | Path) -> str:
             load_backbone_state(encoder, sub, f"{path} ({kind} checkpoint)")
             log.info("encoder initialised from the %s checkpoint %s (%d tensors)", kind,
                      path, len(sub))
-            return kind
+            return kind, data_state(obj)
         raise ConfigError(f"task.init={path}: a Lightning checkpoint without an encoder "
                           f"(no keys under {', '.join(ENCODER_PREFIXES)})")
     load_backbone_weights(encoder, path)
     log.info("encoder initialised from the state dict %s", path)
-    return "state_dict"
+    return "state_dict", None
 
 
 def _no_weight_files(value: Any) -> Any:

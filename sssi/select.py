@@ -56,14 +56,10 @@ def feature_encoder(cfg: DictConfig, source: str | None) -> tuple[FeatureEncoder
     use: ``cfg.backbone`` initialised from ``source`` (a pretext or segmentation
     checkpoint, or an encoder file; None: the backbone's own weights, random unless
     ``backbone.weights`` names a file), and the data state of a checkpoint source."""
-    from sssi.checkpoints import data_state, init_encoder
+    from sssi.checkpoints import load_encoder
 
     encoder = hydra.utils.instantiate(cfg.backbone)
-    state = None
-    if source:
-        init_encoder(encoder, source)
-        if str(source).endswith(".ckpt"):
-            state = data_state(torch.load(source, map_location="cpu", weights_only=True))
+    state = load_encoder(encoder, source)[1] if source else None
     return FeatureEncoder(encoder), state
 
 

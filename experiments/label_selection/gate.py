@@ -157,10 +157,11 @@ def _regions(truth: dict) -> list[Region]:
             for r in truth["regions"]]
 
 
-def ranked(truth: dict, ranking: Ranking) -> np.ndarray:
-    """``ranking`` as indices into ``truth``'s regions, label first."""
-    return ranking.order(truth["tiles"], _regions(truth), truth["region_size"],
-                         key=str(ranking.path))
+def ranked(truth: dict, ranking: Ranking, regions: list[Region] | None = None) -> np.ndarray:
+    """``ranking`` as indices into ``truth``'s regions (``regions``, when the caller has
+    already built them), label first."""
+    return ranking.order(truth["tiles"], regions if regions is not None else _regions(truth),
+                         truth["region_size"], key=str(ranking.path))
 
 
 def earliness(order: np.ndarray, count: int) -> np.ndarray:
@@ -176,7 +177,7 @@ def score(truth: dict, ranking: Ranking, control: np.ndarray | None = None) -> l
     ``control`` selector's earliness, the correlation beyond it) and, per fraction, the
     class shares and balance of what it takes."""
     regions = _regions(truth)
-    order = ranked(truth, ranking)
+    order = ranked(truth, ranking, regions)
     err = np.array([r["cross_entropy"] for r in truth["regions"]])
     wrong = np.array([r["pixel_error"] for r in truth["regions"]])
     early = earliness(order, len(regions))
