@@ -14,7 +14,8 @@ from sssi.game.reward import REWARDS
 
 #: ``mask_policy.instructor``: the keys that may be left out, with their values
 INSTRUCTOR_DEFAULTS = {"enabled": True, "scheduler": None, "alpha_train": 1.0, "kl_weight": 1e-6,
-                       "reward": "raw", "reward_baseline_momentum": 0.9, "random": None}
+                       "reward": "raw", "reward_baseline_momentum": 0.9, "random": None,
+                       "random_share": 0.0}
 #: ... and those that must be given
 INSTRUCTOR_REQUIRED = ("network", "backbone", "optimizer")
 
@@ -54,6 +55,10 @@ def check_mask_policy(mask_policy: Mapping) -> dict[str, Any]:
         raise ConfigError(f"{key}.reward={settings['reward']!r}: expected raw (the "
                           "inpainter's error) or relative (minus its per-position moving "
                           "average)")
+    share = settings["random_share"]
+    if isinstance(share, bool) or not isinstance(share, int | float) or not 0 <= share <= 1:
+        raise ConfigError(f"{key}.random_share={share!r}: expected a share in [0, 1] of "
+                          "each inpainter batch given random holes (0: the paper)")
     allowed = [p for p in inspect.signature(Instructor).parameters if p != "encoder"]
     unknown = sorted(set(settings["network"]) - set(allowed))
     if unknown:

@@ -128,14 +128,23 @@ class Game(nn.Module):
         fold_frozen: run the instructor's frozen inpainter with its batch norms folded
             into its convolutions (off for a compiled inpainter: the compiler fuses
             them itself).
+        random_share: the share of each inpainter-phase batch that gets random holes
+            instead of the instructor's (0, the paper: none). After the warm-up the
+            paper's inpainter sees only the instructor's holes and forgets how to fill
+            any others (its error on random holes rose 2x in the Dubai scaling study);
+            a share keeps them in its diet.
     """
 
     def __init__(self, inpainter: Inpainter, random_policy: nn.Module,
                  criterion: ReconstructionLoss, instructor: Instructor | None = None, *,
                  reward: str = "raw", alpha_train: float = 1.0, kl_weight: float = 1e-6,
                  baseline_momentum: float = 0.9, channels_last: Sequence[str] = (),
-                 fold_frozen: bool = True) -> None:
+                 fold_frozen: bool = True, random_share: float = 0.0) -> None:
         super().__init__()
+        if not 0.0 <= float(random_share) <= 1.0:
+            raise ConfigError(f"mask_policy.instructor.random_share={random_share!r}: "
+                              "expected a share in [0, 1]")
+        self.random_share = float(random_share)
         self.inpainter = inpainter
         self.instructor = instructor
         self.random_policy = random_policy
@@ -216,17 +225,31 @@ class Game(nn.Module):
         cells = self.instructor_cells(images, generator)
         return self.instructor.upsample(cells, images.shape[-2:])
 
+    def random_rows(self, batch_size: int) -> int:
+        """How many of an inpainter-phase batch's images (the first ones; crops come in
+        random order) get random holes: ``random_share`` of them, rounded."""
+        return round(self.random_share * batch_size)
+
     def holes(self, phase: str, images: Tensor, generator: torch.Generator | None = None
               ) -> tuple[Tensor, Tensor | None]:
         """``(mask, cells)``: the holes the inpainter fills in ``phase`` (random in the
         warm-up; the instructor's in the inpainter's phase, with the cell mask behind
-        them; ``cells`` is None for random holes)."""
+        them; ``cells`` is None for random holes). With a ``random_share``, the first
+        :meth:`random_rows` images of the inpainter's phase get random holes, and their
+        rows of ``cells`` are empty (no instructor holes there). The instructor's latent
+        is drawn first, so a run without a share draws what it always did."""
         if phase == WARMUP:
             return self.random_policy(images, generator=generator), None
         if phase != INPAINTER or self.instructor is None:
             raise ValueError(f"the inpainter fills no holes in phase {phase!r}")
         cells = self.instructor_cells(images, generator)
-        return self.instructor.upsample(cells, images.shape[-2:]), cells
+        mask = self.instructor.upsample(cells, images.shape[-2:])
+        n = self.random_rows(images.shape[0])
+        if n:
+            random = self.random_policy(images[:n], generator=generator).to(mask.dtype)
+            mask = torch.cat([random, mask[n:]])
+            cells = torch.cat([torch.zeros_like(cells[:n]), cells[n:]])
+        return mask, cells
 
     # -------------------------------------------------------------------------- turns
     def inpainter_turn(self, images: Tensor, mask: Tensor, cells: Tensor | None = None
@@ -336,6 +359,10 @@ class Game(nn.Module):
     def _mask_logs(mask: Tensor, cells: Tensor | None = None) -> dict[str, Tensor]:
         logs = {f"mask/{k}": v for k, v in mask_stats(mask.detach()).items()}
         if cells is not None:  # the instructor's cells: watch for the edge shortcut
-            logs.update({f"mask/{k}": v for k, v in cell_border_stats(cells).items()})
+            chosen = cells.flatten(1).any(1)  # not the rows given random holes
+            if not bool(chosen.all()):
+                cells = cells[chosen]
+            if cells.shape[0]:
+                logs.update({f"mask/{k}": v for k, v in cell_border_stats(cells).items()})
         return logs
 

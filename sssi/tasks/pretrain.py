@@ -117,7 +117,8 @@ class PretrainTask(BaseTask):
             random = settings["random"] or random  # the game's own holes, if given
             options.update(reward=settings["reward"], alpha_train=settings["alpha_train"],
                            kl_weight=settings["kl_weight"],
-                           baseline_momentum=settings["reward_baseline_momentum"])
+                           baseline_momentum=settings["reward_baseline_momentum"],
+                           random_share=settings["random_share"])
         self.game = Game(inpainter, instantiate(random), instantiate(hp.loss), instructor,
                          **options)
 

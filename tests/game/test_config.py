@@ -23,6 +23,7 @@ def test_mask_policy_node_is_checked_and_names_the_key():
     minimal = {k: full[k] for k in ("network", "backbone", "optimizer")}
     filled = check_mask_policy({"random": random, "instructor": minimal})["instructor"]
     assert filled["reward"] == "raw" and filled["kl_weight"] == 1e-6 and filled["random"] is None
+    assert filled["random_share"] == 0.0  # the paper: only the instructor's holes
     bad = [
         ({"_target_": "sssi.game.instructor.Instructor", "_partial_": True},
          r"^mask_policy=.*expected \{random"),  # the layout before the instructor node
@@ -38,6 +39,10 @@ def test_mask_policy_node_is_checked_and_names_the_key():
          r"mask_policy\.instructor\.reward='bogus'"),
         ({"random": random, "instructor": {**full, "random": {"block_size": 8}}},
          r"mask_policy\.instructor\.random=.*_target_"),
+        ({"random": random, "instructor": {**full, "random_share": 1.5}},
+         r"mask_policy\.instructor\.random_share=1\.5: expected a share in \[0, 1\]"),
+        ({"random": random, "instructor": {**full, "random_share": "half"}},
+         r"mask_policy\.instructor\.random_share='half'"),
     ]
     for node, match in bad:
         with pytest.raises(ConfigError, match=match):

@@ -6,19 +6,21 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sssi.errors import ConfigError
 from sssi.game import Game, Inpainter, Instructor, RandomBlocks, ReconstructionLoss
 from sssi.game.reference import telea_restore
 from sssi.game.schedule import INPAINTER, INSTRUCTOR, WARMUP
 from sssi.models import build_backbone
 
 
-def _game(reward: str = "raw", instructor: bool = True, seed: int = 0) -> Game:
+def _game(reward: str = "raw", instructor: bool = True, seed: int = 0,
+          random_share: float = 0.0) -> Game:
     torch.manual_seed(seed)
     inpainter = Inpainter(build_backbone("resnet18", in_channels=3), 3, (64, 32))
     player = Instructor(build_backbone("resnet18", in_channels=3, stem_pool=False),
                         latent_dim=8) if instructor else None
     return Game(inpainter, RandomBlocks(0.25, 16), ReconstructionLoss(), player,
-                reward=reward)
+                reward=reward, random_share=random_share)
 
 
 def _images(n: int = 2, size: int = 64) -> torch.Tensor:
@@ -38,6 +40,32 @@ def test_the_holes_of_each_phase():
         game.holes(INSTRUCTOR, images)
     with pytest.raises(ValueError, match="no holes in phase 'inpainter'"):
         _game(instructor=False).holes(INPAINTER, images)
+
+
+def test_a_random_share_gives_the_first_images_random_holes_in_the_inpainters_phase():
+    images = _images(4)
+    paper, _ = _game().holes(INPAINTER, images, torch.Generator().manual_seed(0))
+    game = _game(reward="relative", random_share=0.5)
+    g = torch.Generator().manual_seed(0)
+    mask, cells = game.holes(INPAINTER, images, g)
+    # the instructor's draw comes first, so its images keep the holes they had
+    torch.testing.assert_close(mask[2:], paper[2:])
+    again = torch.Generator().manual_seed(0)
+    expected = game.instructor_cells(images, again)
+    torch.testing.assert_close(cells[2:], expected[2:])
+    assert not cells[:2].any()  # no instructor holes where random ones were given
+    # ... and the random holes drawn after it
+    torch.testing.assert_close(mask[:2], game.random_policy(images[:2], again))
+    assert not torch.equal(mask[:2], paper[:2])
+    # the reward baseline learns from the instructor's holes only
+    turn = game.inpainter_turn(images, mask, cells)
+    assert turn.baseline_sums[1].sum() == 2 * 4
+    assert torch.isfinite(turn.logs["mask/border_ratio"])
+    everything, cells = _game(random_share=1.0).holes(INPAINTER, images, g)
+    assert not cells.any() and 0.2 < everything.mean() < 0.3
+    assert _game(random_share=0.3).random_rows(16) == 5
+    with pytest.raises(ConfigError, match=r"random_share=-0\.1: expected a share in \[0, 1\]"):
+        _game(random_share=-0.1)
 
 
 def test_the_inpainters_turn_is_its_loss_and_teaches_only_it():

@@ -240,14 +240,16 @@ def test_resume_mid_phase_gives_the_same_weights(tmp_path, data_dir):
     """4 epochs straight == 2 epochs, stop inside the instructor phase, resume, 2 more.
 
     With the edge shortcut removed both ways (no edge cell erased, the relative reward),
-    so that the reward baseline's resume is checked too; each validation writes the
+    so that the reward baseline's resume is checked too, and half of each inpainter
+    batch on random holes (their draws must resume too); each validation writes the
     instructor's cell frequencies as a picture.
     """
     game = ["task.schedule.warmup_epochs=1", "task.schedule.instructor_epochs=2",
             "task.schedule.inpainter_epochs=1", "task.inpainter_scheduler.milestones=[1,3]",
             "task.image_every_n_steps=0", "trainer.num_sanity_val_steps=0",
             "mask_policy.instructor.reward=relative",
-            "mask_policy.instructor.network.border_cells=1"]
+            "mask_policy.instructor.network.border_cells=1",
+            "mask_policy.instructor.random_share=0.5"]
     straight = compose_train([*SMALL, *game, "trainer.max_epochs=4"], tmp_path / "a", data_dir)
     metrics = run(straight)
     # 64 px crops: 4x4 cells, the 12 edge cells never erased, k = 4 clamped to 3 of 4
