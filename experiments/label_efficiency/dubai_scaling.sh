@@ -17,13 +17,14 @@
 # METHOD: blocks (random 16 px blocks) or game (the instructor), at a constant rate; or
 # blocks_decay, random blocks whose rate falls 10x at 60 % and again at 85 % of the last
 # BUDGET (the paper decays its rate; this run is for reaching Telea's hole error, its
-# last budget is the one to read). Budgets are multiples of 512 (an epoch's crops;
-# data.samples_per_epoch in SETTINGS changes it): a run asked for a larger budget
-# continues from its last.ckpt exactly (a blocks_decay run keeps the last budget it
-# started with, in schedule.txt, and refuses another). PROTOCOL: probe (sssi.probe:
-# BatchNorm re-estimated on clean crops, an L-BFGS logistic fit on layer3 and layer4)
-# or finetune (+experiment=dubai_finetune, its lr rule for every start: a pretrained
-# encoder at 1/10 of the head's rate);
+# last budget is the one to read); FROM=blocks starts it from blocks' last.ckpt of the
+# same seed (the runs are the same up to the first fall: branch_decay.py). Budgets are
+# multiples of 512 (an epoch's crops; data.samples_per_epoch in SETTINGS changes it):
+# a run asked for a larger budget continues from its last.ckpt exactly (a blocks_decay
+# run keeps the last budget it started with, in schedule.txt, and refuses another).
+# PROTOCOL: probe (sssi.probe: BatchNorm re-estimated on clean crops, an L-BFGS
+# logistic fit on layer3 and layer4) or finetune (+experiment=dubai_finetune, its lr
+# rule for every start: a pretrained encoder at 1/10 of the head's rate);
 # START: METHOD/seed_S/BUDGET (that checkpoint) or scratch (random weights drawn with
 # SEED). Every scoring run uses the pretext's band statistics (tiles 1-6), scratch too,
 # and SEED is also the labelled regions' seed (paired across starts). Finished jobs
@@ -86,8 +87,15 @@ case "$stage" in
       fi
       echo "$last" > "$dir/schedule.txt"
       epochs=$(( last / epoch_crops ))
-      rate=("task.inpainter_scheduler.milestones=[$(( epochs * 60 / 100 )),$(( epochs * 85 / 100 ))]"
+      falls=($(( epochs * 60 / 100 )) $(( epochs * 85 / 100 )))
+      rate=("task.inpainter_scheduler.milestones=[${falls[0]},${falls[1]}]"
             task.inpainter_scheduler.gamma=0.1)
+      if [ -n "${FROM:-}" ] && [ ! -f "$dir/checkpoints/last.ckpt" ]; then
+        "$PY" "$here/branch_decay.py" "$out/pretext/$FROM/seed_$seed" "$dir" \
+          --milestones "${falls[@]}" || exit 2
+      fi
+    elif [ -n "${FROM:-}" ]; then
+      echo "error: FROM=$FROM: only a blocks_decay run continues another run" >&2; exit 2
     else
       rate=("task.inpainter_scheduler.milestones=[1000000]")  # constant
     fi

@@ -190,24 +190,56 @@ def test_gpu_script_makes_a_budget_curve_at_tiny_scale_on_the_cpu(tmp_path):
 def test_a_decayed_pretext_run_drops_its_rate_towards_its_last_budget(tmp_path):
     """blocks_decay at tiny scale: 4 epochs of 16 crops to the last budget of 64, so the
     rate falls 10x after epoch 2 (60 %) and again after epoch 3 (85 %); the budget
-    before the first drop still trains at the full rate."""
+    before the first drop still trains at the full rate. The same run started from a
+    constant-rate run's checkpoint at 32 crops (FROM=blocks, branch_decay.py) ends with
+    the same weights."""
     env = {**os.environ, "PYTHON": sys.executable,
            "SETTINGS": "data.samples_per_epoch=16 data.batch_size=4 data.num_workers=0 "
                        "data.train_split=['2_001'] data.val_split=['3_001'] data.crop_size=64 "
                        "data.val_window=64 data.val_max_windows=2 data.region_size=128 "
-                       "trainer.check_val_every_n_epoch=100"}
-    proc = subprocess.run(["bash", str(SCRIPT), "pretext", str(real_sample("dubai")),
-                           str(tmp_path), "blocks_decay", "0", "32", "64"], env=env,
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    run = tmp_path / "pretext" / "blocks_decay" / "seed_0"
+                       "trainer.check_val_every_n_epoch=100 "
+                       "callbacks.model_checkpoint.every_n_epochs=1"}
+
+    def pretext(out: Path, *args: str, **extra: str) -> subprocess.CompletedProcess:
+        proc = subprocess.run(["bash", str(SCRIPT), "pretext", str(real_sample("dubai")),
+                               str(out), *args], env={**env, **extra}, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc
+
+    pretext(tmp_path / "a", "blocks_decay", "0", "32", "64")
+    run = tmp_path / "a" / "pretext" / "blocks_decay" / "seed_0"
     assert (run / "schedule.txt").read_text().strip() == "64"
 
-    def rate(budget: int) -> float:
-        ckpt = torch.load(run / "budgets" / f"crops_{budget:07d}.ckpt", map_location="cpu",
+    def load(run: Path, budget: int) -> dict:
+        return torch.load(run / "budgets" / f"crops_{budget:07d}.ckpt", map_location="cpu",
                           weights_only=False)
+
+    def rate(ckpt: dict) -> float:
         assert dict(ckpt["lr_schedulers"][0]["milestones"]) == {2: 1, 3: 1}
         return ckpt["optimizer_states"][0]["param_groups"][0]["lr"]
 
-    assert rate(32) == pytest.approx(0.01)
-    assert rate(64) == pytest.approx(0.0001)
+    assert rate(load(run, 32)) == pytest.approx(0.01)
+    assert rate(load(run, 64)) == pytest.approx(0.0001)
+
+    # the branch: a constant-rate run to 32 crops, then the decayed run from its last.ckpt
+    pretext(tmp_path / "b", "blocks", "0", "32")
+    base = tmp_path / "b" / "pretext" / "blocks" / "seed_0"
+    pretext(tmp_path / "b", "blocks_decay", "0", "32", "64", FROM="blocks")
+    branched = tmp_path / "b" / "pretext" / "blocks_decay" / "seed_0"
+    assert str(base) in (branched / "PROVENANCE.txt").read_text()
+    assert (branched / "norm_stats.json").read_bytes() == (base / "norm_stats.json").read_bytes()
+    straight, other = load(run, 64), load(branched, 64)
+    assert rate(other) == pytest.approx(0.0001)
+    assert other["game"]["inpainter_crops"] == straight["game"]["inpainter_crops"]
+    for key, value in straight["state_dict"].items():
+        assert torch.equal(value, other["state_dict"][key]), key
+    # the constant-rate run is left as it was; a second branch, or a checkpoint past the
+    # first fall, is refused
+    assert dict(torch.load(base / "checkpoints" / "last.ckpt", weights_only=False)
+                ["lr_schedulers"][0]["milestones"]) == {1000000: 1}
+    from experiments.label_efficiency import branch_decay
+
+    assert branch_decay.main([str(base), str(branched), "--milestones", "2", "3"]) == 2
+    assert branch_decay.main([str(base), str(tmp_path / "c"), "--milestones", "1", "3"]) == 2
+    assert not (tmp_path / "c" / "checkpoints" / "last.ckpt").exists()
