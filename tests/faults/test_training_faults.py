@@ -86,6 +86,7 @@ def test_a_signal_inside_an_epoch_saves_exits_128_plus_n_and_resumes_exactly(
     game = [*GAME, "trainer.max_epochs=3", f"task.accumulate_grad_batches={accumulate}"]
     signalled = [*game, "+callbacks.signal._target_=tests.helpers.SignalAt",
                  "+callbacks.signal.step=6", f"+callbacks.signal.signum={int(signum)}"]
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     with pytest.raises(SystemExit) as stop:
         main(compose_train(signalled, tmp_path, data_dir))
     assert stop.value.code == 128 + signum
@@ -96,8 +97,8 @@ def test_a_signal_inside_an_epoch_saves_exits_128_plus_n_and_resumes_exactly(
     ckpt = torch.load(last, map_location="cpu", weights_only=False)
     assert (ckpt["epoch"], ckpt["global_step"]) == (epoch, step)
     assert not (tmp_path / "metrics.json").exists()  # not reported as a finished run
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers back
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    # the handlers are back as they were (a shell ignores SIGINT in background jobs)
+    assert {s: signal.getsignal(s) for s in before} == before
     run(compose_train([*game, "ckpt_path=last"], tmp_path, data_dir))
     _assert_same(straight(accumulate), _weights(last))
 
