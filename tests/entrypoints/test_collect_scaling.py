@@ -188,13 +188,13 @@ def test_gpu_script_makes_a_budget_curve_at_tiny_scale_on_the_cpu(tmp_path):
 
 @pytest.mark.slow
 def test_a_decayed_pretext_run_drops_its_rate_towards_its_last_budget(tmp_path):
-    """blocks_decay at tiny scale: 4 epochs of 16 crops to the last budget of 64, so the
+    """blocks_decay at tiny scale: 4 epochs of 8 crops to the last budget of 32, so the
     rate falls 10x after epoch 2 (60 %) and again after epoch 3 (85 %); the budget
     before the first drop still trains at the full rate. The same run started from a
-    constant-rate run's checkpoint at 32 crops (FROM=blocks, branch_decay.py) ends with
+    constant-rate run's checkpoint at 16 crops (FROM=blocks, branch_decay.py) ends with
     the same weights."""
     env = {**os.environ, "PYTHON": sys.executable,
-           "SETTINGS": "data.samples_per_epoch=16 data.batch_size=4 data.num_workers=0 "
+           "SETTINGS": "data.samples_per_epoch=8 data.batch_size=4 data.num_workers=0 "
                        "data.train_split=['2_001'] data.val_split=['3_001'] data.crop_size=64 "
                        "data.val_window=64 data.val_max_windows=2 data.region_size=128 "
                        "trainer.check_val_every_n_epoch=100 "
@@ -207,9 +207,9 @@ def test_a_decayed_pretext_run_drops_its_rate_towards_its_last_budget(tmp_path):
         assert proc.returncode == 0, proc.stderr[-3000:]
         return proc
 
-    pretext(tmp_path / "a", "blocks_decay", "0", "32", "64")
+    pretext(tmp_path / "a", "blocks_decay", "0", "16", "32")
     run = tmp_path / "a" / "pretext" / "blocks_decay" / "seed_0"
-    assert (run / "schedule.txt").read_text().strip() == "64"
+    assert (run / "schedule.txt").read_text().strip() == "32"
 
     def load(run: Path, budget: int) -> dict:
         return torch.load(run / "budgets" / f"crops_{budget:07d}.ckpt", map_location="cpu",
@@ -219,17 +219,17 @@ def test_a_decayed_pretext_run_drops_its_rate_towards_its_last_budget(tmp_path):
         assert dict(ckpt["lr_schedulers"][0]["milestones"]) == {2: 1, 3: 1}
         return ckpt["optimizer_states"][0]["param_groups"][0]["lr"]
 
-    assert rate(load(run, 32)) == pytest.approx(0.01)
-    assert rate(load(run, 64)) == pytest.approx(0.0001)
+    assert rate(load(run, 16)) == pytest.approx(0.01)
+    assert rate(load(run, 32)) == pytest.approx(0.0001)
 
-    # the branch: a constant-rate run to 32 crops, then the decayed run from its last.ckpt
-    pretext(tmp_path / "b", "blocks", "0", "32")
+    # the branch: a constant-rate run to 16 crops, then the decayed run from its last.ckpt
+    pretext(tmp_path / "b", "blocks", "0", "16")
     base = tmp_path / "b" / "pretext" / "blocks" / "seed_0"
-    pretext(tmp_path / "b", "blocks_decay", "0", "32", "64", FROM="blocks")
+    pretext(tmp_path / "b", "blocks_decay", "0", "16", "32", FROM="blocks")
     branched = tmp_path / "b" / "pretext" / "blocks_decay" / "seed_0"
     assert str(base) in (branched / "PROVENANCE.txt").read_text()
     assert (branched / "norm_stats.json").read_bytes() == (base / "norm_stats.json").read_bytes()
-    straight, other = load(run, 64), load(branched, 64)
+    straight, other = load(run, 32), load(branched, 32)
     assert rate(other) == pytest.approx(0.0001)
     assert other["game"]["inpainter_crops"] == straight["game"]["inpainter_crops"]
     for key, value in straight["state_dict"].items():
