@@ -255,14 +255,16 @@ class Game(nn.Module):
     def inpainter_turn(self, images: Tensor, mask: Tensor, cells: Tensor | None = None
                        ) -> Turn:
         """Restore ``mask``'s holes: the inpainter's loss. ``cells``: the instructor's cell
-        mask behind ``mask`` (None for random holes); then the hole error per position
-        feeds the reward baseline."""
+        mask behind ``mask``, as :meth:`holes` gives it (None for random holes); then the
+        hole error per position feeds the reward baseline, and the edge logs read the
+        rows after the first :meth:`random_rows` (those hold the instructor's holes)."""
         self.inpainter.train()
         restored = self.restore(images * (1.0 - mask))
         loss, parts = self.criterion(restored, images, mask)
+        chosen = None if cells is None else cells[self.random_rows(cells.shape[0]):]
         logs = {"train/inpainter_loss": loss,
                 **{f"train/inpainter_{k}": v for k, v in parts.items()},
-                **self._mask_logs(mask, cells)}
+                **self._mask_logs(mask, chosen)}
         sums = None
         if cells is not None and self.reward_baseline is not None:
             with torch.no_grad():
@@ -358,11 +360,7 @@ class Game(nn.Module):
     @staticmethod
     def _mask_logs(mask: Tensor, cells: Tensor | None = None) -> dict[str, Tensor]:
         logs = {f"mask/{k}": v for k, v in mask_stats(mask.detach()).items()}
-        if cells is not None:  # the instructor's cells: watch for the edge shortcut
-            chosen = cells.flatten(1).any(1)  # not the rows given random holes
-            if not bool(chosen.all()):
-                cells = cells[chosen]
-            if cells.shape[0]:
-                logs.update({f"mask/{k}": v for k, v in cell_border_stats(cells).items()})
+        if cells is not None and cells.shape[0]:  # the instructor's cells: the edge shortcut
+            logs.update({f"mask/{k}": v for k, v in cell_border_stats(cells).items()})
         return logs
 
