@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,17 @@ REAL = REPO.parent / "shared" / "data" / "real"
 TINY = ["+debug=tiny"]
 #: the demo game, smaller: 3 tiles of 256 px, 4 steps of batch 8 per epoch
 SMALL = ["+experiment=demo_pretrain", "+debug=small"]
+
+
+@contextmanager
+def removed_after(path: Path) -> Iterator[Path]:
+    """``path``, deleted with its contents when the block ends. A module fixture's run
+    folder holds hundreds of MB of checkpoints that pytest would keep until the session
+    ends; the suite's peak disk use is the sum of what is kept at once."""
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def real_sample(*parts: str) -> Path:

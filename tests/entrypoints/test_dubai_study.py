@@ -10,36 +10,38 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
 
-from tests.helpers import REPO, real_sample, run_module
+from tests.helpers import REPO, real_sample, removed_after, run_module
 
 PROTOCOLS = ("finetune", "probe")
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory) -> tuple[Path, Path, subprocess.CompletedProcess]:
+def study(tmp_path_factory) -> Iterator[tuple[Path, Path, subprocess.CompletedProcess]]:
     root = real_sample("dubai")
-    out = tmp_path_factory.mktemp("dubai_study") / "study"
-    tiny = [f"data.root={root}", "data.train_split=[2]", "data.val_split=[3]",
-            "data.test_split=['2_001']", "data.crop_size=64", "data.batch_size=4",
-            "data.samples_per_epoch=8", "data.num_workers=0", "data.val_window=64",
-            "data.val_max_windows=2", "data.region_size=128", "trainer.max_steps=2",
-            "trainer.log_every_n_steps=1",
-            # one pretext method and one job per protocol instead of the grids
-            "mask_policy=instructor", "study.method=instructor", "data.label_fraction=0.1",
-            "seed=0"]
-    env = {**os.environ, "PYTHON": sys.executable, "STUDY_DIR": str(out),
-           "EVAL_ARGS": "window=576 stride=512", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(["bash", str(REPO / "experiments/label_efficiency/run.sh"), "dubai",
-                           *tiny], cwd=out.parent, env=env, capture_output=True, text=True,
-                          timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return root, out, proc
+    with removed_after(tmp_path_factory.mktemp("dubai_study")) as base:
+        out = base / "study"
+        tiny = [f"data.root={root}", "data.train_split=[2]", "data.val_split=[3]",
+                "data.test_split=['2_001']", "data.crop_size=64", "data.batch_size=4",
+                "data.samples_per_epoch=8", "data.num_workers=0", "data.val_window=64",
+                "data.val_max_windows=2", "data.region_size=128", "trainer.max_steps=2",
+                "trainer.log_every_n_steps=1",
+                # one pretext method and one job per protocol instead of the grids
+                "mask_policy=instructor", "study.method=instructor", "data.label_fraction=0.1",
+                "seed=0"]
+        env = {**os.environ, "PYTHON": sys.executable, "STUDY_DIR": str(out),
+               "EVAL_ARGS": "window=576 stride=512", "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.run(["bash", str(REPO / "experiments/label_efficiency/run.sh"), "dubai",
+                               *tiny], cwd=out.parent, env=env, capture_output=True, text=True,
+                              timeout=900)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        yield root, out, proc
 
 
 def _job(out: Path, protocol: str) -> Path:

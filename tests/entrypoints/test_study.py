@@ -9,6 +9,7 @@ import csv
 import json
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from statistics import mean, stdev
 
@@ -19,7 +20,7 @@ import yaml
 from sssi.aggregate import aggregate
 from sssi.config import study_init
 from sssi.errors import ConfigError
-from tests.helpers import REPO, TINY, run_module
+from tests.helpers import REPO, TINY, removed_after, run_module
 
 METHODS = ("instructor", "scratch")
 TRAIN = [*TINY, "trainer.max_steps=2"]
@@ -29,14 +30,14 @@ _module = run_module
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> tuple[Path, Path, subprocess.CompletedProcess]:
+def demo(tmp_path_factory) -> Iterator[tuple[Path, Path, subprocess.CompletedProcess]]:
     """``python -m sssi.demo`` on 3 tiles of 256 px with two training steps per run."""
-    base = tmp_path_factory.mktemp("demo")
-    out, data = base / "demo", base / "data"
-    proc = _module("sssi.demo", ["--out", str(out), "--data-root", str(data), "--tiles", "3",
-                                 "--size", "256", *TRAIN], base)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return out, data, proc
+    with removed_after(tmp_path_factory.mktemp("demo")) as base:
+        out, data = base / "demo", base / "data"
+        proc = _module("sssi.demo", ["--out", str(out), "--data-root", str(data), "--tiles",
+                                     "3", "--size", "256", *TRAIN], base)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        yield out, data, proc
 
 
 def _job(out: Path, method: str) -> Path:

@@ -13,6 +13,7 @@ import site
 import subprocess
 import sys
 import sysconfig
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ import rasterio
 import tomllib
 from setuptools import find_namespace_packages, find_packages
 
-from tests.helpers import REPO
+from tests.helpers import REPO, removed_after
 
 SCRIPTS = ("sssi-train", "sssi-evaluate", "sssi-predict", "sssi-aggregate", "sssi-export",
            "sssi-synthetic", "sssi-plot", "sssi-demo", "sssi-probe", "sssi-select")
@@ -43,26 +44,26 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int = 600
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+def installed(tmp_path_factory) -> Iterator[tuple[Path, dict[str, str]]]:
     """``(bin folder, environment)`` of a fresh venv holding only the wheel of sssi."""
-    base = tmp_path_factory.mktemp("wheel")
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env["PYTHONUNBUFFERED"] = "1"
-    _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-          "--no-build-isolation", "--wheel-dir", str(base / "dist"), str(REPO)], base, env)
-    wheel = next((base / "dist").glob("sssi-*.whl"))
-    venv = base / "venv"
-    _run([sys.executable, "-m", "venv", str(venv)], base, env)
-    py = venv / "bin" / "python"
-    _run([str(py), "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(wheel)],
-         base, env)
-    # the dependencies: this environment's site-packages, after the venv's own (a path
-    # file adds the folder only; its .pth files, such as an editable sssi, stay inactive)
-    purelib = _run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                   base, env).stdout.strip()
-    deps = {sysconfig.get_paths()["purelib"], *site.getsitepackages()}
-    Path(purelib, "sssi_test_deps.pth").write_text("\n".join(sorted(deps)) + "\n")
-    return venv / "bin", env
+    with removed_after(tmp_path_factory.mktemp("wheel")) as base:
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+        env["PYTHONUNBUFFERED"] = "1"
+        _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+              "--no-build-isolation", "--wheel-dir", str(base / "dist"), str(REPO)], base, env)
+        wheel = next((base / "dist").glob("sssi-*.whl"))
+        venv = base / "venv"
+        _run([sys.executable, "-m", "venv", str(venv)], base, env)
+        py = venv / "bin" / "python"
+        _run([str(py), "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(wheel)],
+             base, env)
+        # the dependencies: this environment's site-packages, after the venv's own (a path
+        # file adds the folder only; its .pth files, such as an editable sssi, stay inactive)
+        purelib = _run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                       base, env).stdout.strip()
+        deps = {sysconfig.get_paths()["purelib"], *site.getsitepackages()}
+        Path(purelib, "sssi_test_deps.pth").write_text("\n".join(sorted(deps)) + "\n")
+        yield venv / "bin", env
 
 
 @pytest.mark.slow
