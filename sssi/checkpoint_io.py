@@ -6,6 +6,9 @@ that hits a full disk leaves a truncated file under the final name. Here every
 checkpoint (last, periodic, best, the crop budgets') is written beside its final name
 and renamed when complete (:func:`sssi.utils.io.atomic_writer`); a full or read-only
 target is one error naming the file, and the previous checkpoint stays intact.
+
+A disk that fills during ``torch.save`` is named as such too
+(:func:`sssi.utils.io.torch_save`).
 """
 
 from __future__ import annotations
@@ -13,10 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from sssi.utils.io import atomic_writer, remove_stale_temporaries
+from sssi.utils.io import atomic_writer, remove_stale_temporaries, torch_save
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -38,4 +40,4 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             self._swept.add(path.parent)
             remove_stale_temporaries(path.parent)  # a process killed mid-write
         with atomic_writer(path) as fh:
-            torch.save(checkpoint, fh)
+            torch_save(checkpoint, fh)

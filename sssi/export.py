@@ -55,7 +55,13 @@ from sssi.checkpoints import (
 from sssi.cli import CONFIG_DIR, run_or_exit
 from sssi.errors import ConfigError, DataError, first_line
 from sssi.models import build_backbone, load_backbone_state
-from sssi.utils.io import atomic_write_text, file_mode, remove_quietly, write_failure
+from sssi.utils.io import (
+    atomic_write_text,
+    file_mode,
+    remove_quietly,
+    torch_save,
+    write_failure,
+)
 
 log = logging.getLogger("sssi.export")
 
@@ -351,7 +357,7 @@ def export_encoder(ckpt: str | Path, output: str | Path, format: str = "state_di
     else:
         def writer(tmp: Path) -> None:
             with open(tmp, "wb") as fh:  # a file object: the archive is not named after tmp
-                torch.save(state, fh)
+                torch_save(state, fh)
 
     return _write(out, writer, {"format": format, **info, **_versions()})
 

@@ -51,6 +51,26 @@ def removed_after(path: Path) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+class FillingFile:
+    """A binary file on a disk that fills after ``room`` more bytes: the write that
+    crosses it stores what fits and raises ``OSError(code)``, as the kernel does."""
+
+    def __init__(self, fh: Any, room: int, code: int) -> None:
+        self.fh, self.room, self.code = fh, room, code
+
+    def write(self, data: Any) -> int:
+        data = memoryview(data).cast("B")
+        if len(data) > self.room:
+            self.fh.write(data[:self.room])
+            self.room = 0
+            raise OSError(self.code, os.strerror(self.code))
+        self.room -= len(data)
+        return self.fh.write(data)
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
 def real_sample(*parts: str) -> Path:
     """Path of a file of the shared real samples; skips the test where they are absent."""
     path = REAL.joinpath(*parts)

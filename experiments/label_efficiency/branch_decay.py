@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from sssi.errors import DataError
-from sssi.utils.io import atomic_write_text, atomic_writer
+from sssi.utils.io import atomic_write_text, atomic_writer, torch_save
 
 #: what the decayed run's folder takes from the constant-rate one, besides checkpoints
 COPIED = ("csv", "norm_stats.json", "wall_time.tsv")
@@ -122,7 +122,7 @@ def branch(base: Path, target: Path, milestones: list[int]) -> Path:
         f"{', '.join([*(f'budgets/{c}' for c in copied), *COPIED])}.\n"))
     last.parent.mkdir(parents=True, exist_ok=True)
     with atomic_writer(last) as fh:
-        torch.save(new, fh)
+        torch_save(new, fh)
     return last
 
 

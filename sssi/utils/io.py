@@ -105,6 +105,25 @@ def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
             remove_quietly(tmp)
 
 
+def torch_save(obj: Any, fh: BinaryIO) -> None:
+    """``torch.save(obj, fh)``, where a write the file refused raises its own
+    ``OSError`` (ENOSPC, EROFS, ...). torch's archive writer reports it as ``RuntimeError:
+    [enforce fail at inline_container.cc] . unexpected pos``, with the disk's error only in
+    the exception's context, where :func:`atomic_writer` and :func:`write_error` would not
+    see it."""
+    import torch  # here: the rest of this module writes without torch
+
+    try:
+        torch.save(obj, fh)
+    except RuntimeError as exc:
+        refused = exc.__context__
+        while refused is not None and not isinstance(refused, OSError):
+            refused = refused.__context__
+        if refused is None:
+            raise
+        raise refused from exc
+
+
 #: the writer's pid in a temporary's name: ``.NAME.PID-TAG.tmp`` (:func:`atomic_writer`)
 #: or ``.NAME.PID-TAG.tmp.tif`` / ``.cog.tif`` (``sssi.predict``'s GeoTIFFs)
 _TEMP_PID = re.compile(r"\.(\d+)-[^.]*\.(?:tmp|cog)(?:\.|$)")

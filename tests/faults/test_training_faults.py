@@ -21,7 +21,7 @@ from sssi.callbacks import RunInterruptedError
 from sssi.errors import DataError
 from sssi.train import main, run
 from sssi.utils.io import atomic_writer, stale_temporaries
-from tests.helpers import SMALL, compose_train
+from tests.helpers import SMALL, FillingFile, compose_train
 
 #: the demo game with two loader workers (the default of real runs), no pictures
 GAME = [*SMALL, "data.num_workers=2", "task.image_every_n_steps=0",
@@ -127,18 +127,17 @@ def test_a_signal_outside_the_training_batches_is_still_an_interruption(monkeypa
 
 
 def _failing_save(monkeypatch, fail_on_call: int, code: int) -> list[int]:
-    """Checkpoint writes fail on call ``fail_on_call`` (from 1) with ``code``, after half
-    the bytes went to the file, as a disk that fills up mid-write does."""
+    """Checkpoint write ``fail_on_call`` (from 1) meets a disk that refuses it with
+    ``code`` after 1,000 bytes, inside torch's own archive writer, as a disk that fills up
+    mid-write does."""
     calls = [0]
+    save = sssi.checkpoint_io.torch_save
 
-    def save(obj, fh) -> None:
+    def filling(obj, fh) -> None:
         calls[0] += 1
-        if calls[0] == fail_on_call:
-            fh.write(b"\0" * 1000)
-            raise OSError(code, "injected")
-        torch.save(obj, fh)
+        save(obj, FillingFile(fh, 1000, code) if calls[0] == fail_on_call else fh)
 
-    monkeypatch.setattr(sssi.checkpoint_io, "torch", SimpleNamespace(save=save))
+    monkeypatch.setattr(sssi.checkpoint_io, "torch_save", filling)
     return calls
 
 
